@@ -1,0 +1,128 @@
+// Command example serves a polls app with channelsapi: questions and choices
+// over REST under /api and over one WebSocket at /ws, on a SQLite file.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"gorm.io/driver/sqlite"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+
+	"github.com/channelsapi/channelsapi"
+)
+
+// Question is a poll question.
+type Question struct {
+	ID           uint      `json:"id" gorm:"primaryKey"`
+	QuestionText string    `json:"question_text" binding:"required,max=200"`
+	PubDate      time.Time `json:"pub_date"`
+}
+
+// BeforeCreate dates a question that was created without a pub_date.
+func (q *Question) BeforeCreate(*gorm.DB) error {
+	if q.PubDate.IsZero() {
+		q.PubDate = time.Now().UTC().Truncate(time.Second)
+	}
+	return nil
+}
+
+// Choice is one answer to a question.
+type Choice struct {
+	ID         uint   `json:"id" gorm:"primaryKey"`
+	QuestionID uint   `json:"question_id" binding:"required"`
+	ChoiceText string `json:"choice_text" binding:"required,max=200"`
+	Votes      int    `json:"votes" binding:"min=0"`
+}
+
+func main() {
+	addr := flag.String("addr", ":8080", "address to listen on")
+	dsn := flag.String("db", "example.db", "SQLite database file")
+	flag.Parse()
+	if err := run(*addr, *dsn); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(addr, dsn string) error {
+	db, err := gorm.Open(sqlite.Open(dsn+"?_journal_mode=WAL&_busy_timeout=5000&_txlock=immediate"),
+		&gorm.Config{Logger: logger.Default.LogMode(logger.Warn)})
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dsn, err)
+	}
+	if err := db.AutoMigrate(&Question{}, &Choice{}); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+
+	router := gin.Default()
+	api, err := channelsapi.Register(router, db, channelsapi.WithRESTPrefix("/api"))
+	if err != nil {
+		return err
+	}
+	if err := channelsapi.Add(api, channelsapi.ViewSet[Question]{Stream: "questions", Label: "polls.question"}); err != nil {
+		return err
+	}
+	if err := channelsapi.Add(api, channelsapi.ViewSet[Choice]{
+		Stream: "choices",
+		Label:  "polls.choice",
+		Actions: map[string]channelsapi.Action[Choice]{
+			"vote": {Detail: true, Method: http.MethodPost, Handle: vote(db)},
+		},
+	}); err != nil {
+		return err
+	}
+
+	srv := &http.Server{Addr: addr, Handler: router, ReadHeaderTimeout: 10 * time.Second}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	fmt.Printf("polls app on %s (database %s)\n  REST:      http://localhost%s/api/questions\n  WebSocket: ws://localhost%s/ws\n", addr, dsn, port(addr), port(addr))
+
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = errors.Join(api.Shutdown(shutdownCtx), srv.Shutdown(shutdownCtx))
+	if e := <-errc; !errors.Is(e, http.ErrServerClosed) {
+		err = errors.Join(err, e)
+	}
+	return err
+}
+
+// vote adds one vote to a choice, atomically in the database; subscribers of
+// "choices" see the update.
+func vote(db *gorm.DB) func(ctx context.Context, r *channelsapi.Request, c *Choice) (any, int, error) {
+	return func(ctx context.Context, r *channelsapi.Request, c *Choice) (any, int, error) {
+		err := db.WithContext(ctx).Model(c).Update("votes", gorm.Expr("votes + 1")).Error
+		if err != nil {
+			return nil, 0, err
+		}
+		if err := db.WithContext(ctx).First(c, c.ID).Error; err != nil {
+			return nil, 0, err
+		}
+		return c, http.StatusOK, nil
+	}
+}
+
+func port(addr string) string {
+	for i := len(addr) - 1; i >= 0; i-- {
+		if addr[i] == ':' {
+			return addr[i:]
+		}
+	}
+	return addr
+}

@@ -1,0 +1,469 @@
+package channelsapi
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+
+	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
+)
+
+// This file captures changes made through the *gorm.DB given to Register and
+// publishes them after the transaction that made them commits.
+//
+// The plugin wraps the database's connection pool. A transaction begun on it
+// (GORM's implicit one around each write, db.Transaction, or Begin) is
+// wrapped too: the callbacks below append the transaction's changes to it, a
+// savepoint marks how many there were, a rollback to the savepoint forgets
+// the later ones, and Commit publishes them in statement order once the
+// database has accepted the commit. Rollback forgets them. A write outside
+// any transaction (SkipDefaultTransaction) is published as soon as its
+// statement succeeds.
+//
+// Updates and deletes find the rows they touch by their loaded objects'
+// primary keys, or, for a bulk statement with only conditions, by running the
+// statement's WHERE clause as a SELECT in the same transaction first (up to
+// the bulk event limit). Updated rows are read back after the statement, so
+// events carry the state the row has in the database; deleted rows are read
+// before, so a delete event carries the object as it was.
+
+// change is one captured row change.
+type change struct {
+	typ    reflect.Type
+	action string
+	pk     any
+	data   json.RawMessage // the object, serialized once
+	resync bool            // too many rows: subscribers of the type must resync
+}
+
+// publisher is the GORM plugin. Its mutex is held from the commit of a
+// transaction with changes until they are handed to the hub, so that the
+// events of one row go out in commit order.
+type publisher struct {
+	api *API
+	mu  sync.Mutex
+}
+
+func newPublisher(a *API) *publisher { return &publisher{api: a} }
+
+// Name implements gorm.Plugin.
+func (p *publisher) Name() string { return "channelsapi" }
+
+const (
+	keyBefore = "channelsapi:before"
+)
+
+// Initialize implements gorm.Plugin: it wraps the connection pool and
+// registers the capture callbacks.
+func (p *publisher) Initialize(db *gorm.DB) error {
+	pool := &connPool{ConnPool: db.ConnPool, pub: p}
+	db.ConnPool = pool
+	db.Statement.ConnPool = pool
+	cb := db.Callback()
+	regs := []struct {
+		name string
+		err  error
+	}{
+		{"after_create", cb.Create().After("gorm:create").Register("channelsapi:after_create", p.afterCreate)},
+		{"before_update", cb.Update().After("gorm:before_update").Before("gorm:update").Register("channelsapi:before_update", p.beforeUpdate)},
+		{"after_update", cb.Update().After("gorm:update").Register("channelsapi:after_update", p.afterUpdate)},
+		{"before_delete", cb.Delete().After("gorm:before_delete").Before("gorm:delete").Register("channelsapi:before_delete", p.beforeDelete)},
+		{"after_delete", cb.Delete().After("gorm:delete").Register("channelsapi:after_delete", p.afterDelete)},
+	}
+	for _, r := range regs {
+		if r.err != nil {
+			return errors.New("register callback " + r.name + ": " + r.err.Error())
+		}
+	}
+	return nil
+}
+
+// target is the registered model a statement writes, or nil.
+func (p *publisher) target(db *gorm.DB) *model {
+	p.api.mu.RLock()
+	defer p.api.mu.RUnlock()
+	if s := db.Statement.Schema; s != nil {
+		if rs := p.api.byType[s.ModelType]; len(rs) > 0 {
+			return rs[0].model()
+		}
+		return nil
+	}
+	for _, rs := range p.api.byType {
+		if db.Statement.Table != "" && rs[0].model().schema.Table == db.Statement.Table {
+			return rs[0].model()
+		}
+	}
+	return nil
+}
+
+func (p *publisher) afterCreate(db *gorm.DB) {
+	m := p.target(db)
+	if m == nil || db.Error != nil || db.Statement.RowsAffected == 0 || db.Statement.Schema == nil {
+		return
+	}
+	var changes []change
+	for _, obj := range rowsOf(db.Statement.ReflectValue, m) {
+		changes = append(changes, p.changeOf(db, m, actionCreate, obj))
+	}
+	p.record(db, changes)
+}
+
+// before is what a before-callback found for its after-callback.
+type before struct {
+	m      *model
+	rows   []reflect.Value // delete: the rows as they were
+	keys   []any           // update: the keys of the rows it touches
+	resync bool
+}
+
+func (p *publisher) beforeUpdate(db *gorm.DB) {
+	m := p.target(db)
+	if m == nil || db.Error != nil {
+		return
+	}
+	b := &before{m: m}
+	if keys := loadedKeys(db, m); len(keys) > 0 {
+		b.keys = keys
+	} else {
+		rows, resync, err := p.matching(db, m)
+		if err != nil {
+			db.AddError(err)
+			return
+		}
+		b.resync = resync
+		for _, r := range rows {
+			pk, _ := m.pkOf(db.Statement.Context, r)
+			b.keys = append(b.keys, pk)
+		}
+	}
+	db.InstanceSet(keyBefore, b)
+}
+
+func (p *publisher) afterUpdate(db *gorm.DB) {
+	v, ok := db.InstanceGet(keyBefore)
+	if !ok || db.Error != nil || db.Statement.RowsAffected == 0 {
+		return
+	}
+	b := v.(*before)
+	if b.resync {
+		p.record(db, []change{{typ: b.m.schema.ModelType, resync: true}})
+		return
+	}
+	rows, err := p.byKeys(db, b.m, b.keys)
+	if err != nil {
+		db.AddError(err)
+		return
+	}
+	var changes []change
+	for _, obj := range rows {
+		changes = append(changes, p.changeOf(db, b.m, actionUpdate, obj))
+	}
+	p.record(db, changes)
+}
+
+func (p *publisher) beforeDelete(db *gorm.DB) {
+	m := p.target(db)
+	if m == nil || db.Error != nil {
+		return
+	}
+	rows, resync, err := p.matching(db, m)
+	if err != nil {
+		db.AddError(err)
+		return
+	}
+	db.InstanceSet(keyBefore, &before{m: m, rows: rows, resync: resync})
+}
+
+func (p *publisher) afterDelete(db *gorm.DB) {
+	v, ok := db.InstanceGet(keyBefore)
+	if !ok || db.Error != nil || db.Statement.RowsAffected == 0 {
+		return
+	}
+	b := v.(*before)
+	if b.resync {
+		p.record(db, []change{{typ: b.m.schema.ModelType, resync: true}})
+		return
+	}
+	var changes []change
+	for _, obj := range b.rows {
+		changes = append(changes, p.changeOf(db, b.m, actionDelete, obj))
+	}
+	p.record(db, changes)
+}
+
+func (p *publisher) changeOf(db *gorm.DB, m *model, action string, obj reflect.Value) change {
+	pk, _ := m.pkOf(db.Statement.Context, obj)
+	data, err := json.Marshal(obj.Addr().Interface())
+	if err != nil {
+		p.api.log.Error("channelsapi: encode event", "model", m.schema.Name, "pk", pk, "err", err)
+		return change{typ: m.schema.ModelType, resync: true}
+	}
+	return change{typ: m.schema.ModelType, action: action, pk: pk, data: data}
+}
+
+// record keeps changes until the statement's transaction commits, or
+// publishes them at once when the statement ran outside a transaction.
+func (p *publisher) record(db *gorm.DB, changes []change) {
+	if len(changes) == 0 {
+		return
+	}
+	if tx, ok := db.Statement.ConnPool.(*txPool); ok {
+		tx.add(changes)
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.api.publish(changes)
+}
+
+// rowsOf returns the addressable model structs in v (a struct, or a slice or
+// array of structs or pointers to them).
+func rowsOf(v reflect.Value, m *model) []reflect.Value {
+	t := m.schema.ModelType
+	switch v.Kind() {
+	case reflect.Struct:
+		if v.Type() == t && v.CanAddr() {
+			return []reflect.Value{v}
+		}
+	case reflect.Slice, reflect.Array:
+		var out []reflect.Value
+		for i := range v.Len() {
+			e := reflect.Indirect(v.Index(i))
+			if e.Kind() == reflect.Struct && e.Type() == t && e.CanAddr() {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+// loadedKeys returns the non-zero primary keys of the objects a statement
+// was given (its destination and model).
+func loadedKeys(db *gorm.DB, m *model) []any {
+	var keys []any
+	add := func(v reflect.Value) {
+		for _, obj := range rowsOf(v, m) {
+			if pk, ok := m.pkOf(db.Statement.Context, obj); ok && !slices.Contains(keys, pk) {
+				keys = append(keys, pk)
+			}
+		}
+	}
+	add(db.Statement.ReflectValue)
+	if db.Statement.Model != nil {
+		add(reflect.Indirect(reflect.ValueOf(db.Statement.Model)))
+	}
+	return keys
+}
+
+// query starts a query on m in the statement's connection (and so its
+// transaction), without the statement's clauses.
+func query(db *gorm.DB, m *model) *gorm.DB {
+	q := db.Session(&gorm.Session{NewDB: true, SkipHooks: true, Context: db.Statement.Context}).
+		Model(reflect.New(m.schema.ModelType).Interface())
+	if db.Statement.Unscoped {
+		q = q.Unscoped()
+	}
+	return q
+}
+
+// matching selects the rows an update or delete statement is about to touch:
+// those of its loaded objects' keys and its WHERE clause, at most the bulk
+// limit (resync reports that there were more).
+func (p *publisher) matching(db *gorm.DB, m *model) (rows []reflect.Value, resync bool, err error) {
+	q := query(db, m)
+	hasCond := false
+	if c, ok := db.Statement.Clauses["WHERE"]; ok {
+		if w, ok := c.Expression.(clause.Where); ok && len(w.Exprs) > 0 {
+			q = q.Clauses(clause.Where{Exprs: slices.Clone(w.Exprs)})
+			hasCond = true
+		}
+	}
+	if keys := loadedKeys(db, m); len(keys) > 0 {
+		q = q.Where(clause.IN{Column: clause.Column{Table: clause.CurrentTable, Name: m.pk.DBName}, Values: keys})
+		hasCond = true
+	}
+	if !hasCond && !db.AllowGlobalUpdate {
+		return nil, false, nil // GORM refuses the statement (ErrMissingWhereClause)
+	}
+	limit := p.api.cfg.bulkLimit
+	slice := reflect.New(reflect.SliceOf(m.schema.ModelType))
+	if err := q.Limit(limit + 1).Find(slice.Interface()).Error; err != nil {
+		return nil, false, err
+	}
+	rows = rowsOf(slice.Elem(), m)
+	if len(rows) > limit {
+		return nil, true, nil
+	}
+	return rows, false, nil
+}
+
+// byKeys reads rows back by primary key, in key order.
+func (p *publisher) byKeys(db *gorm.DB, m *model, keys []any) ([]reflect.Value, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	slice := reflect.New(reflect.SliceOf(m.schema.ModelType))
+	col := clause.Column{Table: clause.CurrentTable, Name: m.pk.DBName}
+	err := query(db, m).Where(clause.IN{Column: col, Values: keys}).Order(clause.OrderByColumn{Column: col}).Find(slice.Interface()).Error
+	if err != nil {
+		return nil, err
+	}
+	return rowsOf(slice.Elem(), m), nil
+}
+
+// connPool wraps the database's pool so that transactions begun on it are
+// wrapped too. It deliberately does not implement gorm.TxCommitter.
+type connPool struct {
+	gorm.ConnPool
+	pub *publisher
+}
+
+// BeginTx implements gorm.ConnPoolBeginner.
+func (c *connPool) BeginTx(ctx context.Context, opts *sql.TxOptions) (gorm.ConnPool, error) {
+	var (
+		tx  gorm.ConnPool
+		err error
+	)
+	switch b := c.ConnPool.(type) {
+	case gorm.TxBeginner:
+		tx, err = b.BeginTx(ctx, opts)
+	case gorm.ConnPoolBeginner:
+		tx, err = b.BeginTx(ctx, opts)
+	default:
+		return nil, gorm.ErrInvalidTransaction
+	}
+	if err != nil {
+		return nil, err
+	}
+	committer, ok := tx.(gorm.TxCommitter)
+	if !ok {
+		return nil, gorm.ErrInvalidTransaction
+	}
+	return &txPool{ConnPool: tx, committer: committer, pub: c.pub}, nil
+}
+
+// GetDBConn implements gorm.GetDBConnector, so that db.DB() keeps working.
+func (c *connPool) GetDBConn() (*sql.DB, error) {
+	switch p := c.ConnPool.(type) {
+	case *sql.DB:
+		return p, nil
+	case gorm.GetDBConnector:
+		return p.GetDBConn()
+	}
+	return nil, gorm.ErrInvalidDB
+}
+
+// Ping lets gorm.Open-style health checks through.
+func (c *connPool) Ping() error {
+	if p, ok := c.ConnPool.(interface{ Ping() error }); ok {
+		return p.Ping()
+	}
+	return nil
+}
+
+// txPool is a transaction that holds its changes until it commits.
+type txPool struct {
+	gorm.ConnPool
+	committer gorm.TxCommitter
+	pub       *publisher
+
+	mu         sync.Mutex
+	changes    []change
+	savepoints []savepoint
+}
+
+type savepoint struct {
+	name string
+	n    int // len(changes) when it was made
+}
+
+func (t *txPool) add(changes []change) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.changes = append(t.changes, changes...)
+}
+
+// ExecContext runs the statement and follows the savepoints GORM makes for
+// nested transactions (SAVEPOINT, ROLLBACK TO SAVEPOINT, RELEASE SAVEPOINT).
+func (t *txPool) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	res, err := t.ConnPool.ExecContext(ctx, query, args...)
+	if err == nil {
+		t.track(query)
+	}
+	return res, err
+}
+
+func (t *txPool) track(query string) {
+	fields := strings.Fields(strings.ToUpper(query))
+	name := func() string { return strings.Fields(query)[len(fields)-1] }
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case len(fields) == 2 && fields[0] == "SAVEPOINT":
+		t.savepoints = append(t.savepoints, savepoint{name: name(), n: len(t.changes)})
+	case len(fields) == 4 && fields[0] == "ROLLBACK" && fields[1] == "TO" && fields[2] == "SAVEPOINT",
+		len(fields) == 3 && fields[0] == "ROLLBACK" && fields[1] == "TO":
+		if i := t.savepointIndex(name()); i >= 0 {
+			t.changes = t.changes[:t.savepoints[i].n]
+			t.savepoints = t.savepoints[:i+1]
+		}
+	case len(fields) == 3 && fields[0] == "RELEASE" && fields[1] == "SAVEPOINT",
+		len(fields) == 2 && fields[0] == "RELEASE":
+		if i := t.savepointIndex(name()); i >= 0 {
+			t.savepoints = t.savepoints[:i]
+		}
+	}
+}
+
+func (t *txPool) savepointIndex(name string) int {
+	for i := len(t.savepoints) - 1; i >= 0; i-- {
+		if t.savepoints[i].name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// StmtContext lets GORM's prepared-statement mode use the transaction.
+func (t *txPool) StmtContext(ctx context.Context, stmt *sql.Stmt) *sql.Stmt {
+	if s, ok := t.ConnPool.(interface {
+		StmtContext(context.Context, *sql.Stmt) *sql.Stmt
+	}); ok {
+		return s.StmtContext(ctx, stmt)
+	}
+	return stmt
+}
+
+// Commit implements gorm.TxCommitter: the changes are published after the
+// database accepted the commit, under the publisher's lock.
+func (t *txPool) Commit() error {
+	t.mu.Lock()
+	changes := t.changes
+	t.changes, t.savepoints = nil, nil
+	t.mu.Unlock()
+	if len(changes) == 0 {
+		return t.committer.Commit()
+	}
+	t.pub.mu.Lock()
+	defer t.pub.mu.Unlock()
+	if err := t.committer.Commit(); err != nil {
+		return err
+	}
+	t.pub.api.publish(changes)
+	return nil
+}
+
+// Rollback implements gorm.TxCommitter: the changes are forgotten.
+func (t *txPool) Rollback() error {
+	t.mu.Lock()
+	t.changes, t.savepoints = nil, nil
+	t.mu.Unlock()
+	return t.committer.Rollback()
+}

@@ -1,0 +1,173 @@
+package fanout
+
+import "sync"
+
+// Subscriber is one connection that receives frames.
+//
+// Deliver must not block. It reports whether the frame was accepted; false
+// means the subscriber's queue is full or it is closed, and the subscriber
+// itself handles that, for example by closing the connection. Deliver may be
+// called concurrently by concurrent calls to [Hub.Publish]. It may keep
+// frame (e.g. in a send queue) but must not modify it: group frames are
+// shared by all recipients of an event.
+//
+// Subscribers are compared by identity: the hub uses them as map keys, so
+// implementations must be comparable and are normally pointers.
+type Subscriber interface {
+	Deliver(frame []byte) bool
+}
+
+// Event is one committed change, already encoded.
+//
+// The hub only reads an Event; it must not be modified while
+// [Hub.Publish] is running.
+type Event struct {
+	Stream string // resource name, e.g. "questions"
+	Action string // "create", "update" or "delete"
+	PK     string // canonical primary key text, e.g. "1"
+
+	// Group is the complete frame for group subscribers. A nil Group means
+	// there is no group frame and group subscribers receive nothing.
+	Group []byte
+
+	// InstancePrefix and InstanceSuffix build the frame for instance
+	// subscribers: InstancePrefix + requestID + InstanceSuffix, where
+	// requestID is the raw JSON request id of the subscription. Instance
+	// subscribers receive only "update" and "delete" events. A nil
+	// InstancePrefix means there is no instance frame.
+	InstancePrefix, InstanceSuffix []byte
+
+	// Allow, when non-nil, is called once per matching subscriber and
+	// event; if it returns false the subscriber receives no frame for the
+	// event. It is called without the hub's lock held, from the goroutine
+	// calling Publish.
+	Allow func(Subscriber) bool
+}
+
+// A Hub indexes subscriptions and publishes events to them.
+//
+// All methods are safe for concurrent use by multiple goroutines. The zero
+// value is not usable; create hubs with [New].
+type Hub struct {
+	mu     sync.RWMutex
+	groups map[groupKey]map[Subscriber]struct{}
+	// instances maps a key to the request ids of each subscriber. The
+	// []string values are copy-on-write: they are replaced, never modified,
+	// so Publish may read them after releasing the lock.
+	instances map[instanceKey]map[Subscriber][]string
+	subs      map[Subscriber]*subscriptions
+}
+
+// New returns an empty Hub.
+func New() *Hub {
+	return &Hub{
+		groups:    make(map[groupKey]map[Subscriber]struct{}),
+		instances: make(map[instanceKey]map[Subscriber][]string),
+		subs:      make(map[Subscriber]*subscriptions),
+	}
+}
+
+// target is one subscriber matched by an event.
+type target struct {
+	s     Subscriber
+	group bool     // receives Event.Group
+	ids   []string // request ids of instance frames; never modified
+}
+
+// targetPool recycles the per-event target buffers of Publish.
+var targetPool = sync.Pool{New: func() any { return new([]target) }}
+
+// Publish delivers ev to the matching subscribers and returns the number of
+// frames handed to [Subscriber.Deliver], accepted or not, and how many of
+// them were refused.
+//
+// A group subscriber receives ev.Group once, even when both its subscription
+// to every object of the stream and its subscription to ev.PK match. An
+// instance subscriber receives one frame per matching request id, and only
+// for "update" and "delete" events. A subscriber holding both kinds
+// receives both. ev.Allow, if set, is asked once per matching subscriber.
+//
+// Publish is safe for concurrent use, including with itself; concurrent
+// calls deliver in no particular order relative to each other. It routes
+// under a read lock and calls Allow and Deliver after releasing it, so they
+// may call back into the hub (for example to Remove a subscriber that
+// refused a frame). Publish never blocks on a subscriber beyond the time
+// Deliver takes.
+func (h *Hub) Publish(ev *Event) (delivered, refused int) {
+	buf := targetPool.Get().(*[]target)
+	targets := h.route(ev, (*buf)[:0])
+	for i := range targets {
+		t := &targets[i]
+		if ev.Allow != nil && !ev.Allow(t.s) {
+			continue
+		}
+		if t.group {
+			delivered++
+			if !t.s.Deliver(ev.Group) {
+				refused++
+			}
+		}
+		for _, id := range t.ids {
+			frame := make([]byte, 0, len(ev.InstancePrefix)+len(id)+len(ev.InstanceSuffix))
+			frame = append(frame, ev.InstancePrefix...)
+			frame = append(frame, id...)
+			frame = append(frame, ev.InstanceSuffix...)
+			delivered++
+			if !t.s.Deliver(frame) {
+				refused++
+			}
+		}
+	}
+	clear(targets) // do not keep subscribers reachable from the pool
+	*buf = targets[:0]
+	targetPool.Put(buf)
+	return delivered, refused
+}
+
+// route appends to targets one entry per subscriber matching ev and returns
+// the extended slice. Each subscriber appears at most once.
+func (h *Hub) route(ev *Event, targets []target) []target {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	var all, one map[Subscriber]struct{}
+	if ev.Group != nil {
+		all = h.groups[groupKey{ev.Stream, ev.Action, ""}]
+		if ev.PK != "" {
+			one = h.groups[groupKey{ev.Stream, ev.Action, ev.PK}]
+		}
+	}
+	var inst map[Subscriber][]string
+	if ev.InstancePrefix != nil && (ev.Action == "update" || ev.Action == "delete") {
+		inst = h.instances[instanceKey{ev.Stream, ev.PK}]
+	}
+	for s := range all {
+		targets = append(targets, target{s: s, group: true, ids: inst[s]})
+	}
+	for s := range one {
+		if _, dup := all[s]; !dup {
+			targets = append(targets, target{s: s, group: true, ids: inst[s]})
+		}
+	}
+	for s, ids := range inst {
+		if _, dup := all[s]; dup {
+			continue
+		}
+		if _, dup := one[s]; dup {
+			continue
+		}
+		targets = append(targets, target{s: s, ids: ids})
+	}
+	return targets
+}
+
+// Stats reports the size of the index: the number of distinct group and
+// instance keys with at least one subscription, and the number of
+// subscribers with at least one subscription. A hub whose subscribers have
+// all been removed reports (0, 0).
+//
+// Stats is safe for concurrent use.
+func (h *Hub) Stats() (keys, subscribers int) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.groups) + len(h.instances), len(h.subs)
+}

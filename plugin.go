@@ -1,0 +1,248 @@
+package channelsapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"reflect"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/olahol/melody"
+	"gorm.io/gorm"
+
+	"github.com/channelsapi/channelsapi/internal/fanout"
+)
+
+// Defaults of the options.
+const (
+	DefaultPath           = "/ws"
+	DefaultMaxMessageSize = 64 << 10
+	DefaultQueueSize      = 256
+	DefaultBulkEventLimit = 10000
+	defaultWriteWait      = 10 * time.Second
+)
+
+// Option configures Register.
+type Option func(*config)
+
+type config struct {
+	path           string
+	restPrefix     string
+	origins        map[string]bool
+	maxMessageSize int64
+	queueSize      int
+	pageSize       int
+	maxPageSize    int
+	bulkLimit      int
+	logger         *slog.Logger
+	user           func(*gin.Context) any
+}
+
+// WithPath sets the WebSocket endpoint's path, relative to the router given
+// to Register. The default is "/ws".
+func WithPath(path string) Option { return func(c *config) { c.path = path } }
+
+// WithRESTPrefix mounts the REST routes under prefix (for example "/api")
+// on the router given to Register; the default is the router itself.
+func WithRESTPrefix(prefix string) Option { return func(c *config) { c.restPrefix = prefix } }
+
+// WithAllowedOrigins allows WebSocket upgrades from these exact origins
+// (scheme://host[:port]) in addition to the same origin. Requests without an
+// Origin header (non-browser clients) are always allowed; "null" never is.
+func WithAllowedOrigins(origins ...string) Option {
+	return func(c *config) {
+		for _, o := range origins {
+			c.origins[strings.ToLower(strings.TrimRight(o, "/"))] = true
+		}
+	}
+}
+
+// WithMaxMessageSize sets the largest inbound WebSocket frame and REST body
+// in bytes; a larger frame closes the socket with 1009, a larger body is a
+// 413. The default is 64 KiB.
+func WithMaxMessageSize(n int64) Option { return func(c *config) { c.maxMessageSize = n } }
+
+// WithQueueSize sets how many outbound frames may wait for one connection.
+// A connection whose queue is full is closed with 1013 (it must resync);
+// nothing is dropped silently. The default is 256.
+func WithQueueSize(n int) Option { return func(c *config) { c.queueSize = n } }
+
+// WithPageSize sets the default list page size and its cap for every
+// ViewSet that does not set its own. The defaults are 25 and 100.
+func WithPageSize(size, max int) Option {
+	return func(c *config) { c.pageSize, c.maxPageSize = size, max }
+}
+
+// WithBulkEventLimit sets how many rows a bulk update or delete (one with no
+// loaded object) may touch and still produce one event per row. Beyond it,
+// the subscribers of the stream are closed with 1013 so that they resync.
+// The default is 10000.
+func WithBulkEventLimit(n int) Option { return func(c *config) { c.bulkLimit = n } }
+
+// WithLogger sets where internal errors are logged; the default is
+// slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithUser sets how the user of a REST request or of a WebSocket upgrade is
+// found, typically from what the application's authentication middleware
+// stored in the gin.Context. A nil result means anonymous. The default reads
+// the context key "user".
+func WithUser(resolve func(*gin.Context) any) Option { return func(c *config) { c.user = resolve } }
+
+// API serves the added ViewSets. It is safe for concurrent use; add every
+// ViewSet before the router starts serving.
+type API struct {
+	db     *gorm.DB
+	cfg    config
+	rest   gin.IRouter
+	melody *melody.Melody
+	hub    *fanout.Hub
+	log    *slog.Logger
+	pub    *publisher
+
+	mu        sync.RWMutex
+	streams   map[string]resource
+	byType    map[reflect.Type][]resource
+	closing   bool
+	sockets   sync.WaitGroup // one per WebSocket connection handler
+	closers   sync.WaitGroup // goroutines closing slow connections
+	closeOnce sync.Once
+}
+
+// Register mounts the WebSocket endpoint on router, installs the change
+// capture plugin on db, and returns the API on which models are added with
+// Add. Use db (or sessions derived from it after Register) for writes that
+// should reach subscribers.
+func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (*API, error) {
+	if router == nil || db == nil {
+		return nil, errors.New("channelsapi: Register needs a router and a *gorm.DB")
+	}
+	cfg := config{
+		path:           DefaultPath,
+		origins:        map[string]bool{},
+		maxMessageSize: DefaultMaxMessageSize,
+		queueSize:      DefaultQueueSize,
+		pageSize:       DefaultPageSize,
+		maxPageSize:    DefaultMaxPageSize,
+		bulkLimit:      DefaultBulkEventLimit,
+		logger:         slog.Default(),
+		user:           contextUser,
+	}
+	for _, opt := range opts {
+		opt(&cfg)
+	}
+	switch {
+	case cfg.maxMessageSize <= 0:
+		return nil, fmt.Errorf("channelsapi: max message size must be positive, got %d", cfg.maxMessageSize)
+	case cfg.queueSize <= 0:
+		return nil, fmt.Errorf("channelsapi: queue size must be positive, got %d", cfg.queueSize)
+	case cfg.pageSize <= 0 || cfg.maxPageSize < cfg.pageSize:
+		return nil, fmt.Errorf("channelsapi: invalid page sizes %d (max %d)", cfg.pageSize, cfg.maxPageSize)
+	case cfg.bulkLimit <= 0:
+		return nil, fmt.Errorf("channelsapi: bulk event limit must be positive, got %d", cfg.bulkLimit)
+	case !strings.HasPrefix(cfg.path, "/"):
+		return nil, fmt.Errorf("channelsapi: WebSocket path %q must start with /", cfg.path)
+	case cfg.user == nil || cfg.logger == nil:
+		return nil, errors.New("channelsapi: nil user resolver or logger")
+	}
+	for o := range cfg.origins {
+		if u, err := url.Parse(o); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" {
+			return nil, fmt.Errorf("channelsapi: allowed origin %q is not scheme://host[:port]", o)
+		}
+	}
+	a := &API{
+		db:      db,
+		cfg:     cfg,
+		rest:    router,
+		hub:     fanout.New(),
+		log:     cfg.logger,
+		streams: map[string]resource{},
+		byType:  map[reflect.Type][]resource{},
+	}
+	if cfg.restPrefix != "" {
+		a.rest = router.Group(cfg.restPrefix)
+	}
+	a.pub = newPublisher(a)
+	if err := db.Use(a.pub); err != nil {
+		return nil, fmt.Errorf("channelsapi: install change capture: %w", err)
+	}
+	a.melody = a.newMelody()
+	router.GET(cfg.path, a.serveSocket)
+	return a, nil
+}
+
+func contextUser(c *gin.Context) any {
+	u, _ := c.Get("user")
+	return u
+}
+
+func (a *API) add(r resource) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, dup := a.streams[r.name()]; dup {
+		return fmt.Errorf("channelsapi: stream %q is added already", r.name())
+	}
+	a.streams[r.name()] = r
+	t := r.model().schema.ModelType
+	a.byType[t] = append(a.byType[t], r)
+	r.mountREST(a)
+	return nil
+}
+
+func (a *API) resource(stream string) (resource, bool) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	r, ok := a.streams[stream]
+	return r, ok
+}
+
+// run executes an action with the one error translation and panic recovery
+// both transports share. Internal causes are logged, never returned.
+func (a *API) run(ctx context.Context, r resource, req *Request, c *conn) (res result, werr *wireError) {
+	defer func() {
+		if p := recover(); p != nil {
+			a.log.ErrorContext(ctx, "channelsapi: handler panic", "stream", req.Stream, "action", req.Action, "panic", p)
+			res, werr = result{}, &wireError{status: http.StatusInternalServerError, message: msgServerError, internal: true}
+		}
+	}()
+	res = r.serve(ctx, req, c)
+	if res.err == nil {
+		return res, nil
+	}
+	e := translate(res.err, req.Authenticated())
+	if e.internal {
+		a.log.ErrorContext(ctx, "channelsapi: action failed", "stream", req.Stream, "action", req.Action, "err", res.err)
+	}
+	return res, &e
+}
+
+// Shutdown closes every WebSocket with 1001, answers new upgrades with 503
+// and waits until the connection handlers and the goroutines the API started
+// have returned, or ctx is done. It may be called more than once. It does
+// not stop the HTTP server; call http.Server.Shutdown for that.
+func (a *API) Shutdown(ctx context.Context) error {
+	a.closeOnce.Do(func() {
+		a.mu.Lock()
+		a.closing = true
+		a.mu.Unlock()
+		_ = a.melody.CloseWithMsg(melody.FormatCloseMessage(closeGoingAway, "server shutting down"))
+	})
+	done := make(chan struct{})
+	go func() {
+		a.sockets.Wait()
+		a.closers.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,42 @@
+package channelsapi
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+// Transport names the way a request arrived.
+type Transport string
+
+// The transports a Request can come on.
+const (
+	TransportWebSocket Transport = "websocket"
+	TransportREST      Transport = "rest"
+)
+
+// Request describes one action, whichever transport it came on. Permission
+// checks, scopes and custom actions receive it, so that REST and WebSocket
+// cannot drift apart. A Request must not be modified by the callee.
+type Request struct {
+	Transport Transport
+	Stream    string
+	Action    string
+	// PK is the parsed primary key for detail actions (of the model's key
+	// type), or nil when the request has none or it does not parse.
+	PK any
+	// Data is the request body: the payload's "data" on the WebSocket, the
+	// JSON body on REST. It may be nil.
+	Data json.RawMessage
+	// RequestID is the raw JSON request_id of a WebSocket request; nil on REST.
+	RequestID json.RawMessage
+	// User is what the user resolver returned for the REST request or for the
+	// WebSocket upgrade request; nil means anonymous.
+	User any
+	// Header is the header of the REST request or of the upgrade request.
+	Header http.Header
+
+	rawPK json.RawMessage
+}
+
+// Authenticated reports whether the request has a user.
+func (r *Request) Authenticated() bool { return r.User != nil }

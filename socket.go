@@ -1,0 +1,217 @@
+package channelsapi
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/gorilla/websocket"
+	"github.com/olahol/melody"
+)
+
+// Close codes the server sends (PROTOCOL.md section 6).
+const (
+	closeGoingAway = 1001
+	closeTryAgain  = 1013
+)
+
+const connKey = "channelsapi.conn"
+
+func (a *API) newMelody() *melody.Melody {
+	m := melody.New()
+	m.Config.MaxMessageSize = a.cfg.maxMessageSize
+	m.Config.MessageBufferSize = a.cfg.queueSize
+	m.Config.WriteWait = defaultWriteWait
+	m.Upgrader.CheckOrigin = a.checkOrigin
+	m.Upgrader.ReadBufferSize = 4096
+	m.Upgrader.WriteBufferSize = 4096
+	m.HandleConnect(func(s *melody.Session) {
+		c := sessionConn(s)
+		c.session = s
+	})
+	m.HandleMessage(func(s *melody.Session, msg []byte) { sessionConn(s).handleFrame(msg) })
+	m.HandleMessageBinary(func(s *melody.Session, _ []byte) { sessionConn(s).handleFrame(nil) })
+	m.HandleDisconnect(func(s *melody.Session) {
+		c := sessionConn(s)
+		a.hub.Remove(c)
+		c.cancel()
+	})
+	m.HandleError(func(s *melody.Session, err error) {
+		if errors.Is(err, melody.ErrMessageBufferFull) {
+			sessionConn(s).overflow()
+		}
+	})
+	return m
+}
+
+func sessionConn(s *melody.Session) *conn {
+	c, _ := s.Get(connKey)
+	return c.(*conn)
+}
+
+// checkOrigin allows requests without an Origin header (non-browser
+// clients), the same origin, and the exact origins of WithAllowedOrigins.
+func (a *API) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	return a.cfg.origins[strings.ToLower(u.Scheme+"://"+u.Host)]
+}
+
+// serveSocket upgrades the request and serves the connection until it ends.
+func (a *API) serveSocket(c *gin.Context) {
+	a.mu.Lock()
+	if a.closing {
+		a.mu.Unlock()
+		c.AbortWithStatusJSON(http.StatusServiceUnavailable, gin.H{"detail": "Server is shutting down."})
+		return
+	}
+	a.sockets.Add(1)
+	a.mu.Unlock()
+	defer a.sockets.Done()
+
+	ctx, cancel := context.WithCancel(context.WithoutCancel(c.Request.Context()))
+	defer cancel()
+	conn := &conn{api: a, ctx: ctx, cancel: cancel, user: a.cfg.user(c), header: c.Request.Header.Clone()}
+	err := a.melody.HandleRequestWithKeys(c.Writer, c.Request, map[string]any{connKey: conn})
+	if errors.Is(err, melody.ErrClosed) {
+		c.AbortWithStatusJSON(http.StatusServiceUnavailable, gin.H{"detail": "Server is shutting down."})
+	}
+}
+
+// conn is one WebSocket connection. Frames are handled one at a time on the
+// connection's read goroutine; subscription events that arrive while a frame
+// is being handled wait until its reply is written (PROTOCOL.md section 1).
+type conn struct {
+	api     *API
+	ctx     context.Context
+	cancel  context.CancelFunc
+	user    any
+	header  http.Header
+	session *melody.Session
+
+	mu      sync.Mutex
+	busy    bool
+	pending [][]byte
+	full    atomic.Bool // the queue overflowed; the connection is closing
+}
+
+// Deliver queues an event frame without blocking. It reports false when the
+// connection's queue is full; the connection is then closed with 1013.
+func (c *conn) Deliver(frame []byte) bool {
+	if c.full.Load() {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.busy {
+		if len(c.pending) >= c.api.cfg.queueSize {
+			c.overflow()
+			return false
+		}
+		c.pending = append(c.pending, frame)
+		return true
+	}
+	_ = c.session.Write(frame)
+	return !c.full.Load()
+}
+
+func (c *conn) handleFrame(msg []byte) {
+	c.mu.Lock()
+	c.busy = true
+	c.mu.Unlock()
+
+	out := c.api.dispatch(c.ctx, c, msg)
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.busy = false
+	_ = c.session.Write(out)
+	for _, f := range c.pending {
+		_ = c.session.Write(f)
+	}
+	c.pending = nil
+}
+
+// overflow closes a connection that cannot keep up with 1013, once. It runs
+// on the publishing goroutine, so the close frame is written by a goroutine
+// of its own that waits at most the write timeout for the writer.
+func (c *conn) overflow() {
+	if c.full.Swap(true) {
+		return
+	}
+	c.api.closers.Add(1)
+	go func() {
+		defer c.api.closers.Done()
+		ws := c.session.WebsocketConnection()
+		msg := websocket.FormatCloseMessage(closeTryAgain, "client too slow, resync")
+		_ = ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(defaultWriteWait))
+		_ = ws.Close()
+	}()
+}
+
+// dispatch handles one client frame and returns the encoded reply
+// (PROTOCOL.md sections 2, 3 and 6, checks in that order).
+func (a *API) dispatch(ctx context.Context, c *conn, msg []byte) []byte {
+	rawStream, p, ok := decodeFrame(msg)
+	if !ok {
+		return a.encodeReply(nil, reply{Errors: []any{msgInvalidFrame}, ResponseStatus: http.StatusBadRequest})
+	}
+	var streamOut, actionOut any
+	stream, isString := jsonString(rawStream)
+	if isString {
+		streamOut = stream
+	}
+	action, actionOK := jsonString(p.Action)
+	if actionOK {
+		actionOut = action
+	}
+	rep := reply{Action: actionOut, RequestID: p.RequestID}
+	r, found := a.resource(stream)
+	switch {
+	case !isString || !found:
+		rep.Errors, rep.ResponseStatus = []any{msgInvalidStream}, http.StatusNotFound
+	case !actionOK:
+		rep.Errors, rep.ResponseStatus = []any{msgInvalidAction}, http.StatusBadRequest
+	default:
+		req := &Request{
+			Transport: TransportWebSocket, Stream: stream, Action: action,
+			Data: p.Data, RequestID: p.RequestID, User: c.user, Header: c.header, rawPK: p.PK,
+		}
+		res, werr := a.run(ctx, r, req, c)
+		if werr != nil {
+			rep.Errors, rep.ResponseStatus = werr.socketErrors(), werr.status
+		} else {
+			rep.Data, rep.Errors, rep.ResponseStatus, rep.Meta = res.data, []any{}, res.status, res.page
+		}
+	}
+	return a.encodeReply(streamOut, rep)
+}
+
+// encodeReply encodes a reply; a value that cannot be encoded (a model whose
+// MarshalJSON fails) becomes a 500 on the same stream.
+func (a *API) encodeReply(stream any, rep reply) []byte {
+	out, err := encodeFrame(stream, rep)
+	if err == nil {
+		return out
+	}
+	a.log.Error("channelsapi: encode reply", "stream", stream, "err", err)
+	rep.Data, rep.Meta = nil, nil
+	rep.Errors, rep.ResponseStatus = []any{msgServerError}, http.StatusInternalServerError
+	out, _ = encodeFrame(stream, rep)
+	return out
+}

@@ -1,0 +1,158 @@
+package channelsapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+
+	"github.com/channelsapi/channelsapi/internal/fanout"
+)
+
+var (
+	errActionRequired    = NewError(http.StatusBadRequest, "action required")
+	errInvalidSubscribe  = NewError(http.StatusBadRequest, "Invalid subscription action")
+	errRequestIDRequired = NewError(http.StatusBadRequest, "request_id required")
+)
+
+// subscription serves subscribe and unsubscribe (PROTOCOL.md 4.7) and
+// subscribe_instance and unsubscribe_instance (4.8) for connection c.
+func (v *viewSet[T]) subscription(ctx context.Context, req *Request, c *conn) result {
+	hub := v.api.hub
+	switch req.Action {
+	case actionSubscribe, actionUnsubscribe:
+		event, err := subscribeAction(req.Data)
+		if err != nil {
+			return result{err: err}
+		}
+		key := ""
+		if present(req.rawPK) {
+			if req.PK == nil {
+				return result{err: ErrNotFound}
+			}
+			key = pkKey(req.PK)
+		}
+		if req.Action == actionSubscribe {
+			hub.Subscribe(c, v.Stream, event, key)
+		} else {
+			hub.Unsubscribe(c, v.Stream, event, key)
+		}
+		return result{status: http.StatusOK, data: map[string]string{"action": event}}
+	case actionSubscribeInstance:
+		rid, ok := requestID(req.RequestID)
+		if !ok {
+			return result{err: errRequestIDRequired}
+		}
+		if _, err := v.lookup(v.query(ctx, req), req); err != nil {
+			return result{err: err}
+		}
+		hub.SubscribeInstance(c, v.Stream, pkKey(req.PK), rid)
+		return result{status: http.StatusCreated}
+	default: // actionUnsubscribeInstance
+		rid, ok := requestID(req.RequestID)
+		if !ok {
+			return result{err: errRequestIDRequired}
+		}
+		if req.PK != nil {
+			hub.UnsubscribeInstance(c, v.Stream, pkKey(req.PK), rid)
+		}
+		return result{status: http.StatusNoContent}
+	}
+}
+
+// subscribeAction reads {"action": "create"|"update"|"delete"}.
+func subscribeAction(data json.RawMessage) (string, error) {
+	var d struct {
+		Action json.RawMessage `json:"action"`
+	}
+	if present(data) {
+		if b := bytes.TrimSpace(data); b[0] != '{' || json.Unmarshal(b, &d) != nil {
+			return "", errActionRequired
+		}
+	}
+	if !present(d.Action) {
+		return "", errActionRequired
+	}
+	switch a, _ := jsonString(d.Action); a {
+	case actionCreate, actionUpdate, actionDelete:
+		return a, nil
+	}
+	return "", errInvalidSubscribe
+}
+
+// requestID returns the compact JSON of a request_id, which identifies an
+// instance subscription and is spliced into its events.
+func requestID(raw json.RawMessage) ([]byte, bool) {
+	if !present(raw) {
+		return nil, false
+	}
+	var b bytes.Buffer
+	if json.Compact(&b, raw) != nil {
+		return nil, false
+	}
+	return b.Bytes(), true
+}
+
+// publish hands committed changes to the hub, encoding each event once per
+// wire format. It runs under the publisher's lock and never blocks on a
+// connection.
+func (a *API) publish(changes []change) {
+	for _, ch := range changes {
+		a.mu.RLock()
+		rs := a.byType[ch.typ]
+		a.mu.RUnlock()
+		for _, r := range rs {
+			if ch.resync {
+				a.resync(r.name())
+				continue
+			}
+			ev, err := newEvent(r, ch)
+			if err != nil {
+				a.log.Error("channelsapi: encode event", "stream", r.name(), "err", err)
+				a.resync(r.name())
+				continue
+			}
+			a.hub.Publish(ev)
+		}
+	}
+}
+
+// resync closes every subscriber of stream with 1013: it may have missed
+// events and must load the state again.
+func (a *API) resync(stream string) {
+	for _, s := range a.hub.SubscribersOf(stream) {
+		s.(*conn).overflow()
+	}
+}
+
+// newEvent encodes ch for r's subscribers: the channels-api frame and the
+// two halves of the DCRF frame around the request_id.
+func newEvent(r resource, ch change) (*fanout.Event, error) {
+	pk, err := json.Marshal(ch.pk)
+	if err != nil {
+		return nil, err
+	}
+	stream := r.name()
+	group, err := encodeFrame(stream, groupEvent{Action: ch.action, PK: pk, Data: ch.data, Model: r.label()})
+	if err != nil {
+		return nil, err
+	}
+	ev := &fanout.Event{Stream: stream, Action: ch.action, PK: pkKey(ch.pk), Group: group}
+	if ch.action == actionCreate {
+		return ev, nil
+	}
+	data, status := ch.data, http.StatusOK
+	if ch.action == actionDelete {
+		data, status = json.RawMessage(`{"pk":`+string(pk)+`}`), http.StatusNoContent
+	}
+	whole, err := encodeFrame(stream, reply{Action: ch.action, Data: data, Errors: []any{}, ResponseStatus: status, RequestID: json.RawMessage(ridMark)})
+	if err != nil {
+		return nil, err
+	}
+	i := bytes.LastIndex(whole, []byte(ridMark))
+	ev.InstancePrefix, ev.InstanceSuffix = whole[:i], whole[i+len(ridMark):]
+	return ev, nil
+}
+
+// ridMark stands in for the request_id while an instance frame is encoded.
+const ridMark = `"\u0000rid\u0000"`
