@@ -31,10 +31,10 @@ type model struct {
 	schema  *schema.Schema
 	pk      *schema.Field
 	fields  []*field
-	byJSON  map[string]*field  // exact JSON key -> field
-	ignored map[string]bool    // lower-cased names of protected fields and keys
-	byGo    map[string]*field  // Go field name -> field, for validation errors
-	updated []string           // auto-update-time columns written on every update
+	byJSON  map[string]*field // exact JSON key -> field
+	ignored map[string]bool   // lower-cased names of protected fields and keys
+	byGo    map[string]*field // Go field name -> field, for validation errors
+	updated []string          // auto-update-time columns written on every update
 }
 
 var deletedAtType = reflect.TypeFor[gorm.DeletedAt]()
@@ -75,10 +75,12 @@ func newModel(db *gorm.DB, typ reflect.Type, readOnly []string) (*model, error) 
 		}
 		f := &field{json: name, gorm: gf, required: hasRule(gf.Tag.Get("binding"), "required")}
 		f.writable = visible && !gf.PrimaryKey && gf.AutoCreateTime == 0 && gf.AutoUpdateTime == 0 &&
-			gf.FieldType != deletedAtType && gf.Creatable && gf.Updatable && !slices.Contains(readOnly, name)
+			gf.FieldType != deletedAtType && (gf.Creatable || gf.Updatable) && !slices.Contains(readOnly, name)
 		if !f.writable {
 			for _, n := range []string{name, gf.Name, gf.DBName} {
-				m.ignored[strings.ToLower(n)] = true
+				if n != "" { // name is "" for `json:"-"`; "" is no key of it
+					m.ignored[strings.ToLower(n)] = true
+				}
 			}
 		}
 		m.byGo[gf.Name] = f
@@ -197,11 +199,29 @@ func (m *model) pkOf(ctx context.Context, obj reflect.Value) (any, bool) {
 	return v, !zero
 }
 
+// write says what a client write is: a create, a full update or a patch.
+type write int
+
+const (
+	writeCreate write = iota
+	writeUpdate
+	writePatch
+)
+
+// writableOn reports whether clients may set f in a write of kind w; GORM's
+// create-only and update-only permissions (`gorm:"<-:create"`) are kept.
+func (f *field) writableOn(w write) bool {
+	if w == writeCreate {
+		return f.writable && f.gorm.Creatable
+	}
+	return f.writable && f.gorm.Updatable
+}
+
 // assign writes the client's data onto obj (an addressable struct) and returns
 // the columns it set. Protected keys are skipped, unknown keys and values of
-// the wrong type are field errors. With full set, every required field must be
-// present in data (PROTOCOL.md 4.3).
-func (m *model) assign(ctx context.Context, obj reflect.Value, data json.RawMessage, full bool) ([]string, error) {
+// the wrong type are field errors. For a full update every required field
+// must be present in data (PROTOCOL.md 4.3).
+func (m *model) assign(ctx context.Context, obj reflect.Value, data json.RawMessage, w write) ([]string, error) {
 	var in map[string]json.RawMessage
 	if d := bytes.TrimSpace(data); len(d) > 0 && !bytes.Equal(d, []byte("null")) {
 		if d[0] != '{' || json.Unmarshal(d, &in) != nil {
@@ -213,7 +233,7 @@ func (m *model) assign(ctx context.Context, obj reflect.Value, data json.RawMess
 	for _, key := range slices.Sorted(maps.Keys(in)) {
 		f, ok := m.byJSON[key]
 		switch {
-		case ok && f.writable:
+		case ok && f.writableOn(w):
 			if msg := setField(ctx, f, obj, in[key]); msg != "" {
 				errs[key] = []string{msg}
 				continue
@@ -225,9 +245,9 @@ func (m *model) assign(ctx context.Context, obj reflect.Value, data json.RawMess
 			errs[key] = []string{"Unknown field."}
 		}
 	}
-	if full {
+	if w == writeUpdate {
 		for _, f := range m.fields {
-			if _, sent := in[f.json]; f.writable && f.required && !sent {
+			if _, sent := in[f.json]; f.writableOn(w) && f.required && !sent {
 				errs[f.json] = []string{"This field is required."}
 			}
 		}

@@ -70,11 +70,11 @@ func (p *publisher) Initialize(db *gorm.DB) error {
 		name string
 		err  error
 	}{
-		{"after_create", cb.Create().After("gorm:create").Register("channelsapi:after_create", p.afterCreate)},
+		{"after_create", cb.Create().After("gorm:create").Before("gorm:after_create").Register("channelsapi:after_create", p.afterCreate)},
 		{"before_update", cb.Update().After("gorm:before_update").Before("gorm:update").Register("channelsapi:before_update", p.beforeUpdate)},
-		{"after_update", cb.Update().After("gorm:update").Register("channelsapi:after_update", p.afterUpdate)},
+		{"after_update", cb.Update().After("gorm:update").Before("gorm:after_update").Register("channelsapi:after_update", p.afterUpdate)},
 		{"before_delete", cb.Delete().After("gorm:before_delete").Before("gorm:delete").Register("channelsapi:before_delete", p.beforeDelete)},
-		{"after_delete", cb.Delete().After("gorm:delete").Register("channelsapi:after_delete", p.afterDelete)},
+		{"after_delete", cb.Delete().After("gorm:delete").Before("gorm:after_delete").Register("channelsapi:after_delete", p.afterDelete)},
 	}
 	for _, r := range regs {
 		if r.err != nil {

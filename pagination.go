@@ -68,7 +68,8 @@ func scalarText(raw json.RawMessage) (string, bool) {
 // resolve turns the query into a page number and size. A page that is not a
 // positive integer is "Invalid page."; a page size that is not a positive
 // integer falls back to the default and one above max is capped, as in Django
-// REST Framework.
+// REST Framework. The default is capped too, so that a ViewSet whose
+// MaxPageSize is below the default page size never returns more than max.
 func (q pageQuery) resolve(def, max int) (page, size int, err error) {
 	page = 1
 	if q.page != "" {
@@ -78,7 +79,7 @@ func (q pageQuery) resolve(def, max int) (page, size int, err error) {
 		}
 		page = n
 	}
-	size = def
+	size = min(def, max)
 	if n, err := strconv.Atoi(q.size); err == nil && n > 0 {
 		size = min(n, max)
 	}

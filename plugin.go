@@ -173,8 +173,22 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (*API, error) {
 		return nil, fmt.Errorf("channelsapi: install change capture: %w", err)
 	}
 	a.melody = a.newMelody()
-	router.GET(cfg.path, a.serveSocket)
+	if err := mount(func() { router.GET(cfg.path, a.serveSocket) }); err != nil {
+		return nil, fmt.Errorf("channelsapi: mount WebSocket endpoint %s: %w", cfg.path, err)
+	}
 	return a, nil
+}
+
+// mount runs a route registration, returning Gin's panic on a conflicting
+// route as an error.
+func mount(register func()) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%v", p)
+		}
+	}()
+	register()
+	return nil
 }
 
 func contextUser(c *gin.Context) any {
@@ -188,10 +202,12 @@ func (a *API) add(r resource) error {
 	if _, dup := a.streams[r.name()]; dup {
 		return fmt.Errorf("channelsapi: stream %q is added already", r.name())
 	}
+	if err := r.mountREST(a); err != nil {
+		return fmt.Errorf("channelsapi: add %s: %w", r.name(), err)
+	}
 	a.streams[r.name()] = r
 	t := r.model().schema.ModelType
 	a.byType[t] = append(a.byType[t], r)
-	r.mountREST(a)
 	return nil
 }
 
@@ -245,4 +261,17 @@ func (a *API) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// Stats is a snapshot of an API's connections and subscription index.
+type Stats struct {
+	Connections   int // open WebSocket connections
+	Subscribers   int // connections with at least one subscription
+	Subscriptions int // distinct index keys (stream, action, pk) in use
+}
+
+// Stats reports current figures, for monitoring and tests.
+func (a *API) Stats() Stats {
+	keys, subs := a.hub.Stats()
+	return Stats{Connections: a.melody.Len(), Subscribers: subs, Subscriptions: keys}
 }

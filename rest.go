@@ -20,28 +20,32 @@ type listPage struct {
 	Results  any     `json:"results"`
 }
 
-// mountREST adds the routes of PROTOCOL.md section 7 for v.
-func (v *viewSet[T]) mountREST(a *API) {
-	g := a.rest.Group("/" + v.Stream)
-	g.GET("", a.restHandler(v, actionList))
-	g.GET("/:pk", a.restHandler(v, actionRetrieve))
-	if !v.ReadOnly {
-		g.POST("", a.restHandler(v, actionCreate))
-		g.PUT("/:pk", a.restHandler(v, actionUpdate))
-		g.PATCH("/:pk", a.restHandler(v, actionPatch))
-		g.DELETE("/:pk", a.restHandler(v, actionDelete))
-	}
-	for name, act := range v.Actions {
-		method := act.Method
-		if method == "" {
-			method = http.MethodGet
+// mountREST adds the routes of PROTOCOL.md section 7 for v. Gin panics on
+// a route that conflicts with one the router has; that is returned as an
+// error (the routes mounted before it stay).
+func (v *viewSet[T]) mountREST(a *API) error {
+	return mount(func() {
+		g := a.rest.Group("/" + v.Stream)
+		g.GET("", a.restHandler(v, actionList))
+		g.GET("/:pk", a.restHandler(v, actionRetrieve))
+		if !v.ReadOnly {
+			g.POST("", a.restHandler(v, actionCreate))
+			g.PUT("/:pk", a.restHandler(v, actionUpdate))
+			g.PATCH("/:pk", a.restHandler(v, actionPatch))
+			g.DELETE("/:pk", a.restHandler(v, actionDelete))
 		}
-		path := "/" + name
-		if act.Detail {
-			path = "/:pk/" + name
+		for name, act := range v.Actions {
+			method := act.Method
+			if method == "" {
+				method = http.MethodGet
+			}
+			path := "/" + name
+			if act.Detail {
+				path = "/:pk/" + name
+			}
+			g.Handle(method, path, a.restHandler(v, name))
 		}
-		g.Handle(method, path, a.restHandler(v, name))
-	}
+	})
 }
 
 // restHandler serves one action over REST through the same code path as
@@ -80,16 +84,29 @@ func (a *API) restHandler(r resource, action string) gin.HandlerFunc {
 		case action == actionDelete:
 			c.Status(http.StatusNoContent)
 		case res.page != nil:
-			c.JSON(res.status, listPage{
+			a.writeJSON(c, res.status, listPage{
 				Count:    res.page.Count,
 				Next:     pageURL(c, res.page, res.page.Page+1),
 				Previous: pageURL(c, res.page, res.page.Page-1),
 				Results:  res.data,
 			})
 		default:
-			c.JSON(res.status, res.data)
+			a.writeJSON(c, res.status, res.data)
 		}
 	}
+}
+
+// writeJSON writes v encoded as the WebSocket encodes it. A value that cannot
+// be encoded (a model whose MarshalJSON fails, a NaN) is a 500, as on the
+// WebSocket; c.JSON would send the status with an empty body.
+func (a *API) writeJSON(c *gin.Context, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		a.log.ErrorContext(c.Request.Context(), "channelsapi: encode reply", "path", c.FullPath(), "err", err)
+		c.AbortWithStatusJSON(http.StatusInternalServerError, gin.H{"detail": msgServerError})
+		return
+	}
+	c.Data(status, "application/json; charset=utf-8", b)
 }
 
 // listData turns ?page= and ?page_size= into list options.

@@ -97,7 +97,7 @@ type resource interface {
 	serve(ctx context.Context, req *Request, conn *conn) result
 	model() *model
 	label() string
-	mountREST(api *API)
+	mountREST(api *API) error
 }
 
 // viewSet is an added ViewSet[T].
@@ -159,9 +159,9 @@ func isBuiltin(action string) bool {
 	return false
 }
 
-func (v *viewSet[T]) name() string   { return v.Stream }
-func (v *viewSet[T]) model() *model  { return v.m }
-func (v *viewSet[T]) label() string  { return v.Label }
+func (v *viewSet[T]) name() string  { return v.Stream }
+func (v *viewSet[T]) model() *model { return v.m }
+func (v *viewSet[T]) label() string { return v.Label }
 
 // serve runs one action: permission first, then the action (PROTOCOL.md 6).
 // conn is the WebSocket connection, nil on REST.
@@ -187,7 +187,11 @@ func (v *viewSet[T]) serve(ctx context.Context, req *Request, conn *conn) (res r
 		obj, err := v.lookup(v.query(ctx, req), req)
 		return result{status: http.StatusOK, data: obj, err: err}
 	case actionUpdate, actionPatch:
-		return v.update(ctx, req, req.Action == actionUpdate)
+		w := writePatch
+		if req.Action == actionUpdate {
+			w = writeUpdate
+		}
+		return v.update(ctx, req, w)
 	case actionDelete:
 		return v.delete(ctx, req)
 	case actionList:
@@ -248,7 +252,7 @@ func (v *viewSet[T]) lookup(db *gorm.DB, req *Request) (*T, error) {
 
 func (v *viewSet[T]) create(ctx context.Context, req *Request) result {
 	obj := new(T)
-	if _, err := v.m.assign(ctx, reflect.ValueOf(obj).Elem(), req.Data, false); err != nil {
+	if _, err := v.m.assign(ctx, reflect.ValueOf(obj).Elem(), req.Data, writeCreate); err != nil {
 		return result{err: err}
 	}
 	if err := v.m.validate(obj); err != nil {
@@ -266,14 +270,14 @@ func (v *viewSet[T]) create(ctx context.Context, req *Request) result {
 // update applies req.Data to the object: all writable fields that are
 // required must be present for a full update, only the given ones are
 // written for a patch. The merged object is validated as a whole.
-func (v *viewSet[T]) update(ctx context.Context, req *Request, full bool) result {
+func (v *viewSet[T]) update(ctx context.Context, req *Request, w write) result {
 	var obj *T
 	err := v.api.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		var err error
 		if obj, err = v.lookup(v.scoped(tx, req), req); err != nil {
 			return err
 		}
-		columns, err := v.m.assign(ctx, reflect.ValueOf(obj).Elem(), req.Data, full)
+		columns, err := v.m.assign(ctx, reflect.ValueOf(obj).Elem(), req.Data, w)
 		if err != nil {
 			return err
 		}
