@@ -93,27 +93,33 @@ func requestID(raw json.RawMessage) ([]byte, bool) {
 	return b.Bytes(), true
 }
 
-// publish hands committed changes to the hub, encoding each event once per
-// wire format. It runs under the publisher's lock and never blocks on a
+// publish hands committed changes, in commit order, to this instance's
+// subscribers. It runs under the publisher's lock and never blocks on a
 // connection.
 func (a *API) publish(changes []change) {
 	for _, ch := range changes {
-		a.mu.RLock()
-		rs := a.byType[ch.typ]
-		a.mu.RUnlock()
-		for _, r := range rs {
-			if ch.resync {
-				a.resync(r.name())
-				continue
-			}
-			ev, err := newEvent(r, ch)
-			if err != nil {
-				a.log.Error("channelsapi: encode event", "stream", r.name(), "err", err)
-				a.resync(r.name())
-				continue
-			}
-			a.hub.Publish(ev)
+		a.deliver(ch)
+	}
+}
+
+// deliver fans one change out to the local subscribers of every stream that
+// serves its model, encoding each event once per wire format.
+func (a *API) deliver(ch change) {
+	a.mu.RLock()
+	rs := a.byType[ch.typ]
+	a.mu.RUnlock()
+	for _, r := range rs {
+		if ch.resync {
+			a.resync(r.name())
+			continue
 		}
+		ev, err := newEvent(r, ch)
+		if err != nil {
+			a.log.Error("channelsapi: encode event", "stream", r.name(), "err", err)
+			a.resync(r.name())
+			continue
+		}
+		a.hub.Publish(ev)
 	}
 }
 
