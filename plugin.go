@@ -16,6 +16,7 @@ import (
 	"github.com/olahol/melody"
 	"gorm.io/gorm"
 
+	"github.com/channelsapi/channelsapi/debugpage"
 	"github.com/channelsapi/channelsapi/internal/fanout"
 )
 
@@ -42,6 +43,7 @@ type config struct {
 	bulkLimit      int
 	logger         *slog.Logger
 	user           func(*gin.Context) any
+	debugPath      string
 }
 
 // WithPath sets the WebSocket endpoint's path, relative to the router given
@@ -94,6 +96,20 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l }
 // stored in the gin.Context. A nil result means anonymous. The default reads
 // the context key "user".
 func WithUser(resolve func(*gin.Context) any) Option { return func(c *config) { c.user = resolve } }
+
+// WithDebugPage mounts the debugger page, a browser console for the socket
+// generated from the added ViewSets, and its schema at path (empty means
+// "/channels-api") on the router given to Register. The page is for
+// development only: without this option it is not mounted, whatever Gin's
+// mode.
+func WithDebugPage(path string) Option {
+	return func(c *config) {
+		if path == "" {
+			path = "/channels-api"
+		}
+		c.debugPath = path
+	}
+}
 
 // API serves the added ViewSets. It is safe for concurrent use; add every
 // ViewSet before the router starts serving.
@@ -176,6 +192,16 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (*API, error) {
 	if err := mount(func() { router.GET(cfg.path, a.serveSocket) }); err != nil {
 		return nil, fmt.Errorf("channelsapi: mount WebSocket endpoint %s: %w", cfg.path, err)
 	}
+	if cfg.debugPath != "" {
+		err := debugpage.Mount(router, debugpage.Config{
+			Path:          cfg.debugPath,
+			WebSocketPath: basePath(router) + cfg.path,
+			Schema:        a.schema,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("channelsapi: mount debug page: %w", err)
+		}
+	}
 	return a, nil
 }
 
@@ -189,6 +215,14 @@ func mount(register func()) (err error) {
 	}()
 	register()
 	return nil
+}
+
+// basePath is the absolute path of router (a *gin.Engine or a group).
+func basePath(router gin.IRouter) string {
+	if b, ok := router.(interface{ BasePath() string }); ok {
+		return strings.TrimRight(b.BasePath(), "/")
+	}
+	return ""
 }
 
 func contextUser(c *gin.Context) any {

@@ -98,6 +98,7 @@ type resource interface {
 	model() *model
 	label() string
 	mountREST(api *API) error
+	describe() streamSchema
 }
 
 // viewSet is an added ViewSet[T].

@@ -48,13 +48,14 @@ type Choice struct {
 func main() {
 	addr := flag.String("addr", ":8080", "address to listen on")
 	dsn := flag.String("db", "example.db", "SQLite database file")
+	debug := flag.Bool("debug", false, "serve the debugger page at /channels-api/ (development only)")
 	flag.Parse()
-	if err := run(*addr, *dsn); err != nil {
+	if err := run(*addr, *dsn, *debug); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(addr, dsn string) error {
+func run(addr, dsn string, debug bool) error {
 	db, err := gorm.Open(sqlite.Open(dsn+"?_journal_mode=WAL&_busy_timeout=5000&_txlock=immediate"),
 		&gorm.Config{Logger: logger.Default.LogMode(logger.Warn)})
 	if err != nil {
@@ -65,7 +66,11 @@ func run(addr, dsn string) error {
 	}
 
 	router := gin.Default()
-	api, err := channelsapi.Register(router, db, channelsapi.WithRESTPrefix("/api"))
+	opts := []channelsapi.Option{channelsapi.WithRESTPrefix("/api")}
+	if debug {
+		opts = append(opts, channelsapi.WithDebugPage(""))
+	}
+	api, err := channelsapi.Register(router, db, opts...)
 	if err != nil {
 		return err
 	}
@@ -88,6 +93,9 @@ func run(addr, dsn string) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	fmt.Printf("polls app on %s (database %s)\n  REST:      http://localhost%s/api/questions\n  WebSocket: ws://localhost%s/ws\n", addr, dsn, port(addr), port(addr))
+	if debug {
+		fmt.Printf("  Debugger:  http://localhost%s/channels-api/ (development only)\n", port(addr))
+	}
 
 	select {
 	case err := <-errc:

@@ -1,0 +1,1123 @@
+// channelsapi debugger: builds request forms from schema.json, talks to the
+// WebSocket endpoint (window.ws) and logs every frame in both directions.
+// Plain browser JavaScript, no dependencies, no build step.
+(function () {
+  'use strict';
+
+  const MAX_ENTRIES = 2000;
+  const PREVIEW_CHARS = 160;
+  const WRITE_ACTIONS = new Set(['create', 'update', 'patch']);
+  const SUB_ACTIONS = new Set(['subscribe', 'unsubscribe']);
+  const STATUS_TEXT = {
+    200: 'OK', 201: 'Created', 204: 'No Content', 400: 'Bad Request', 401: 'Unauthorized',
+    403: 'Forbidden', 404: 'Not Found', 413: 'Too Large', 500: 'Server Error', 503: 'Unavailable',
+  };
+  const CLOSE_TEXT = {
+    1000: 'normal closure', 1001: 'going away: the server is shutting down',
+    1005: 'no status', 1006: 'connection lost (no close frame)',
+    1008: 'policy violation: authorization withdrawn', 1009: 'frame too big',
+    1011: 'internal server error', 1013: 'client too slow: load the state again (resync)',
+  };
+
+  // ---------------------------------------------------------------- helpers
+
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+
+  // el builds an element; attrs: class, text, data-* and other attributes,
+  // on<event> listeners. Text is always set as text, never parsed as HTML.
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === 'class') e.className = v;
+      else if (k === 'text') e.textContent = v;
+      else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+      else e.setAttribute(k, v === true ? '' : String(v));
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined || c === false) continue;
+      e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return e;
+  }
+
+  function show(node, visible) { node.hidden = !visible; }
+
+  function parseJSON(text) {
+    try { return { ok: true, value: JSON.parse(text) }; } catch (e) { return { ok: false, error: e.message }; }
+  }
+
+  function isObject(v) { return v !== null && typeof v === 'object' && !Array.isArray(v); }
+
+  function compact(v) {
+    const s = typeof v === 'string' ? v : JSON.stringify(v);
+    return s === undefined ? '' : (s.length > PREVIEW_CHARS ? s.slice(0, PREVIEW_CHARS) + '…' : s);
+  }
+
+  function clock(d) {
+    const p = (n, w) => String(n).padStart(w || 2, '0');
+    return `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}.${p(d.getMilliseconds(), 3)}`;
+  }
+
+  // ridText shows a request_id: a string as it is, anything else as JSON.
+  function ridText(rid) { return typeof rid === 'string' ? rid : JSON.stringify(rid); }
+
+  // scalar turns typed text into a number when it is one, else keeps the text,
+  // so that the server sees what was typed and answers type errors itself.
+  function scalar(text, type) {
+    const t = text.trim();
+    if ((type === 'integer' && /^-?\d+$/.test(t) && Number.isSafeInteger(Number(t))) ||
+        (type === 'number' && t !== '' && Number.isFinite(Number(t)))) {
+      return Number(t);
+    }
+    return text;
+  }
+
+  // ----------------------------------------------------------------- state
+
+  const state = {
+    schema: null,          // schema.json: {websocket_path, streams}
+    streams: new Map(),    // name -> stream description
+    ws: null,
+    manual: false,         // the user disconnected: no reconnect
+    attempt: 0,            // reconnect attempts since the last open
+    retryTimer: 0,
+    tickTimer: 0,
+    everOpen: false,
+    pending: new Map(),    // JSON of request_id -> [sent request, ...] awaiting a reply
+    subs: new Map(),       // key -> subscription
+    entries: [],
+    entrySeq: 0,
+    rawDirty: false,       // the frame editor holds text the user typed
+    syncing: false,        // the form is being filled from the frame editor
+    sendMeta: null,        // what the page knows about the frame it sends next
+    fieldsOf: '',          // stream whose fields the form shows
+    idPrefix: Math.random().toString(36).slice(2, 6),
+    idSeq: 0,
+  };
+
+  function freshID() { state.idSeq++; return `${state.idPrefix}-${state.idSeq}`; }
+
+  // ----------------------------------------------------------------- schema
+
+  async function loadSchema() {
+    const res = await fetch('schema.json', { cache: 'no-store', headers: { Accept: 'application/json' } });
+    if (!res.ok) throw new Error(`schema.json answered HTTP ${res.status}`);
+    const doc = await res.json();
+    if (!isObject(doc) || !Array.isArray(doc.streams)) throw new Error('schema.json has no "streams" list');
+    return doc;
+  }
+
+  function applySchema(doc) {
+    const before = JSON.stringify(state.schema);
+    state.schema = doc;
+    state.streams = new Map(doc.streams.map((s) => [s.name, s]));
+    if (before === JSON.stringify(doc)) return;
+
+    const sel = $('#stream');
+    const prev = sel.value;
+    sel.replaceChildren(...doc.streams.map((s) => el('option', { value: s.name, text: s.name })));
+    if (state.streams.has(prev)) sel.value = prev;
+
+    const filter = $('#filter-stream');
+    const fprev = filter.value;
+    filter.replaceChildren(el('option', { value: '', text: 'all streams' }),
+      ...doc.streams.map((s) => el('option', { value: s.name, text: s.name })),
+      el('option', { value: '\u0000', text: '(no stream)' }));
+    filter.value = fprev;
+    if (filter.value !== fprev) filter.value = '';
+
+    state.fieldsOf = '';
+    showSchemaError(doc.streams.length ? '' : 'No stream is added: add ViewSets with channelsapi.Add.');
+    onStreamChange();
+  }
+
+  function showSchemaError(msg) {
+    const box = $('#schema-error');
+    box.textContent = msg;
+    show(box, msg !== '');
+  }
+
+  function currentStream() { return state.streams.get($('#stream').value) || null; }
+
+  function currentAction() {
+    const s = currentStream();
+    const name = $('#action').value;
+    return (s && s.actions.find((a) => a.name === name)) || null;
+  }
+
+  // ------------------------------------------------------------- connection
+
+  function socketURL() {
+    const path = (state.schema && state.schema.websocket_path) || '/ws';
+    return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + path;
+  }
+
+  function setConn(st, text) {
+    const box = $('#conn');
+    box.dataset.state = st;
+    $('#conn-text').textContent = text;
+    $('#conn-url').textContent = socketURL();
+    $('#conn-toggle').textContent = st === 'open' || st === 'connecting' ? 'Disconnect' : 'Connect now';
+    $('#send').disabled = st !== 'open';
+  }
+
+  function clearTimers() {
+    clearTimeout(state.retryTimer);
+    clearInterval(state.tickTimer);
+    state.retryTimer = state.tickTimer = 0;
+  }
+
+  function connect() {
+    clearTimers();
+    state.manual = false;
+    const url = socketURL();
+    setConn('connecting', 'connecting…');
+    let sock;
+    try {
+      sock = new WebSocket(url);
+    } catch (e) {
+      logSystem(`cannot open ${url}: ${e.message}`, true);
+      scheduleReconnect();
+      return;
+    }
+    // Every frame sent on this socket is logged, also those sent from the
+    // browser console with ws.send.
+    const nativeSend = sock.send;
+    sock.send = function (data) {
+      if (this.readyState === WebSocket.OPEN) noteSent(data);
+      return nativeSend.call(this, data);
+    };
+    let opened = false;
+    state.ws = sock;
+    window.ws = sock;
+    sock.addEventListener('open', () => {
+      if (state.ws !== sock) return;
+      opened = true;
+      state.attempt = 0;
+      setConn('open', 'connected');
+      logSystem(`connected to ${url}`);
+      if (state.everOpen) refreshSchema();
+      state.everOpen = true;
+      resubscribe();
+    });
+    sock.addEventListener('message', (ev) => {
+      if (state.ws === sock) noteReceived(ev.data);
+    });
+    sock.addEventListener('close', (ev) => {
+      if (state.ws !== sock) return;
+      if (opened || state.attempt === 0) {
+        const why = CLOSE_TEXT[ev.code];
+        const text = opened ? `connection closed with ${ev.code}` : `cannot connect to ${url} (${ev.code})`;
+        logSystem(text + (why ? `: ${why}` : '') + (ev.reason ? ` (“${ev.reason}”)` : ''), ev.code !== 1000);
+      }
+      closed(opened);
+    });
+  }
+
+  function closed(wasOpen) {
+    for (const reqs of state.pending.values()) {
+      for (const r of reqs) if (r.meta && r.meta.resub) state.subs.delete(r.meta.resub);
+    }
+    state.pending.clear();
+    if (wasOpen) {
+      const keep = $('#resubscribe').checked;
+      for (const [key, sub] of state.subs) {
+        if (keep) sub.state = 'lost'; else state.subs.delete(key);
+      }
+      renderSubs();
+    }
+    if (state.manual) {
+      setConn('closed', 'disconnected');
+      return;
+    }
+    scheduleReconnect();
+  }
+
+  // scheduleReconnect retries with exponential backoff: 0.5 s doubling up
+  // to 10 s, with jitter so that many pages do not reconnect in step.
+  function scheduleReconnect() {
+    clearTimers();
+    const delay = Math.min(10000, 500 * 2 ** state.attempt) * (0.8 + Math.random() * 0.4);
+    state.attempt++;
+    const at = Date.now() + delay;
+    const tick = () => setConn('waiting', `reconnecting in ${Math.max(1, Math.ceil((at - Date.now()) / 1000))} s (attempt ${state.attempt})`);
+    tick();
+    state.tickTimer = setInterval(tick, 250);
+    state.retryTimer = setTimeout(connect, delay);
+  }
+
+  function disconnect() {
+    state.manual = true;
+    clearTimers();
+    if (state.ws && state.ws.readyState <= WebSocket.OPEN) state.ws.close(1000, 'closed from the debugger');
+    else setConn('closed', 'disconnected');
+  }
+
+  async function refreshSchema() {
+    try { applySchema(await loadSchema()); } catch (e) { showSchemaError(`Cannot reload the schema: ${e.message}`); }
+  }
+
+  // ----------------------------------------------------------------- frames
+
+  // noteSent logs an outgoing frame and remembers it until its reply.
+  function noteSent(data) {
+    const meta = state.sendMeta;
+    state.sendMeta = null;
+    if (typeof data !== 'string') {
+      addEntry({ dir: 'out', kind: 'sent', stream: null, text: `(binary frame, ${data.byteLength || data.size || 0} bytes)` });
+      pushPending('null', { action: null, meta, sentAt: performance.now() });
+      return;
+    }
+    const parsed = parseJSON(data);
+    const frame = parsed.ok && isObject(parsed.value) ? parsed.value : null;
+    const p = frame && isObject(frame.payload) ? frame.payload : null;
+    const stream = frame && typeof frame.stream === 'string' ? frame.stream : null;
+    const req = {
+      stream,
+      action: p && typeof p.action === 'string' ? p.action : null,
+      pk: p ? p.pk : undefined,
+      data: p ? p.data : undefined,
+      rid: p && p.request_id !== undefined ? p.request_id : null,
+      meta,
+      sentAt: performance.now(),
+    };
+    pushPending(frame && p ? JSON.stringify(req.rid) : 'null', req);
+    addEntry({
+      dir: 'out', kind: 'sent', stream, text: data, frame: parsed.ok ? parsed.value : undefined,
+      action: req.action, rid: p ? req.rid : undefined, pk: req.pk, invalid: !parsed.ok,
+    });
+  }
+
+  function pushPending(key, req) {
+    const list = state.pending.get(key) || [];
+    list.push(req);
+    state.pending.set(key, list);
+  }
+
+  // takePending returns the oldest request that a reply with this
+  // request_id and action answers.
+  function takePending(rid, action) {
+    const key = JSON.stringify(rid === undefined ? null : rid);
+    const list = state.pending.get(key);
+    if (!list) return null;
+    const i = list.findIndex((r) => r.action === action);
+    if (i < 0) return null;
+    const [req] = list.splice(i, 1);
+    if (!list.length) state.pending.delete(key);
+    return req;
+  }
+
+  function noteReceived(data) {
+    if (typeof data !== 'string') {
+      addEntry({ dir: 'in', kind: 'error', stream: null, text: '(binary frame)' });
+      return;
+    }
+    const parsed = parseJSON(data);
+    const frame = parsed.ok && isObject(parsed.value) ? parsed.value : null;
+    const p = frame && isObject(frame.payload) ? frame.payload : null;
+    const stream = frame && typeof frame.stream === 'string' ? frame.stream : null;
+    if (!p) {
+      addEntry({ dir: 'in', kind: 'error', stream, text: data, frame: parsed.ok ? parsed.value : undefined });
+      return;
+    }
+    const action = typeof p.action === 'string' ? p.action : null;
+    let kind = 'reply';
+    let req = null;
+    if ('response_status' in p && (req = takePending(p.request_id, action))) {
+      kind = p.response_status >= 400 ? 'error' : 'reply';
+    } else if (!('response_status' in p) && 'model' in p) {
+      kind = 'event'; // channels-api subscription event
+    } else if (isInstanceEvent(stream, p)) {
+      kind = 'event'; // DCRF instance event, carries the subscribing request_id
+    } else if (p.response_status >= 400) {
+      kind = 'error';
+    }
+    let pk = p.pk;
+    if (kind === 'event' && pk === undefined && isObject(p.data)) {
+      const s = state.streams.get(stream);
+      pk = 'pk' in p.data ? p.data.pk : s && s.pk ? p.data[s.pk] : undefined;
+    }
+    addEntry({
+      dir: 'in', kind, stream, text: data, frame: parsed.value, action, pk,
+      rid: 'request_id' in p ? p.request_id : undefined,
+      status: p.response_status, latency: req ? performance.now() - req.sentAt : undefined,
+    });
+    if (req) onReply(req, p, stream);
+  }
+
+  function isInstanceEvent(stream, p) {
+    if (p.request_id === undefined || p.request_id === null) return false;
+    const rid = JSON.stringify(p.request_id);
+    for (const sub of state.subs.values()) {
+      if (sub.kind === 'instance' && sub.stream === stream && JSON.stringify(sub.rid) === rid) return true;
+    }
+    return false;
+  }
+
+  // onReply applies a reply to the page: subscriptions, the form's errors,
+  // the form's values for "Load".
+  function onReply(req, p, stream) {
+    const ok = p.response_status < 300;
+    const meta = req.meta || {};
+    if (meta.resub && !ok) state.subs.delete(meta.resub);
+    if (ok && stream) {
+      const pk = req.pk === undefined || req.pk === null ? null : req.pk;
+      switch (req.action) {
+        case 'subscribe':
+        case 'unsubscribe': {
+          const event = isObject(p.data) ? p.data.action : null;
+          const key = subKey({ kind: 'group', stream, event, pk, rid: null });
+          if (req.action === 'subscribe') state.subs.set(key, { kind: 'group', stream, event, pk, rid: null, state: 'active' });
+          else state.subs.delete(key);
+          break;
+        }
+        case 'subscribe_instance':
+          state.subs.set(subKey({ kind: 'instance', stream, pk, rid: req.rid }),
+            { kind: 'instance', stream, event: null, pk, rid: req.rid, state: 'active' });
+          break;
+        case 'unsubscribe_instance':
+          state.subs.delete(subKey({ kind: 'instance', stream, pk, rid: req.rid }));
+          break;
+      }
+    }
+    renderSubs();
+    if (meta.fill && ok && isObject(p.data)) fillFields(p.data);
+    if (meta.form) showResult(p, req);
+  }
+
+  // ------------------------------------------------------------- subscriptions
+
+  function subKey(s) {
+    return JSON.stringify([s.kind, s.stream, s.event, s.pk === null ? null : String(s.pk), s.kind === 'instance' ? s.rid : null]);
+  }
+
+  function subscriptionFrame(sub, unsubscribe) {
+    if (sub.kind === 'instance') {
+      return { stream: sub.stream, payload: { action: unsubscribe ? 'unsubscribe_instance' : 'subscribe_instance', pk: sub.pk, request_id: sub.rid } };
+    }
+    const payload = { action: unsubscribe ? 'unsubscribe' : 'subscribe', data: { action: sub.event } };
+    if (sub.pk !== null) payload.pk = sub.pk;
+    payload.request_id = freshID();
+    return { stream: sub.stream, payload };
+  }
+
+  function sendFrame(frame, meta) {
+    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
+      setResult('error', 'Not connected.');
+      return false;
+    }
+    state.sendMeta = meta || null;
+    state.ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  function resubscribe() {
+    const lost = [...state.subs].filter(([, s]) => s.state === 'lost');
+    if (!lost.length) return;
+    logSystem(`subscribing again to ${lost.length} subscription${lost.length > 1 ? 's' : ''} of the closed connection`);
+    for (const [key, sub] of lost) {
+      sub.state = 'pending';
+      sendFrame(subscriptionFrame(sub, false), { resub: key });
+    }
+    renderSubs();
+  }
+
+  function renderSubs() {
+    const list = $('#subscriptions');
+    const items = [...state.subs].map(([key, sub]) => {
+      const what = sub.kind === 'instance' ? 'instance' : sub.event;
+      const scope = sub.pk === null ? 'every object' : `pk ${sub.pk}`;
+      return el('li', {
+        class: 'sub', 'data-sub-key': key, 'data-stream': sub.stream, 'data-kind': sub.kind,
+        'data-event': sub.event || '', 'data-pk': sub.pk === null ? '' : String(sub.pk), 'data-state': sub.state,
+      },
+      el('span', { class: 'badge sub-' + sub.kind, text: what }),
+      el('span', { class: 'sub-what' }, el('b', { text: sub.stream }), ' · ', scope,
+        sub.kind === 'instance' ? el('span', { class: 'rid', text: ` #${ridText(sub.rid)}` }) : null),
+      sub.state !== 'active' ? el('span', { class: 'sub-state', text: sub.state === 'lost' ? 'connection closed' : 'subscribing…' }) : null,
+      el('button', {
+        type: 'button', 'data-act': 'unsubscribe', text: 'Unsubscribe',
+        onclick: () => {
+          if (sub.state === 'active') sendFrame(subscriptionFrame(sub, true));
+          else { state.subs.delete(key); renderSubs(); }
+        },
+      }));
+    });
+    list.replaceChildren(...items);
+    $('#sub-count').textContent = String(items.length);
+    show($('#sub-empty'), items.length === 0);
+  }
+
+  // -------------------------------------------------------------------- log
+
+  function logSystem(text, isError) {
+    addEntry({ dir: 'sys', kind: 'system', stream: null, text, error: !!isError });
+  }
+
+  function addEntry(e) {
+    e.id = ++state.entrySeq;
+    e.time = new Date();
+    state.entries.push(e);
+    const node = renderEntry(e);
+    e.node = node;
+    const log = $('#log');
+    const follow = $('#follow').checked && isAtBottom(log);
+    log.append(node);
+    while (state.entries.length > MAX_ENTRIES) state.entries.shift().node.remove();
+    node.hidden = !matchesFilter(e);
+    updateLogCount();
+    if (follow && !node.hidden) log.scrollTop = log.scrollHeight;
+  }
+
+  function isAtBottom(log) { return log.scrollHeight - log.scrollTop - log.clientHeight < 40; }
+
+  function renderEntry(e) {
+    const attrs = {
+      class: `entry kind-${e.kind}` + (e.error ? ' sys-error' : ''),
+      'data-id': e.id, 'data-kind': e.kind, 'data-dir': e.dir,
+      'data-stream': e.stream === null ? '' : e.stream,
+      'data-action': e.action === undefined || e.action === null ? undefined : e.action,
+      'data-status': e.status === undefined ? undefined : e.status,
+      'data-request-id': e.rid === undefined || e.rid === null ? undefined : ridText(e.rid),
+      'data-pk': e.pk === undefined || e.pk === null ? undefined : String(e.pk),
+    };
+    if (e.kind === 'system') {
+      return el('div', attrs, el('div', { class: 'sum' },
+        el('span', { class: 'time', text: clock(e.time) }),
+        el('span', { class: 'badge', text: 'connection' }),
+        el('span', { class: 'text', text: e.text })));
+    }
+    const summary = el('summary', { class: 'sum' },
+      el('span', { class: 'time', text: clock(e.time) }),
+      el('span', { class: 'dir', title: e.dir === 'out' ? 'sent' : 'received', text: e.dir === 'out' ? '↑' : '↓' }),
+      el('span', { class: 'badge', text: e.kind }),
+      el('span', { class: 'stream', text: e.stream === null ? '(no stream)' : e.stream }),
+      e.action !== undefined && e.action !== null ? el('span', { class: 'action', text: e.action }) : null,
+      e.status !== undefined ? el('span', { class: 'status s' + String(e.status).charAt(0), text: String(e.status) }) : null,
+      e.pk !== undefined && e.pk !== null ? el('span', { class: 'pk', text: `pk ${compact(e.pk)}` }) : null,
+      e.rid !== undefined && e.rid !== null ? el('span', {
+        class: 'rid', title: 'Show the frames of this request_id', text: `#${ridText(e.rid)}`,
+        onclick: (ev) => { ev.preventDefault(); $('#filter-text').value = ridText(e.rid); applyFilter(); },
+      }) : null,
+      el('span', { class: 'preview', text: preview(e) }),
+      e.latency !== undefined ? el('span', { class: 'latency', text: `${Math.round(e.latency)} ms` }) : null);
+    const body = el('div', { class: 'body' });
+    const node = el('details', attrs, summary, body);
+    node.addEventListener('toggle', () => {
+      if (node.open && !body.firstChild) fillBody(e, body);
+    });
+    return node;
+  }
+
+  function preview(e) {
+    if (e.invalid) return 'not valid JSON: ' + compact(e.text);
+    if (e.frame === undefined) return compact(e.text);
+    const p = isObject(e.frame) && isObject(e.frame.payload) ? e.frame.payload : null;
+    if (!p) return compact(e.frame);
+    if (e.kind === 'error' && Array.isArray(p.errors) && p.errors.length) return compact(p.errors.length === 1 ? p.errors[0] : p.errors);
+    let text = p.data === undefined ? '' : compact(p.data);
+    if (isObject(p.meta)) text = `${p.meta.count} objects, page ${p.meta.page} of ${p.meta.num_pages}  ${text}`;
+    return text;
+  }
+
+  function fillBody(e, body) {
+    const pre = el('pre', { class: 'json' });
+    if (e.frame !== undefined) pre.append(renderJSON(e.frame, ''));
+    else pre.textContent = e.text;
+    const buttons = el('div', { class: 'entry-actions' },
+      el('button', { type: 'button', 'data-act': 'copy-frame', text: 'Copy', onclick: () => copyText(e.frame !== undefined ? JSON.stringify(e.frame, null, 2) : e.text, 'frame') }));
+    if (e.dir === 'out') {
+      buttons.append(el('button', {
+        type: 'button', 'data-act': 'resend', text: 'Edit and send again',
+        onclick: () => { loadRaw(e.frame !== undefined ? JSON.stringify(e.frame, null, 2) : e.text); },
+      }));
+    }
+    body.append(pre, buttons);
+  }
+
+  // renderJSON pretty-prints a value as highlighted text nodes.
+  function renderJSON(v, indent) {
+    const frag = document.createDocumentFragment();
+    const span = (cls, text) => el('span', { class: cls, text });
+    const inner = indent + '  ';
+    if (Array.isArray(v)) {
+      if (!v.length) { frag.append('[]'); return frag; }
+      frag.append('[\n');
+      v.forEach((x, i) => {
+        frag.append(inner, renderJSON(x, inner), i < v.length - 1 ? ',\n' : '\n');
+      });
+      frag.append(indent + ']');
+    } else if (isObject(v)) {
+      const keys = Object.keys(v);
+      if (!keys.length) { frag.append('{}'); return frag; }
+      frag.append('{\n');
+      keys.forEach((k, i) => {
+        frag.append(inner, span('j-key', JSON.stringify(k)), ': ', renderJSON(v[k], inner), i < keys.length - 1 ? ',\n' : '\n');
+      });
+      frag.append(indent + '}');
+    } else if (typeof v === 'string') {
+      frag.append(span('j-str', JSON.stringify(v)));
+    } else if (typeof v === 'number') {
+      frag.append(span('j-num', String(v)));
+    } else {
+      frag.append(span('j-lit', String(v)));
+    }
+    return frag;
+  }
+
+  function filterState() {
+    return {
+      stream: $('#filter-stream').value,
+      kinds: new Set($$('.chips input:checked').map((i) => i.value)),
+      text: $('#filter-text').value.trim().toLowerCase(),
+    };
+  }
+
+  function matchesFilter(e, f) {
+    f = f || filterState();
+    if (!f.kinds.has(e.kind)) return false;
+    if (f.stream === '\u0000' ? e.stream !== null : f.stream !== '' && e.stream !== f.stream) return false;
+    return !f.text || e.text.toLowerCase().includes(f.text);
+  }
+
+  function applyFilter() {
+    const f = filterState();
+    for (const e of state.entries) e.node.hidden = !matchesFilter(e, f);
+    $$('.chips .chip').forEach((c) => c.classList.toggle('off', !c.querySelector('input').checked));
+    updateLogCount();
+  }
+
+  function visibleEntries() { return state.entries.filter((e) => !e.node.hidden); }
+
+  function updateLogCount() {
+    const shown = visibleEntries().length;
+    const total = state.entries.length;
+    $('#log-count').textContent = shown === total ? String(total) : `${shown} of ${total}`;
+    show($('#log-empty'), total === 0);
+  }
+
+  function exportEntries() {
+    return state.entries.map((e) => ({
+      time: e.time.toISOString(),
+      direction: e.dir === 'out' ? 'sent' : e.dir === 'in' ? 'received' : 'connection',
+      kind: e.kind,
+      frame: e.frame !== undefined ? e.frame : e.text,
+    }));
+  }
+
+  async function copyText(text, what) {
+    window.channelsapi.lastCopy = text;
+    let ok = false;
+    try {
+      await navigator.clipboard.writeText(text);
+      ok = true;
+    } catch (_) {
+      const ta = el('textarea', { class: 'offscreen', readonly: true });
+      ta.value = text;
+      document.body.append(ta);
+      ta.select();
+      try { ok = document.execCommand('copy'); } catch (_) { ok = false; }
+      ta.remove();
+    }
+    flash(ok ? `Copied ${what}.` : 'The browser refused the clipboard; see channelsapi.lastCopy in the console.');
+  }
+
+  function flash(text) {
+    const r = $('#result');
+    r.dataset.kind = 'note';
+    r.textContent = text;
+  }
+
+  // ------------------------------------------------------------------ form
+
+  function onStreamChange() {
+    const s = currentStream();
+    const sel = $('#action');
+    const prev = sel.value;
+    const builtin = s ? s.actions.filter((a) => a.builtin) : [];
+    const custom = s ? s.actions.filter((a) => !a.builtin) : [];
+    sel.replaceChildren(
+      el('optgroup', { label: 'built-in' }, builtin.map((a) => el('option', { value: a.name, text: a.name }))),
+      custom.length ? el('optgroup', { label: 'custom' }, custom.map((a) => el('option', { value: a.name, text: a.name }))) : null);
+    if (s && s.actions.some((a) => a.name === prev)) sel.value = prev;
+
+    const info = $('#stream-info');
+    info.replaceChildren();
+    if (s) {
+      info.append('model ', el('code', { text: s.model }), ' · pk ', el('code', { text: s.pk || '(not serialized)' }),
+        ` ${s.pk_type} · REST `, el('code', { text: s.rest_path }),
+        ` · page size ${s.page_size} (max ${s.max_page_size})`);
+      if (s.read_only) info.append(' ', el('span', { class: 'badge ro', text: 'read-only' }));
+    }
+    if (s && state.fieldsOf !== s.name) renderFields(s);
+    onActionChange();
+  }
+
+  function onActionChange() {
+    const s = currentStream();
+    const a = currentAction();
+    const name = a ? a.name : '';
+    const isSub = SUB_ACTIONS.has(name);
+    const isWrite = WRITE_ACTIONS.has(name);
+
+    show($('#pk-row'), !!a && (a.detail || isSub));
+    $('#pk-label').textContent = isSub ? 'pk (optional)' : 'pk';
+    $('#pk-type').textContent = s ? s.pk_type : '';
+    $('#pk-hint').textContent = isSub ? 'Only this object. Leave empty for every object.'
+      : name === 'subscribe_instance' ? 'Events for this object carry the request_id below; unsubscribe_instance needs the same one.'
+        : name === 'unsubscribe_instance' ? 'Use the request_id of the subscribe_instance (or the Unsubscribe button below).'
+          : '';
+    show($('#load-object'), name === 'update' || name === 'patch');
+
+    show($('#list-row'), name === 'list');
+    if (s) {
+      $('#page-size').placeholder = String(s.page_size);
+      $('#page-size-hint').textContent = `default ${s.page_size}, at most ${s.max_page_size}`;
+    }
+    show($('#sub-row'), isSub);
+    show($('#fields'), isWrite);
+    show($('#readonly-fields'), isWrite && $('#readonly-fields').textContent !== '');
+    if (isWrite) resetIncludes(name);
+    show($('#custom-row'), !!a && !a.builtin);
+    $('#custom-hint').textContent = a && !a.builtin ? (a.detail ? 'Detail action: the object is looked up by pk first.' : 'List action: no object.') : '';
+
+    const info = $('#action-info');
+    info.replaceChildren();
+    if (a) {
+      if (a.method) info.append('REST: ', el('code', { text: `${a.method} ${a.path}` }));
+      else info.append('WebSocket only (no REST route)');
+      if (s && s.read_only && isWrite) info.append(' · this stream is read-only');
+    }
+    clearFieldErrors();
+    rebuildRaw();
+  }
+
+  function ruleHint(rule, type) {
+    const [name, param] = rule.split(/=(.*)/s);
+    const text = type === 'string';
+    switch (name) {
+      case 'required': return 'required';
+      case 'max': case 'lte': return text ? `at most ${param} characters` : `≤ ${param}`;
+      case 'min': case 'gte': return text ? `at least ${param} characters` : `≥ ${param}`;
+      case 'lt': return text ? `fewer than ${param} characters` : `< ${param}`;
+      case 'gt': return text ? `more than ${param} characters` : `> ${param}`;
+      case 'len': return text ? `exactly ${param} characters` : `length ${param}`;
+      case 'eq': return `= ${param}`;
+      case 'ne': return `≠ ${param}`;
+      case 'oneof': return `one of: ${param.split(' ').join(', ')}`;
+      case 'email': return 'an email address';
+      case 'url': case 'http_url': case 'uri': return 'a URL';
+      case 'uuid': case 'uuid4': return 'a UUID';
+      case 'omitempty': return null;
+      default: return rule;
+    }
+  }
+
+  function renderFields(s) {
+    state.fieldsOf = s.name;
+    const box = $('#fields');
+    const rows = [];
+    const readOnly = [];
+    for (const f of s.fields) {
+      if (f.read_only) { readOnly.push(f.name); continue; }
+      rows.push(renderField(f));
+    }
+    box.replaceChildren(...rows);
+    if (!rows.length) box.append(el('p', { class: 'hint', text: 'No writable field.' }));
+    const ro = $('#readonly-fields');
+    ro.textContent = readOnly.length ? `Read-only, ignored if sent: ${readOnly.join(', ')}` : '';
+  }
+
+  function renderField(f) {
+    const id = 'field-' + f.name;
+    let input;
+    if (f.type === 'boolean') {
+      input = el('select', { id, 'data-input': true }, el('option', { value: 'true', text: 'true' }), el('option', { value: 'false', text: 'false' }));
+    } else if (f.type === 'object' || f.type === 'array' || f.type === 'any') {
+      input = el('textarea', { id, 'data-input': true, rows: 2, spellcheck: 'false', placeholder: f.type === 'array' ? '[ ]' : 'JSON' });
+    } else {
+      const numeric = f.type === 'integer' || f.type === 'number';
+      input = el('input', {
+        id, 'data-input': true, spellcheck: 'false',
+        type: numeric ? 'number' : 'text',
+        step: f.type === 'integer' ? '1' : f.type === 'number' ? 'any' : undefined,
+        placeholder: f.type === 'datetime' ? 'RFC 3339, e.g. 2006-01-02T15:04:05Z' : undefined,
+      });
+    }
+    const oneof = f.rules.find((r) => r.startsWith('oneof='));
+    let list = null;
+    if (oneof && input.tagName === 'INPUT') {
+      list = el('datalist', { id: id + '-choices' }, oneof.slice(6).split(' ').map((v) => el('option', { value: v })));
+      input.setAttribute('list', list.id);
+    }
+    const hints = f.rules.filter((r) => r !== 'required').map((r) => ruleHint(r, f.type)).filter(Boolean);
+    const row = el('div', { class: 'field', 'data-field': f.name, 'data-type': f.type, 'data-required': f.required ? 'true' : 'false' },
+      el('div', { class: 'field-head' },
+        el('label', { for: id, text: f.name }),
+        f.required ? el('span', { class: 'req', title: 'required (binding:"required")', text: '*' }) : null,
+        el('span', { class: 'type', text: f.type + (f.nullable ? ' or null' : '') }),
+        f.type === 'datetime' ? el('button', {
+          type: 'button', class: 'mini', 'data-act': 'now', text: 'now',
+          onclick: () => { input.value = new Date().toISOString().replace(/\.\d+Z$/, 'Z'); fieldEdited(row); },
+        }) : null,
+        f.nullable ? el('label', { class: 'check mini-check' }, el('input', { type: 'checkbox', 'data-null': true }), 'null') : null,
+        el('label', { class: 'check send', title: 'Send this key in data' }, el('input', { type: 'checkbox', 'data-include': true }), 'send')),
+      input, list,
+      hints.length ? el('p', { class: 'hint', title: 'binding: ' + f.rules.join(','), text: hints.join(' · ') }) : null,
+      el('p', { class: 'field-error', 'data-error-for': f.name, role: 'alert', hidden: true }));
+    input.addEventListener('input', () => fieldEdited(row));
+    input.addEventListener('change', () => fieldEdited(row));
+    return row;
+  }
+
+  // fieldEdited marks an edited field to be sent.
+  function fieldEdited(row) {
+    if (state.syncing) return;
+    $('[data-include]', row).checked = true;
+    const err = $('.field-error', row);
+    err.hidden = true;
+    row.classList.remove('invalid');
+    rebuildRaw();
+  }
+
+  // resetIncludes picks the keys a fresh request sends: for create and
+  // update the fields that hold a value, for patch none (until edited).
+  // Editing a field, or ticking "send", adds it.
+  function resetIncludes(action) {
+    for (const row of $$('#fields .field')) {
+      $('[data-include]', row).checked = action !== 'patch' && hasValue(row);
+    }
+  }
+
+  function hasValue(row) {
+    const input = $('[data-input]', row);
+    const nul = $('[data-null]', row);
+    return (nul && nul.checked) || (input.tagName !== 'SELECT' && input.value !== '');
+  }
+
+  function fieldValue(row) {
+    const type = row.dataset.type;
+    const nul = $('[data-null]', row);
+    if (nul && nul.checked) return null;
+    const input = $('[data-input]', row);
+    switch (type) {
+      case 'boolean': return input.value === 'true';
+      case 'integer': case 'number': return scalar(input.value, type);
+      case 'object': case 'array': case 'any': {
+        if (input.value.trim() === '') return type === 'array' ? [] : type === 'object' ? {} : null;
+        const r = parseJSON(input.value);
+        return r.ok ? r.value : input.value;
+      }
+      default: return input.value;
+    }
+  }
+
+  function setFieldValue(row, v) {
+    const input = $('[data-input]', row);
+    const nul = $('[data-null]', row);
+    if (nul) nul.checked = v === null;
+    if (v === null) { input.value = ''; return; }
+    switch (row.dataset.type) {
+      case 'boolean': input.value = v ? 'true' : 'false'; break;
+      case 'object': case 'array': case 'any': input.value = typeof v === 'string' && row.dataset.type === 'any' ? JSON.stringify(v) : JSON.stringify(v, null, 1); break;
+      default: input.value = typeof v === 'string' ? v : JSON.stringify(v);
+    }
+  }
+
+  // fillFields puts a retrieved object into the form (the "Load" button):
+  // an update sends every field, a patch only those edited afterwards.
+  function fillFields(obj) {
+    const update = $('#action').value === 'update';
+    for (const row of $$('#fields .field')) {
+      if (!(row.dataset.field in obj)) continue;
+      setFieldValue(row, obj[row.dataset.field]);
+      $('[data-include]', row).checked = update;
+      $('.field-error', row).hidden = true;
+      row.classList.remove('invalid');
+    }
+    rebuildRaw();
+  }
+
+  function pkValue(s) {
+    const t = $('#pk').value.trim();
+    if (t === '') return undefined;
+    return s && s.pk_type === 'integer' ? scalar(t, 'integer') : t;
+  }
+
+  // buildFrame is the frame the form describes.
+  function buildFrame() {
+    const s = currentStream();
+    const a = currentAction();
+    if (!s || !a) return null;
+    const name = a.name;
+    const payload = { action: name };
+    if (a.detail || SUB_ACTIONS.has(name)) {
+      const pk = pkValue(s);
+      if (pk !== undefined) payload.pk = pk;
+    }
+    if (name === 'list') {
+      const data = {};
+      const page = $('#page').value.trim();
+      const size = $('#page-size').value.trim();
+      if (page) data.page = scalar(page, 'integer');
+      if (size) data.page_size = scalar(size, 'integer');
+      if (Object.keys(data).length) payload.data = data;
+    } else if (SUB_ACTIONS.has(name)) {
+      payload.data = { action: $('#sub-event').value };
+    } else if (WRITE_ACTIONS.has(name)) {
+      const data = {};
+      for (const row of $$('#fields .field')) {
+        if ($('[data-include]', row).checked) data[row.dataset.field] = fieldValue(row);
+      }
+      payload.data = data;
+    } else if (!a.builtin) {
+      const text = $('#custom-data').value;
+      if (text.trim() !== '') {
+        const r = parseJSON(text);
+        payload.data = r.ok ? r.value : text;
+      }
+    }
+    payload.request_id = $('#request-id').value;
+    return { stream: s.name, payload };
+  }
+
+  function rebuildRaw() {
+    if (state.syncing) return;
+    const frame = buildFrame();
+    $('#raw').value = frame ? JSON.stringify(frame, null, 2) : '';
+    state.rawDirty = false;
+    setRawState('form', 'from the form');
+  }
+
+  function setRawState(st, text) {
+    const badge = $('#raw-state');
+    badge.dataset.state = st;
+    badge.textContent = text;
+    show($('#raw-reset'), st !== 'form');
+  }
+
+  function loadRaw(text) {
+    $('#raw').value = text;
+    onRawInput();
+    $('#raw').focus();
+  }
+
+  // onRawInput follows an edit of the frame editor: the form shows what it
+  // can of the frame, and the frame is sent as typed.
+  function onRawInput() {
+    state.rawDirty = true;
+    const r = parseJSON($('#raw').value);
+    if (!r.ok) {
+      setRawState('invalid', 'not valid JSON: sent as typed');
+      return;
+    }
+    setRawState('edited', 'edited: sent as typed');
+    if (isObject(r.value)) syncFormFromFrame(r.value);
+  }
+
+  function syncFormFromFrame(frame) {
+    state.syncing = true;
+    try {
+      if (typeof frame.stream === 'string' && state.streams.has(frame.stream) && frame.stream !== $('#stream').value) {
+        $('#stream').value = frame.stream;
+        onStreamChange();
+      }
+      const p = isObject(frame.payload) ? frame.payload : {};
+      const s = currentStream();
+      if (s && typeof p.action === 'string' && s.actions.some((a) => a.name === p.action) && p.action !== $('#action').value) {
+        $('#action').value = p.action;
+        onActionChange();
+      }
+      $('#pk').value = p.pk === undefined || p.pk === null ? '' : typeof p.pk === 'string' ? p.pk : JSON.stringify(p.pk);
+      if (typeof p.request_id === 'string') $('#request-id').value = p.request_id;
+      const data = p.data;
+      const name = $('#action').value;
+      if (name === 'list') {
+        $('#page').value = isObject(data) && data.page !== undefined ? String(data.page) : '';
+        $('#page-size').value = isObject(data) && data.page_size !== undefined ? String(data.page_size) : '';
+      } else if (SUB_ACTIONS.has(name)) {
+        if (isObject(data) && ['create', 'update', 'delete'].includes(data.action)) $('#sub-event').value = data.action;
+      } else if (WRITE_ACTIONS.has(name)) {
+        for (const row of $$('#fields .field')) {
+          const has = isObject(data) && row.dataset.field in data;
+          $('[data-include]', row).checked = has;
+          if (has) setFieldValue(row, data[row.dataset.field]);
+        }
+      } else if (currentAction() && !currentAction().builtin) {
+        $('#custom-data').value = data === undefined ? '' : JSON.stringify(data, null, 2);
+      }
+    } finally {
+      state.syncing = false;
+    }
+  }
+
+  // send sends the frame editor's text: compacted when it is JSON, as typed
+  // when it is not (the server answers "Invalid frame.").
+  function send() {
+    const text = $('#raw').value;
+    const r = parseJSON(text);
+    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
+      setResult('error', 'Not connected: the frame was not sent.');
+      return;
+    }
+    clearFieldErrors();
+    setResult('wait', 'waiting for the reply…');
+    state.sendMeta = { form: true };
+    state.ws.send(r.ok ? JSON.stringify(r.value) : text);
+    const sentRid = r.ok && isObject(r.value) && isObject(r.value.payload) ? r.value.payload.request_id : undefined;
+    if (sentRid === $('#request-id').value) newRequestID();
+  }
+
+  function newRequestID() {
+    $('#request-id').value = freshID();
+    if (!state.rawDirty) {
+      rebuildRaw();
+      return;
+    }
+    const r = parseJSON($('#raw').value);
+    if (r.ok && isObject(r.value) && isObject(r.value.payload)) {
+      r.value.payload.request_id = $('#request-id').value;
+      $('#raw').value = JSON.stringify(r.value, null, 2);
+    }
+  }
+
+  function setResult(kind, text, status) {
+    const r = $('#result');
+    r.dataset.kind = kind;
+    if (status === undefined) delete r.dataset.status; else r.dataset.status = String(status);
+    r.textContent = text;
+  }
+
+  // showResult shows the reply to the form's last frame, and the field
+  // errors of a 400 next to their fields.
+  function showResult(p, req) {
+    const st = p.response_status;
+    const ms = `${Math.round(performance.now() - req.sentAt)} ms`;
+    const head = `${st} ${STATUS_TEXT[st] || ''}`.trim();
+    if (st < 400) {
+      let text = `${head} · ${ms}`;
+      if (isObject(p.meta)) text += ` · ${p.meta.count} objects, page ${p.meta.page} of ${p.meta.num_pages}`;
+      setResult('ok', text, st);
+      return;
+    }
+    const general = []; // messages with no field of the form to show them
+    const messages = [];
+    for (const err of Array.isArray(p.errors) ? p.errors : []) {
+      if (!isObject(err)) { messages.push(String(err)); continue; }
+      for (const [key, msgs] of Object.entries(err)) {
+        const text = Array.isArray(msgs) ? msgs.join(' ') : String(msgs);
+        const row = req.stream === $('#stream').value ? $(`#fields .field[data-field="${CSS.escape(key)}"]`) : null;
+        if (row && !$('#fields').hidden) {
+          const box = $('.field-error', row);
+          box.textContent = text;
+          box.hidden = false;
+          row.classList.add('invalid');
+        } else {
+          general.push(`${key}: ${text}`);
+        }
+      }
+    }
+    const fe = $('#form-errors');
+    fe.replaceChildren(...general.map((g) => el('div', { text: g })));
+    show(fe, general.length > 0);
+    const all = messages.concat(general);
+    setResult('error', `${head} · ${ms} · ` + (all.length ? all.join('; ') : 'see the fields'), st);
+  }
+
+  function clearFieldErrors() {
+    for (const row of $$('#fields .field.invalid')) row.classList.remove('invalid');
+    for (const box of $$('#fields .field-error')) { box.hidden = true; box.textContent = ''; }
+    const fe = $('#form-errors');
+    fe.replaceChildren();
+    fe.hidden = true;
+  }
+
+  // ------------------------------------------------------------------ wiring
+
+  function wire() {
+    $('#stream').addEventListener('change', () => { onStreamChange(); });
+    $('#action').addEventListener('change', () => { onActionChange(); });
+    for (const id of ['#pk', '#page', '#page-size', '#sub-event', '#custom-data', '#request-id']) {
+      $(id).addEventListener('input', rebuildRaw);
+      $(id).addEventListener('change', rebuildRaw);
+    }
+    $('#fields').addEventListener('change', (ev) => {
+      if (ev.target.matches('[data-null]')) {
+        fieldEdited(ev.target.closest('.field')); // ticking null sends null
+      } else if (ev.target.matches('[data-include]')) {
+        rebuildRaw();
+      }
+    });
+    $('#form').addEventListener('submit', (ev) => { ev.preventDefault(); send(); });
+    $('#new-id').addEventListener('click', newRequestID);
+    $('#load-object').addEventListener('click', () => {
+      const s = currentStream();
+      const pk = pkValue(s);
+      if (!s || pk === undefined) { setResult('error', 'Enter a pk to load.'); return; }
+      sendFrame({ stream: s.name, payload: { action: 'retrieve', pk, request_id: freshID() } }, { fill: true, form: true });
+    });
+    $('#raw').addEventListener('input', onRawInput);
+    $('#raw-reset').addEventListener('click', rebuildRaw);
+    $('#send').addEventListener('click', send);
+    document.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey) && $('#controls').contains(ev.target)) {
+        ev.preventDefault();
+        send();
+      }
+    });
+    $('#conn-toggle').addEventListener('click', () => {
+      const st = $('#conn').dataset.state;
+      if (st === 'open' || st === 'connecting') disconnect();
+      else { state.attempt = 0; connect(); }
+    });
+    $('#filter-stream').addEventListener('change', applyFilter);
+    $('#filter-text').addEventListener('input', applyFilter);
+    for (const c of $$('.chips input')) c.addEventListener('change', applyFilter);
+    $('#log-clear').addEventListener('click', () => {
+      state.entries = [];
+      $('#log').replaceChildren();
+      updateLogCount();
+    });
+    $('#log-copy').addEventListener('click', () => {
+      const shown = visibleEntries();
+      const ids = new Set(shown.map((e) => e.id));
+      const out = exportEntries().filter((_, i) => ids.has(state.entries[i].id));
+      copyText(JSON.stringify(out, null, 2), `${out.length} frame${out.length === 1 ? '' : 's'} as JSON`);
+    });
+    $('#log-expand').addEventListener('click', () => {
+      const shown = visibleEntries().filter((e) => e.node.tagName === 'DETAILS');
+      const open = !shown.every((e) => e.node.open);
+      for (const e of shown) e.node.open = open;
+      $('#log-expand').textContent = open ? 'Collapse all' : 'Expand all';
+    });
+  }
+
+  // The console API, next to window.ws.
+  window.channelsapi = {
+    get schema() { return state.schema; },
+    frames: exportEntries,
+    send(stream, payload) { return sendFrame({ stream, payload }); },
+    connect() { state.attempt = 0; connect(); },
+    disconnect,
+    lastCopy: '',
+  };
+
+  async function start() {
+    wire();
+    $('#request-id').value = freshID();
+    renderSubs();
+    updateLogCount();
+    applyFilter();
+    try {
+      applySchema(await loadSchema());
+    } catch (e) {
+      showSchemaError(`Cannot load the schema: ${e.message}. Frames can still be sent as raw JSON.`);
+    }
+    document.body.dataset.ready = 'true';
+    connect();
+  }
+
+  start();
+})();

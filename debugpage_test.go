@@ -1,0 +1,737 @@
+package channelsapi_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	cdplog "github.com/chromedp/cdproto/log"
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+	"github.com/gin-gonic/gin"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"gorm.io/gorm"
+
+	"github.com/channelsapi/channelsapi"
+)
+
+// The debugger page (WithDebugPage): plain HTTP tests of its routes and
+// schema, and browser tests that drive it in a real headless Chromium.
+
+const (
+	chromiumPath = "/usr/bin/chromium"
+	// browserTestTimeout bounds a browser test, browser start included.
+	browserTestTimeout = 30 * time.Second
+)
+
+func TestDebugPageNotMountedWithoutOption(t *testing.T) {
+	tests := []struct {
+		name string
+		mode string
+	}{
+		{name: "test mode", mode: gin.TestMode},
+		{name: "gin debug mode", mode: gin.DebugMode},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			setGinMode(t, tt.mode)
+			srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) })
+			for _, path := range []string{"/channels-api", "/channels-api/", "/channels-api/schema.json", "/channels-api/app.js"} {
+				status, _ := getBody(t, srv.URL+path)
+				assert.Equal(t, http.StatusNotFound, status, path)
+			}
+		})
+	}
+}
+
+func TestDebugPageRoutes(t *testing.T) {
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) },
+		channelsapi.WithDebugPage("/debug/"))
+
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Get(srv.URL + "/debug")
+	require.NoError(t, err)
+	_ = resp.Body.Close()
+	assert.Equal(t, http.StatusMovedPermanently, resp.StatusCode)
+	assert.Equal(t, "debug/", resp.Header.Get("Location"), "relative, so that it works behind a prefix")
+
+	tests := []struct {
+		path, contentType, contains string
+	}{
+		{"/debug/", "text/html; charset=utf-8", `<script src="app.js"`},
+		{"/debug/app.js", "text/javascript; charset=utf-8", "window.ws = sock"},
+		{"/debug/app.css", "text/css; charset=utf-8", "system-ui"},
+		{"/debug/favicon.svg", "image/svg+xml", "<svg"},
+		{"/debug/schema.json", "application/json; charset=utf-8", `"websocket_path":"/ws"`},
+	}
+	for _, tt := range tests {
+		resp, err := http.Get(srv.URL + tt.path)
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		require.NoError(t, err)
+		assert.Equal(t, http.StatusOK, resp.StatusCode, tt.path)
+		assert.Equal(t, tt.contentType, resp.Header.Get("Content-Type"), tt.path)
+		assert.Contains(t, resp.Header.Get("Content-Security-Policy"), "default-src 'none'", tt.path)
+		assert.Contains(t, string(body), tt.contains, tt.path)
+		// Offline: nothing the page loads names another host.
+		text := strings.ReplaceAll(string(body), `xmlns="http://www.w3.org/2000/svg"`, "")
+		assert.NotContains(t, text, "http://", tt.path)
+		assert.NotContains(t, text, "https://", tt.path)
+	}
+}
+
+// debugWidget has a field of each schema type.
+type debugWidget struct {
+	ID        uint           `json:"id" gorm:"primaryKey"`
+	Title     string         `json:"title" binding:"required,max=200"`
+	Price     float64        `json:"price" binding:"gte=0"`
+	Count     int            `json:"count"`
+	Active    bool           `json:"active"`
+	Due       *time.Time     `json:"due"`
+	Tags      []string       `json:"tags" gorm:"serializer:json"`
+	Meta      map[string]int `json:"meta" gorm:"serializer:json"`
+	Secret    string         `json:"-"`
+	Note      string         `json:"note"`
+	CreatedAt time.Time      `json:"created_at"`
+	DeletedAt gorm.DeletedAt `json:"deleted_at"`
+}
+
+func TestDebugPageSchema(t *testing.T) {
+	srv := newServer(t, func(api *channelsapi.API, db *gorm.DB) {
+		addTestModel(t, api)
+		require.NoError(t, db.AutoMigrate(&debugWidget{}))
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[debugWidget]{
+			Stream: "widgets", ReadOnly: true, ReadOnlyFields: []string{"note"}, PageSize: 10, MaxPageSize: 50,
+		}))
+	}, channelsapi.WithDebugPage(""), channelsapi.WithPath("/socket"), channelsapi.WithRESTPrefix("/api"))
+
+	status, body := getBody(t, srv.URL+"/channels-api/schema.json")
+	require.Equal(t, http.StatusOK, status)
+	var doc map[string]any
+	require.NoError(t, json.Unmarshal(body, &doc), "%s", body)
+	assert.Equal(t, "/socket", doc["websocket_path"])
+	streams := doc["streams"].([]any)
+	require.Len(t, streams, 2)
+
+	// Sorted by stream name.
+	assert.Equal(t, "testmodel", streams[0].(map[string]any)["name"])
+	want := `{
+		"name": "testmodel", "model": "tests.testmodel", "rest_path": "/api/testmodel",
+		"pk": "id", "pk_type": "integer", "read_only": false, "page_size": 25, "max_page_size": 100,
+		"fields": [
+			{"name": "id", "type": "integer", "nullable": false, "required": false, "read_only": true, "rules": []},
+			{"name": "name", "type": "string", "nullable": false, "required": true, "read_only": false, "rules": ["required", "max=255"]}
+		],
+		"actions": [
+			{"name": "list", "builtin": true, "detail": false, "method": "GET", "path": "/api/testmodel"},
+			{"name": "retrieve", "builtin": true, "detail": true, "method": "GET", "path": "/api/testmodel/:pk"},
+			{"name": "create", "builtin": true, "detail": false, "method": "POST", "path": "/api/testmodel"},
+			{"name": "update", "builtin": true, "detail": true, "method": "PUT", "path": "/api/testmodel/:pk"},
+			{"name": "patch", "builtin": true, "detail": true, "method": "PATCH", "path": "/api/testmodel/:pk"},
+			{"name": "delete", "builtin": true, "detail": true, "method": "DELETE", "path": "/api/testmodel/:pk"},
+			{"name": "subscribe", "builtin": true, "detail": false},
+			{"name": "unsubscribe", "builtin": true, "detail": false},
+			{"name": "subscribe_instance", "builtin": true, "detail": true},
+			{"name": "unsubscribe_instance", "builtin": true, "detail": true},
+			{"name": "named_detail", "builtin": false, "detail": true, "method": "GET", "path": "/api/testmodel/:pk/named_detail"},
+			{"name": "named_list", "builtin": false, "detail": false, "method": "GET", "path": "/api/testmodel/named_list"},
+			{"name": "test_detail", "builtin": false, "detail": true, "method": "GET", "path": "/api/testmodel/:pk/test_detail"},
+			{"name": "test_list", "builtin": false, "detail": false, "method": "GET", "path": "/api/testmodel/test_list"}
+		]
+	}`
+	got, err := json.Marshal(streams[0])
+	require.NoError(t, err)
+	assert.JSONEq(t, want, string(got))
+
+	widgets := streams[1].(map[string]any)
+	assert.Equal(t, "widgets", widgets["name"])
+	assert.Equal(t, "channelsapi_test.debugwidget", widgets["model"])
+	assert.Equal(t, true, widgets["read_only"])
+	assert.EqualValues(t, 10, widgets["page_size"])
+	assert.EqualValues(t, 50, widgets["max_page_size"])
+	var actions []string
+	for _, a := range widgets["actions"].([]any) {
+		actions = append(actions, a.(map[string]any)["name"].(string))
+	}
+	assert.Equal(t, []string{"list", "retrieve", "subscribe", "unsubscribe", "subscribe_instance", "unsubscribe_instance"}, actions,
+		"a read-only stream serves no create, update, patch or delete")
+
+	type fieldInfo struct {
+		Type     string
+		Nullable bool
+		Required bool
+		ReadOnly bool
+		Rules    string
+	}
+	fields := map[string]fieldInfo{}
+	for _, f := range widgets["fields"].([]any) {
+		f := f.(map[string]any)
+		var rules []string
+		for _, r := range f["rules"].([]any) {
+			rules = append(rules, r.(string))
+		}
+		fields[f["name"].(string)] = fieldInfo{f["type"].(string), f["nullable"].(bool), f["required"].(bool), f["read_only"].(bool), strings.Join(rules, ",")}
+	}
+	assert.Equal(t, map[string]fieldInfo{
+		"id":         {Type: "integer", ReadOnly: true},
+		"title":      {Type: "string", Required: true, Rules: "required,max=200"},
+		"price":      {Type: "number", Rules: "gte=0"},
+		"count":      {Type: "integer"},
+		"active":     {Type: "boolean"},
+		"due":        {Type: "datetime", Nullable: true},
+		"tags":       {Type: "array", Nullable: true},
+		"meta":       {Type: "object", Nullable: true},
+		"note":       {Type: "string", ReadOnly: true},
+		"created_at": {Type: "datetime", ReadOnly: true},
+		"deleted_at": {Type: "datetime", Nullable: true, ReadOnly: true},
+	}, fields, "json:\"-\" fields are not in the schema")
+}
+
+func TestDebugPageBadConfig(t *testing.T) {
+	tests := []struct {
+		name  string
+		path  string
+		route string // registered by the application before Register
+	}{
+		{name: "relative path", path: "channels-api"},
+		{name: "root", path: "/"},
+		{name: "wildcard", path: "/debug/:page"},
+		{name: "catch-all", path: "/debug/*all"},
+		{name: "unclean", path: "/a/../debug"},
+		{name: "route conflict", path: "/channels-api", route: "/channels-api/*any"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			router := gin.New()
+			if tt.route != "" {
+				router.GET(tt.route, func(*gin.Context) {})
+			}
+			db := openDB(t, &TestModel{})
+			api, err := channelsapi.Register(router, db, channelsapi.WithDebugPage(tt.path))
+			require.Error(t, err)
+			assert.Nil(t, api)
+			assert.Contains(t, err.Error(), "debug")
+		})
+	}
+}
+
+func TestDebugPageCreate(t *testing.T) {
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""))
+	p := openDebugPage(t, srv, "/channels-api/")
+
+	p.choose("#stream", "testmodel")
+	p.choose("#action", "create")
+	// The form shows the schema: name is required, id read-only.
+	p.waitVisible(`#fields .field[data-field="name"] .req`)
+	assert.Contains(t, p.text(`#fields .field[data-field="name"] .hint`), "at most 255 characters")
+	assert.Contains(t, p.text(`#readonly-fields`), "id")
+	p.do(chromedp.WaitNotPresent(chromedp.CSS(`#fields .field[data-field="id"]`)))
+
+	p.do(chromedp.SendKeys(chromedp.CSS("#field-name"), "Alice"))
+	// The frame editor follows the form.
+	frame := p.rawFrame()
+	rid := frame.Payload["request_id"]
+	require.NotEmpty(t, rid)
+	assert.Equal(t, "testmodel", frame.Stream)
+	assert.Equal(t, map[string]any{"action": "create", "data": map[string]any{"name": "Alice"}, "request_id": rid}, frame.Payload)
+
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	reply := fmt.Sprintf(`#log .entry[data-kind="reply"][data-action="create"][data-status="201"][data-request-id=%q]`, rid)
+	p.waitVisible(reply)
+	p.waitVisible(fmt.Sprintf(`#log .entry[data-kind="sent"][data-action="create"][data-request-id=%q]`, rid))
+	assert.Contains(t, p.text(reply), "Alice")
+	assert.Contains(t, p.text("#result"), "201")
+	assert.NotEqual(t, rid, p.rawFrame().Payload["request_id"], "a fresh request_id after each send")
+
+	var rows []TestModel
+	require.NoError(t, srv.DB.Find(&rows).Error)
+	require.Len(t, rows, 1)
+	assert.Equal(t, "Alice", rows[0].Name)
+
+	// Expanding an entry shows the frame as pretty JSON.
+	p.do(chromedp.Click(chromedp.CSS(reply + " > summary")))
+	p.waitVisible(reply + " pre.json")
+	assert.Contains(t, p.text(reply+" pre.json"), `"response_status": 201`)
+}
+
+func TestDebugPageSubscribe(t *testing.T) {
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""))
+	seed(t, srv.DB, "first")
+	p := openDebugPage(t, srv, "/channels-api")
+
+	p.choose("#action", "subscribe")
+	p.choose("#sub-event", "create")
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	sub := `#subscriptions .sub[data-stream="testmodel"][data-kind="group"][data-event="create"][data-pk=""][data-state="active"]`
+	p.waitVisible(sub)
+
+	status, _ := srv.doREST(t, http.MethodPost, "/testmodel", `{"name":"Bob"}`)
+	require.Equal(t, http.StatusCreated, status)
+	event := `#log .entry[data-kind="event"][data-stream="testmodel"][data-action="create"][data-pk="2"]`
+	p.waitVisible(event)
+	assert.Contains(t, p.text(event), "Bob")
+
+	// DCRF instance subscription: its events carry the request_id.
+	p.choose("#action", "subscribe_instance")
+	p.fill("#pk", "1")
+	rid := p.rawFrame().Payload["request_id"].(string)
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	p.waitVisible(`#subscriptions .sub[data-kind="instance"][data-pk="1"][data-state="active"]`)
+	status, _ = srv.doREST(t, http.MethodPatch, "/testmodel/1", `{"name":"renamed"}`)
+	require.Equal(t, http.StatusOK, status)
+	p.waitVisible(fmt.Sprintf(`#log .entry[data-kind="event"][data-action="update"][data-request-id=%q]`, rid))
+
+	// Unsubscribe from the list.
+	p.do(chromedp.Click(chromedp.CSS(sub + ` button[data-act="unsubscribe"]`)))
+	p.do(chromedp.WaitNotPresent(chromedp.CSS(sub)))
+	p.waitVisible(`#log .entry[data-kind="reply"][data-action="unsubscribe"][data-status="200"]`)
+	p.do(chromedp.Click(chromedp.CSS(`#subscriptions .sub[data-kind="instance"] button[data-act="unsubscribe"]`)))
+	p.do(chromedp.WaitNotPresent(chromedp.CSS(`#subscriptions .sub`)))
+	p.waitVisible(fmt.Sprintf(`#log .entry[data-kind="reply"][data-action="unsubscribe_instance"][data-status="204"][data-request-id=%q]`, rid))
+}
+
+func TestDebugPageValidationErrors(t *testing.T) {
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""))
+	p := openDebugPage(t, srv, "/channels-api/")
+
+	p.choose("#action", "create")
+	p.do(chromedp.Click(chromedp.CSS("#send"))) // name left empty
+	msg := `#fields .field[data-field="name"] .field-error`
+	p.waitVisible(msg)
+	assert.Equal(t, "This field is required.", p.text(msg))
+	p.waitVisible(`#log .entry[data-kind="error"][data-action="create"][data-status="400"]`)
+	assert.Contains(t, p.text("#result"), "400")
+
+	// Editing the field clears its message; a too long value gets another.
+	p.fill("#field-name", strings.Repeat("x", 256))
+	p.do(chromedp.WaitNotVisible(chromedp.CSS(msg)))
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	p.waitVisible(msg)
+	assert.Equal(t, "Ensure this field has no more than 255 characters.", p.text(msg))
+	assert.Zero(t, countRows[TestModel](t, srv.DB))
+}
+
+func TestDebugPageListAndDelete(t *testing.T) {
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""))
+	seed(t, srv.DB, "a", "b", "c")
+	p := openDebugPage(t, srv, "/channels-api/")
+
+	p.choose("#action", "list")
+	p.fill("#page-size", "2")
+	assert.Equal(t, map[string]any{"page_size": float64(2)}, p.rawFrame().Payload["data"])
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	list := `#log .entry[data-kind="reply"][data-action="list"][data-status="200"]`
+	p.waitVisible(list)
+	assert.Contains(t, p.text(list), "3 objects, page 1 of 2")
+
+	var frames []struct {
+		Direction string `json:"direction"`
+		Kind      string `json:"kind"`
+		Frame     struct {
+			Payload struct {
+				Action string `json:"action"`
+				Data   []TestModel
+				Meta   map[string]int `json:"meta"`
+			} `json:"payload"`
+		} `json:"frame"`
+	}
+	p.evaluate(`JSON.stringify(channelsapi.frames().filter((f) => f.kind === "reply"))`, &frames)
+	require.Len(t, frames, 1)
+	assert.Equal(t, "received", frames[0].Direction)
+	assert.Equal(t, []TestModel{{ID: 1, Name: "a"}, {ID: 2, Name: "b"}}, frames[0].Frame.Payload.Data)
+	assert.Equal(t, map[string]int{"count": 3, "page": 1, "page_size": 2, "num_pages": 2}, frames[0].Frame.Payload.Meta)
+
+	p.choose("#action", "delete")
+	p.fill("#pk", "2")
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	p.waitVisible(`#log .entry[data-kind="reply"][data-action="delete"][data-status="200"]`)
+	var rows []TestModel
+	require.NoError(t, srv.DB.Order("id").Find(&rows).Error)
+	assert.Equal(t, []TestModel{{ID: 1, Name: "a"}, {ID: 3, Name: "c"}}, rows)
+}
+
+func TestDebugPageRawFrameAndConsole(t *testing.T) {
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""))
+	seed(t, srv.DB, "one")
+	p := openDebugPage(t, srv, "/channels-api/")
+
+	// The frame editor sends what is typed, JSON or not.
+	p.fill("#raw", `{"stream": "testmodel", "payload": {"action": "retrieve", "pk": 1, "request_id": 42}}`)
+	assert.Equal(t, "edited", p.attr("#raw-state", "data-state"))
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	p.waitVisible(`#log .entry[data-kind="reply"][data-action="retrieve"][data-status="200"][data-request-id="42"]`)
+	assert.Equal(t, "retrieve", p.value("#action"), "the form follows the frame editor")
+	assert.Equal(t, "1", p.value("#pk"))
+
+	p.fill("#raw", `{nope`)
+	assert.Equal(t, "invalid", p.attr("#raw-state", "data-state"))
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	p.waitVisible(`#log .entry[data-kind="error"][data-stream=""][data-status="400"]`)
+	assert.Contains(t, p.text(`#log .entry[data-kind="error"][data-stream=""]`), "Invalid frame.")
+
+	// window.ws is the socket, as in channels-api; its frames are logged.
+	p.evaluate(`ws.send(JSON.stringify({stream: "testmodel", payload: {action: "test_detail", pk: 1, request_id: "console-1"}})), true`, nil)
+	p.waitVisible(`#log .entry[data-kind="sent"][data-request-id="console-1"]`)
+	p.waitVisible(`#log .entry[data-kind="reply"][data-action="test_detail"][data-request-id="console-1"]`)
+	assert.Contains(t, p.text(`#log .entry[data-kind="reply"][data-request-id="console-1"]`), "one")
+
+	// Filters, copy, clear.
+	p.do(chromedp.Click(chromedp.CSS(`.chips .chip[data-kind="sent"]`)))
+	p.do(chromedp.WaitNotVisible(chromedp.CSS(`#log .entry[data-kind="sent"]`)))
+	p.do(chromedp.Click(chromedp.CSS("#log-copy")))
+	p.waitVisible(`#result[data-kind="note"]`)
+	var copied []map[string]any
+	var text string
+	p.evaluate(`channelsapi.lastCopy`, &text)
+	require.NoError(t, json.Unmarshal([]byte(text), &copied), text)
+	require.NotEmpty(t, copied)
+	for _, f := range copied {
+		assert.NotEqual(t, "sent", f["direction"], "hidden frames are not copied")
+	}
+	p.do(chromedp.Click(chromedp.CSS("#log-clear")))
+	p.do(chromedp.WaitNotPresent(chromedp.CSS(`#log .entry`)))
+}
+
+func TestDebugPageReconnect(t *testing.T) {
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""))
+	p := openDebugPage(t, srv, "/channels-api/")
+
+	p.choose("#action", "subscribe")
+	p.choose("#sub-event", "update")
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	sub := `#subscriptions .sub[data-event="update"]`
+	p.waitVisible(sub + `[data-state="active"]`)
+
+	// A closed connection keeps the subscription listed, and the page
+	// subscribes again on the next connection.
+	p.do(chromedp.Click(chromedp.CSS("#conn-toggle")))
+	p.waitVisible(`#conn[data-state="closed"]`)
+	p.waitVisible(sub + `[data-state="lost"]`)
+	p.do(chromedp.Click(chromedp.CSS("#conn-toggle")))
+	p.waitVisible(`#conn[data-state="open"]`)
+	p.waitVisible(sub + `[data-state="active"]`)
+	var n int
+	p.evaluate(`document.querySelectorAll("#log .entry[data-kind=reply][data-action=subscribe]").length`, &n)
+	assert.Equal(t, 2, n)
+
+	// The server goes away: the page says so and retries with backoff.
+	p.allowConsoleError("WebSocket connection to")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, srv.API.Shutdown(ctx))
+	p.waitVisible(`#conn[data-state="waiting"]`)
+	p.waitVisible(`#log .entry[data-kind="system"].sys-error`)
+	assert.Contains(t, p.text(`#log .entry[data-kind="system"].sys-error`), "1001")
+}
+
+// ---------------------------------------------------------------- helpers
+
+// debugPage is the debugger page in a headless Chromium tab.
+type debugPage struct {
+	t      *testing.T
+	ctx    context.Context
+	origin string // http://127.0.0.1:port
+
+	mu       sync.Mutex
+	requests []string // every URL the page requested, WebSockets included
+	problems []string // uncaught exceptions and console errors
+	allowed  []string // console errors the test expects
+}
+
+// openDebugPage starts a browser for t, opens path of srv in it and waits
+// until the page is connected. Cleanup checks that the page requested
+// nothing outside srv and logged no error, closes the browser and waits
+// until its processes have exited. Without Chromium the test is skipped,
+// except on CI (CI=true), where it fails.
+func openDebugPage(t *testing.T, srv *testServer, path string) *debugPage {
+	t.Helper()
+	if _, err := os.Stat(chromiumPath); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("browser test: %s is missing and CI=true, so it may not be skipped: %v", chromiumPath, err)
+		}
+		t.Skipf("browser test skipped: %s not found (install it with apt-get install -y chromium)", chromiumPath)
+	}
+	p := &debugPage{t: t, origin: srv.URL}
+	dataDir := t.TempDir()
+
+	// The deadline bounds everything the browser does, its start included.
+	root, cancelRoot := context.WithTimeout(context.Background(), browserTestTimeout)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(root,
+		chromedp.ExecPath(chromiumPath),
+		chromedp.Flag("headless", true),
+		chromedp.Flag("no-sandbox", true),
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("no-first-run", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.UserDataDir(dataDir),
+	)
+	ctx, cancelBrowser := chromedp.NewContext(allocCtx, chromedp.WithListener(p.listen))
+	p.ctx = ctx
+	t.Cleanup(func() {
+		// Close the browser gracefully, then make sure that it and the
+		// goroutines of chromedp are gone.
+		closeCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := chromedp.Cancel(closeCtx); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+			t.Logf("closing the browser: %v", err)
+		}
+		cancel()
+		cancelBrowser()
+		cancelAlloc()
+		cancelRoot()
+		waitProcessesGone(t, "--user-data-dir="+dataDir)
+	})
+	t.Cleanup(p.checkRequests)
+
+	p.do(chromedp.EmulateViewport(1440, 900),
+		chromedp.Navigate(srv.URL+path),
+		chromedp.WaitVisible(chromedp.CSS(`body[data-ready="true"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#conn[data-state="open"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#log .entry[data-kind="system"]`)))
+	return p
+}
+
+// listen runs in the tab's event loop: it must return fast and send no command.
+func (p *debugPage) listen(ev any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch ev := ev.(type) {
+	case *network.EventRequestWillBeSent:
+		p.requests = append(p.requests, ev.Request.URL)
+	case *network.EventWebSocketCreated:
+		p.requests = append(p.requests, ev.URL)
+	case *runtime.EventExceptionThrown:
+		d := ev.ExceptionDetails
+		text := d.Text
+		if d.Exception != nil {
+			text += " " + d.Exception.Description
+		}
+		p.problems = append(p.problems, "exception: "+text)
+	case *runtime.EventConsoleAPICalled:
+		if ev.Type == runtime.ConsoleAPICalledTypeError {
+			var args []string
+			for _, a := range ev.Args {
+				args = append(args, string(a.Value)+a.Description)
+			}
+			p.problems = append(p.problems, "console.error: "+strings.Join(args, " "))
+		}
+	case *cdplog.EventEntryAdded:
+		if ev.Entry.Level == cdplog.EntryLevelError {
+			p.problems = append(p.problems, "browser log: "+ev.Entry.Text+" "+ev.Entry.URL)
+		}
+	}
+}
+
+// allowConsoleError accepts console errors that contain text.
+func (p *debugPage) allowConsoleError(text string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.allowed = append(p.allowed, text)
+}
+
+// checkRequests asserts that the page stayed on the test server (it works
+// offline) and logged no error.
+func (p *debugPage) checkRequests() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ws := "ws" + strings.TrimPrefix(p.origin, "http")
+	var sawPage, sawSocket bool
+	for _, u := range p.requests {
+		switch {
+		case strings.HasPrefix(u, p.origin+"/"):
+			sawPage = true
+		case strings.HasPrefix(u, ws+"/"):
+			sawSocket = true
+		default:
+			p.t.Errorf("the page requested %s, outside the server %s", u, p.origin)
+		}
+	}
+	assert.True(p.t, sawPage && sawSocket, "requests seen: %v", p.requests)
+problems:
+	for _, pr := range p.problems {
+		for _, a := range p.allowed {
+			if strings.Contains(pr, a) {
+				continue problems
+			}
+		}
+		p.t.Errorf("page error: %s", pr)
+	}
+}
+
+func (p *debugPage) do(actions ...chromedp.Action[chromedp.Void]) {
+	p.t.Helper()
+	require.NoError(p.t, chromedp.Do(p.ctx, actions...))
+}
+
+func (p *debugPage) waitVisible(sel string) {
+	p.t.Helper()
+	p.do(chromedp.WaitVisible(chromedp.CSS(sel)))
+}
+
+func (p *debugPage) text(sel string) string {
+	p.t.Helper()
+	s, err := chromedp.Run(p.ctx, chromedp.Text(chromedp.CSS(sel)))
+	require.NoError(p.t, err, sel)
+	return strings.TrimSpace(s)
+}
+
+func (p *debugPage) value(sel string) string {
+	p.t.Helper()
+	s, err := chromedp.Run(p.ctx, chromedp.Value(chromedp.CSS(sel)))
+	require.NoError(p.t, err, sel)
+	return s
+}
+
+func (p *debugPage) attr(sel, name string) string {
+	p.t.Helper()
+	r, err := chromedp.Run(p.ctx, chromedp.AttributeValue(chromedp.CSS(sel), name))
+	require.NoError(p.t, err, sel)
+	return r.Value
+}
+
+// evaluate runs a JavaScript expression in the page and decodes its JSON
+// result into out (nil to ignore it). A string result that holds JSON is
+// decoded too.
+func (p *debugPage) evaluate(expr string, out any) {
+	p.t.Helper()
+	raw, err := chromedp.Run(p.ctx, chromedp.Evaluate[[]byte](expr))
+	require.NoError(p.t, err, expr)
+	if out == nil {
+		return
+	}
+	if _, isString := out.(*string); !isString && bytes.HasPrefix(raw, []byte(`"`)) {
+		var s string
+		require.NoError(p.t, json.Unmarshal(raw, &s))
+		raw = []byte(s)
+	}
+	require.NoError(p.t, json.Unmarshal(raw, out), "%s", raw)
+}
+
+// choose selects value in a <select> and fires its change event, as a user
+// choosing it does.
+func (p *debugPage) choose(sel, value string) {
+	p.t.Helper()
+	var got string
+	p.evaluate(fmt.Sprintf(`(() => {
+		const e = document.querySelector(%s);
+		e.value = %s;
+		e.dispatchEvent(new Event("change", {bubbles: true}));
+		return e.value;
+	})()`, jsString(sel), jsString(value)), &got)
+	require.Equal(p.t, value, got, "no option %q in %s", value, sel)
+}
+
+// fill replaces the text of an input or textarea and fires its input event.
+func (p *debugPage) fill(sel, value string) {
+	p.t.Helper()
+	p.evaluate(fmt.Sprintf(`(() => {
+		const e = document.querySelector(%s);
+		e.value = %s;
+		e.dispatchEvent(new Event("input", {bubbles: true}));
+		return true;
+	})()`, jsString(sel), jsString(value)), nil)
+}
+
+// rawFrame is the frame in the page's frame editor.
+func (p *debugPage) rawFrame() (f struct {
+	Stream  string         `json:"stream"`
+	Payload map[string]any `json:"payload"`
+}) {
+	p.t.Helper()
+	text := p.value("#raw")
+	require.NoError(p.t, json.Unmarshal([]byte(text), &f), text)
+	return f
+}
+
+func jsString(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// waitProcessesGone waits until no process has arg on its command line: the
+// browser's children can outlive its main process for a moment. After 10 s
+// it kills them and fails the test.
+func waitProcessesGone(t *testing.T, arg string) {
+	t.Helper()
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		pids := processesWith(arg)
+		if len(pids) == 0 {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			for _, pid := range pids {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+			t.Errorf("browser processes %v still ran 10 s after the browser closed", pids)
+			return
+		}
+	}
+}
+
+func processesWith(arg string) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		for a := range bytes.SplitSeq(cmdline, []byte{0}) {
+			if string(a) == arg {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
+}
+
+// setGinMode sets Gin's (global) mode for the test.
+func setGinMode(t *testing.T, mode string) {
+	prev, prevWriter := gin.Mode(), gin.DefaultWriter
+	gin.SetMode(mode)
+	gin.DefaultWriter = io.Discard // debug mode prints every route
+	t.Cleanup(func() {
+		gin.SetMode(prev)
+		gin.DefaultWriter = prevWriter
+	})
+}
+
+func getBody(t *testing.T, url string) (int, []byte) {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, body
+}

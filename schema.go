@@ -1,0 +1,195 @@
+package channelsapi
+
+import (
+	"cmp"
+	"encoding"
+	"encoding/json"
+	"net/http"
+	"reflect"
+	"slices"
+	"strings"
+)
+
+// streamSchema describes one added ViewSet for the debugger page: what a
+// client may send on its stream and where its REST routes are. It is a
+// development aid, served only when WithDebugPage is given.
+type streamSchema struct {
+	Name        string         `json:"name"`      // the stream
+	Model       string         `json:"model"`     // the "model" label of its events
+	RESTPath    string         `json:"rest_path"` // absolute path of its REST collection
+	PK          string         `json:"pk"`        // JSON key of the primary key, "" if not serialized
+	PKType      string         `json:"pk_type"`   // "integer" or "string"
+	ReadOnly    bool           `json:"read_only"` // no create, update, patch or delete
+	PageSize    int            `json:"page_size"`
+	MaxPageSize int            `json:"max_page_size"`
+	Fields      []fieldSchema  `json:"fields"`
+	Actions     []actionSchema `json:"actions"`
+}
+
+// fieldSchema describes one JSON key of a serialized object.
+type fieldSchema struct {
+	Name string `json:"name"`
+	// Type is one of "string", "integer", "number", "boolean", "datetime",
+	// "object", "array" or "any" (a type with its own JSON encoding).
+	Type     string `json:"type"`
+	Nullable bool   `json:"nullable"` // null is a valid value
+	// Required: a full update must send it (its binding tag has "required"
+	// and clients may write it).
+	Required bool `json:"required"`
+	// ReadOnly: sent in objects, ignored in client data (PROTOCOL.md 4.5).
+	ReadOnly bool `json:"read_only"`
+	// Rules are the parts of its `binding` tag, for example
+	// ["required", "max=200"]; never nil.
+	Rules []string `json:"rules"`
+}
+
+// actionSchema describes one action a stream serves.
+type actionSchema struct {
+	Name    string `json:"name"`
+	Builtin bool   `json:"builtin"`
+	// Detail: the action needs a pk (for subscribe and unsubscribe it is
+	// optional, and Detail is false).
+	Detail bool `json:"detail"`
+	// Method and Path are its REST route, both empty for the subscription
+	// actions, which exist on the WebSocket only.
+	Method string `json:"method,omitempty"`
+	Path   string `json:"path,omitempty"`
+}
+
+// schema describes the added ViewSets, sorted by stream name, for the
+// debugger page (which adds the WebSocket path to it). It is safe to call
+// while the API serves.
+func (a *API) schema() any {
+	a.mu.RLock()
+	streams := make([]streamSchema, 0, len(a.streams))
+	for _, r := range a.streams {
+		streams = append(streams, r.describe())
+	}
+	a.mu.RUnlock()
+	slices.SortFunc(streams, func(x, y streamSchema) int { return cmp.Compare(x.Name, y.Name) })
+	return streams
+}
+
+// describe returns the schema of v.
+func (v *viewSet[T]) describe() streamSchema {
+	base := basePath(v.api.rest) + "/" + v.Stream
+	s := streamSchema{
+		Name:        v.Stream,
+		Model:       v.Label,
+		RESTPath:    base,
+		PKType:      "string",
+		ReadOnly:    v.ReadOnly,
+		PageSize:    v.PageSize,
+		MaxPageSize: v.MaxPageSize,
+		Fields:      make([]fieldSchema, 0, len(v.m.fields)),
+	}
+	if t := fieldType(v.m.pk.FieldType); t == "integer" {
+		s.PKType = t
+	}
+	for _, f := range v.m.fields {
+		if f.gorm == v.m.pk {
+			s.PK = f.json
+		}
+		s.Fields = append(s.Fields, fieldSchema{
+			Name:     f.json,
+			Type:     fieldType(f.gorm.FieldType),
+			Nullable: nullable(f.gorm.FieldType),
+			Required: f.required && f.writable,
+			ReadOnly: !f.writable,
+			Rules:    rules(f.gorm.Tag.Get("binding")),
+		})
+	}
+
+	detail := base + "/:pk"
+	builtin := func(name string, isDetail bool, method, path string) actionSchema {
+		return actionSchema{Name: name, Builtin: true, Detail: isDetail, Method: method, Path: path}
+	}
+	s.Actions = append(s.Actions,
+		builtin(actionList, false, http.MethodGet, base),
+		builtin(actionRetrieve, true, http.MethodGet, detail))
+	if !v.ReadOnly {
+		s.Actions = append(s.Actions,
+			builtin(actionCreate, false, http.MethodPost, base),
+			builtin(actionUpdate, true, http.MethodPut, detail),
+			builtin(actionPatch, true, http.MethodPatch, detail),
+			builtin(actionDelete, true, http.MethodDelete, detail))
+	}
+	s.Actions = append(s.Actions,
+		builtin(actionSubscribe, false, "", ""),
+		builtin(actionUnsubscribe, false, "", ""),
+		builtin(actionSubscribeInstance, true, "", ""),
+		builtin(actionUnsubscribeInstance, true, "", ""))
+
+	custom := make([]actionSchema, 0, len(v.Actions))
+	for name, act := range v.Actions {
+		a := actionSchema{Name: name, Detail: act.Detail, Method: cmp.Or(act.Method, http.MethodGet), Path: base + "/" + name}
+		if act.Detail {
+			a.Path = detail + "/" + name
+		}
+		custom = append(custom, a)
+	}
+	slices.SortFunc(custom, func(x, y actionSchema) int { return cmp.Compare(x.Name, y.Name) })
+	s.Actions = append(s.Actions, custom...)
+	return s
+}
+
+var (
+	jsonMarshalerType = reflect.TypeFor[json.Marshaler]()
+	textMarshalerType = reflect.TypeFor[encoding.TextMarshaler]()
+)
+
+// fieldType names the JSON type of values of t, as encoding/json writes them.
+func fieldType(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch {
+	case t == timeType || t == deletedAtType:
+		return "datetime"
+	case t.Implements(jsonMarshalerType) || reflect.PointerTo(t).Implements(jsonMarshalerType):
+		return "any"
+	case t.Implements(textMarshalerType) || reflect.PointerTo(t).Implements(textMarshalerType):
+		return "string"
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "string"
+	case reflect.Bool:
+		return "boolean"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "integer"
+	case reflect.Float32, reflect.Float64:
+		return "number"
+	case reflect.Slice:
+		if t.Elem().Kind() == reflect.Uint8 {
+			return "string" // base64
+		}
+		return "array"
+	case reflect.Array:
+		return "array"
+	case reflect.Struct, reflect.Map:
+		return "object"
+	}
+	return "any"
+}
+
+// nullable reports whether encoding/json may write null for a value of t.
+func nullable(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Pointer, reflect.Interface, reflect.Map, reflect.Slice:
+		return true
+	}
+	return t == deletedAtType
+}
+
+// rules splits a binding tag into its rules.
+func rules(tag string) []string {
+	out := []string{}
+	for r := range strings.SplitSeq(tag, ",") {
+		if r = strings.TrimSpace(r); r != "" {
+			out = append(out, r)
+		}
+	}
+	return out
+}
