@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"reflect"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -257,7 +258,7 @@ func (a *API) resource(stream string) (resource, bool) {
 func (a *API) run(ctx context.Context, r resource, req *Request, c *conn) (res result, werr *wireError) {
 	defer func() {
 		if p := recover(); p != nil {
-			a.log.ErrorContext(ctx, "channelsapi: handler panic", "stream", req.Stream, "action", req.Action, "panic", p)
+			a.log.ErrorContext(ctx, "channelsapi: handler panic", "stream", req.Stream, "action", req.Action, "panic", p, "stack", string(debug.Stack()))
 			res, werr = result{}, &wireError{status: http.StatusInternalServerError, message: msgServerError, internal: true}
 		}
 	}()
