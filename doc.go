@@ -1,0 +1,35 @@
+// Package channelsapi serves GORM models over REST and one multiplexed
+// WebSocket from a single definition, in a Gin application, and publishes
+// every committed change to the sockets subscribed to it.
+//
+// Register mounts the WebSocket endpoint on a Gin router and installs a GORM
+// plugin on the database; Add serves a model as a ViewSet:
+//
+//	api, err := channelsapi.Register(router, db)
+//	if err != nil { ... }
+//	err = channelsapi.Add(api, channelsapi.ViewSet[Question]{Stream: "questions"})
+//
+// The wire format is the one of the Python projects channels-api and
+// djangochannelsrestframework, described in docs/PROTOCOL.md: every frame is
+// {"stream": ..., "payload": {...}}, every request gets exactly one reply
+// carrying action, data, errors, response_status and request_id, and the
+// REST routes follow Django REST Framework.
+//
+// # Events
+//
+// Writes made through the registered *gorm.DB, by any code, are captured by
+// GORM callbacks and held by their transaction; they are published once the
+// database has accepted the commit, never for work that was rolled back
+// (including a rollback to a savepoint), in statement order within a
+// transaction and in commit order for one row. Bulk updates and deletes
+// select the rows they touch first, up to a limit beyond which subscribers
+// are closed with 1013 to resync. A connection that cannot keep up is closed
+// with 1013 instead of losing events silently.
+//
+// # Errors
+//
+// Hooks, permission checks and custom actions return errors: ErrNotFound,
+// ErrPermissionDenied, ErrNotAuthenticated, ErrInvalidAction or an *Error
+// reach the client as documented; any other error is a 500 whose cause is
+// logged and never sent.
+package channelsapi
