@@ -6,6 +6,9 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"strings"
+
+	"gorm.io/gorm"
 )
 
 // Sentinel errors a hook, permission check or custom action may return. They
@@ -68,6 +71,8 @@ const (
 	msgInvalidFrame  = "Invalid frame."
 	msgInvalidStream = "Invalid stream."
 	msgInvalidPage   = "Invalid page."
+
+	msgTooManyRequests = "Too many requests."
 )
 
 // wireError is an error in the form both transports render: a status and
@@ -117,4 +122,97 @@ func (e wireError) restBody() any {
 		return e.fields
 	}
 	return map[string]string{"detail": e.message}
+}
+
+// constraint kinds a database reports.
+type constraint int
+
+const (
+	noConstraint constraint = iota
+	uniqueViolation
+	notNullViolation
+	foreignKeyViolation
+	checkViolation
+)
+
+// constraintError turns a constraint violation into a client error: a
+// unique violation on one column of a writable field is a 400 on that field,
+// other unique violations a 409; not-null, foreign-key and check violations
+// a 400. It returns nil for any other error. No table, column or SQL text
+// reaches the client.
+func constraintError(db *gorm.DB, m *model, label string, err error) error {
+	kind, column := classify(db, err)
+	switch kind {
+	case uniqueViolation:
+		for _, f := range m.fields {
+			if f.writable && column != "" && f.gorm.DBName == column {
+				return FieldError(f.json, fmt.Sprintf("A %s with this %s already exists.", label, f.json))
+			}
+		}
+		return NewError(http.StatusConflict, "The object conflicts with an existing one.")
+	case notNullViolation, checkViolation:
+		return NewError(http.StatusBadRequest, "Invalid data.")
+	case foreignKeyViolation:
+		return NewError(http.StatusBadRequest, "A related object does not exist or is still referenced.")
+	}
+	return nil
+}
+
+// classify recognises constraint violations through the dialect's error
+// translation, PostgreSQL's SQLSTATE codes and SQLite's messages; column is
+// the violated column when the error names exactly one.
+func classify(db *gorm.DB, err error) (kind constraint, column string) {
+	var state interface{ SQLState() string }
+	if errors.As(err, &state) {
+		switch state.SQLState() {
+		case "23505":
+			return uniqueViolation, pgKeyColumn(err.Error())
+		case "23502":
+			return notNullViolation, ""
+		case "23503":
+			return foreignKeyViolation, ""
+		case "23514":
+			return checkViolation, ""
+		}
+	}
+	msg := err.Error()
+	for prefix, k := range map[string]constraint{
+		"UNIQUE constraint failed: ":      uniqueViolation,
+		"NOT NULL constraint failed: ":    notNullViolation,
+		"FOREIGN KEY constraint failed":   foreignKeyViolation,
+		"CHECK constraint failed":         checkViolation,
+		"PRIMARY KEY constraint failed: ": uniqueViolation,
+	} {
+		if _, rest, ok := strings.Cut(msg, prefix); ok {
+			if k == uniqueViolation && !strings.Contains(rest, ",") {
+				_, column, _ = strings.Cut(strings.TrimSpace(rest), ".")
+			}
+			return k, column
+		}
+	}
+	if t, ok := db.Dialector.(gorm.ErrorTranslator); ok {
+		switch terr := t.Translate(err); {
+		case errors.Is(terr, gorm.ErrDuplicatedKey):
+			return uniqueViolation, ""
+		case errors.Is(terr, gorm.ErrForeignKeyViolated):
+			return foreignKeyViolation, ""
+		case errors.Is(terr, gorm.ErrCheckConstraintViolated):
+			return checkViolation, ""
+		}
+	}
+	return noConstraint, ""
+}
+
+// pgKeyColumn reads the column of a PostgreSQL unique violation from its
+// detail, `Key (name)=(x) already exists.`, when it names one column.
+func pgKeyColumn(msg string) string {
+	_, rest, ok := strings.Cut(msg, "Key (")
+	if !ok {
+		return ""
+	}
+	column, _, ok := strings.Cut(rest, ")=")
+	if !ok || strings.Contains(column, ",") {
+		return ""
+	}
+	return strings.Trim(column, `"`)
 }

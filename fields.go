@@ -328,3 +328,20 @@ func jsonKind(raw []byte) string {
 		return "number"
 	}
 }
+
+// changed returns the columns whose values differ between two versions of
+// an object (structs of the model's type).
+func (m *model) changed(ctx context.Context, before, after reflect.Value) []string {
+	var columns []string
+	for _, gf := range m.schema.Fields {
+		if gf.DBName == "" || gf.PrimaryKey {
+			continue
+		}
+		b, _ := gf.ValueOf(ctx, before)
+		a, _ := gf.ValueOf(ctx, after)
+		if !reflect.DeepEqual(a, b) {
+			columns = append(columns, gf.DBName)
+		}
+	}
+	return columns
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/olahol/melody"
+	"golang.org/x/time/rate"
 	"gorm.io/gorm"
 
 	"github.com/channelsapi/channelsapi/debugpage"
@@ -27,6 +28,11 @@ const (
 	DefaultMaxMessageSize = 64 << 10
 	DefaultQueueSize      = 256
 	DefaultBulkEventLimit = 10000
+	DefaultRate           = 50  // messages per second and connection
+	DefaultBurst          = 200 // messages a connection may send at once
+	DefaultSubscriptions  = 1000
+	DefaultPingPeriod     = 25 * time.Second
+	DefaultPongWait       = 30 * time.Second
 	defaultWriteWait      = 10 * time.Second
 )
 
@@ -44,6 +50,14 @@ type config struct {
 	bulkLimit      int
 	logger         *slog.Logger
 	user           func(*gin.Context) any
+	permission     Permission
+	connect        func(c *gin.Context, user any) error
+	subprotocols   []string
+	rate           rate.Limit
+	burst          int
+	subscriptions  int
+	pingPeriod     time.Duration
+	pongWait       time.Duration
 	debugPath      string
 }
 
@@ -112,6 +126,48 @@ func WithDebugPage(path string) Option {
 	}
 }
 
+// WithDefaultPermission sets the Permission of every ViewSet that sets
+// none. The default is AllowAny.
+func WithDefaultPermission(p Permission) Option { return func(c *config) { c.permission = p } }
+
+// WithConnect sets a check run on every WebSocket upgrade request, before
+// the upgrade, with the user WithUser resolved. An error refuses the
+// connection with 401 or 403 (as for a Permission) and a JSON body
+// {"detail": ...}; nil accepts it. The default accepts every connection.
+func WithConnect(check func(c *gin.Context, user any) error) Option {
+	return func(c *config) { c.connect = check }
+}
+
+// WithSubprotocols lists the WebSocket subprotocols the server accepts; the
+// first one a client offers is selected. Browsers cannot set headers on a
+// WebSocket, so an application may take a credential from the
+// Sec-WebSocket-Protocol header (for example the offer "bearer, <token>"),
+// which needs the server to select a protocol ("bearer").
+func WithSubprotocols(protocols ...string) Option {
+	return func(c *config) { c.subprotocols = protocols }
+}
+
+// WithRateLimit sets each connection's token bucket: perSecond messages per
+// second on average and burst at once. A frame over the limit is answered
+// with 429 ["Too many requests."] without being handled; the connection
+// stays open. The defaults are 50 per second and a burst of 200.
+func WithRateLimit(perSecond float64, burst int) Option {
+	return func(c *config) { c.rate, c.burst = rate.Limit(perSecond), burst }
+}
+
+// WithMaxSubscriptions caps the subscriptions of one connection (group and
+// instance subscriptions together); one more is answered with 429
+// ["Too many subscriptions."]. The default is 1000.
+func WithMaxSubscriptions(n int) Option { return func(c *config) { c.subscriptions = n } }
+
+// WithKeepalive sets how often the server pings each connection and how long
+// it waits for any frame (a pong or a message) before it closes the
+// connection as dead. The defaults are 25 and 30 seconds; pongWait must be
+// longer than pingPeriod.
+func WithKeepalive(pingPeriod, pongWait time.Duration) Option {
+	return func(c *config) { c.pingPeriod, c.pongWait = pingPeriod, pongWait }
+}
+
 // API serves the added ViewSets. It is safe for concurrent use; add every
 // ViewSet before the router starts serving.
 type API struct {
@@ -150,6 +206,12 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (*API, error) {
 		bulkLimit:      DefaultBulkEventLimit,
 		logger:         slog.Default(),
 		user:           contextUser,
+		permission:     AllowAny(),
+		rate:           DefaultRate,
+		burst:          DefaultBurst,
+		subscriptions:  DefaultSubscriptions,
+		pingPeriod:     DefaultPingPeriod,
+		pongWait:       DefaultPongWait,
 	}
 	for _, opt := range opts {
 		opt(&cfg)
@@ -165,8 +227,14 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (*API, error) {
 		return nil, fmt.Errorf("channelsapi: bulk event limit must be positive, got %d", cfg.bulkLimit)
 	case !strings.HasPrefix(cfg.path, "/"):
 		return nil, fmt.Errorf("channelsapi: WebSocket path %q must start with /", cfg.path)
-	case cfg.user == nil || cfg.logger == nil:
-		return nil, errors.New("channelsapi: nil user resolver or logger")
+	case cfg.user == nil || cfg.logger == nil || cfg.permission == nil:
+		return nil, errors.New("channelsapi: nil user resolver, logger or default permission")
+	case cfg.rate <= 0 || cfg.burst <= 0:
+		return nil, fmt.Errorf("channelsapi: rate limit must be positive, got %v per second, burst %d", cfg.rate, cfg.burst)
+	case cfg.subscriptions <= 0:
+		return nil, fmt.Errorf("channelsapi: subscription limit must be positive, got %d", cfg.subscriptions)
+	case cfg.pingPeriod <= 0 || cfg.pongWait <= cfg.pingPeriod:
+		return nil, fmt.Errorf("channelsapi: keepalive needs 0 < ping period (%v) < pong wait (%v)", cfg.pingPeriod, cfg.pongWait)
 	}
 	for o := range cfg.origins {
 		if u, err := url.Parse(o); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" {

@@ -21,6 +21,9 @@ type Request struct {
 	Transport Transport
 	Stream    string
 	Action    string
+	// Method is the HTTP method of the action's REST route (GET for
+	// retrieve, list and the subscription actions), whatever the transport.
+	Method string
 	// PK is the parsed primary key for detail actions (of the model's key
 	// type), or nil when the request has none or it does not parse.
 	PK any

@@ -13,6 +13,7 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
+	"golang.org/x/time/rate"
 )
 
 // Close codes the server sends (PROTOCOL.md section 6).
@@ -28,7 +29,10 @@ func (a *API) newMelody() *melody.Melody {
 	m.Config.MaxMessageSize = a.cfg.maxMessageSize
 	m.Config.MessageBufferSize = a.cfg.queueSize
 	m.Config.WriteWait = defaultWriteWait
+	m.Config.PingPeriod = a.cfg.pingPeriod
+	m.Config.PongWait = a.cfg.pongWait
 	m.Upgrader.CheckOrigin = a.checkOrigin
+	m.Upgrader.Subprotocols = a.cfg.subprotocols
 	m.Upgrader.ReadBufferSize = 4096
 	m.Upgrader.WriteBufferSize = 4096
 	m.HandleConnect(func(s *melody.Session) {
@@ -84,9 +88,23 @@ func (a *API) serveSocket(c *gin.Context) {
 	a.mu.Unlock()
 	defer a.sockets.Done()
 
+	user := a.cfg.user(c)
+	if a.cfg.connect != nil {
+		if err := a.cfg.connect(c, user); err != nil {
+			e := translate(err, user != nil)
+			if e.internal {
+				a.log.Error("channelsapi: connect check failed", "err", err)
+			}
+			c.AbortWithStatusJSON(e.status, e.restBody())
+			return
+		}
+	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(c.Request.Context()))
 	defer cancel()
-	conn := &conn{api: a, ctx: ctx, cancel: cancel, user: a.cfg.user(c), header: c.Request.Header.Clone()}
+	conn := &conn{
+		api: a, ctx: ctx, cancel: cancel, user: user, header: c.Request.Header.Clone(),
+		limiter: rate.NewLimiter(a.cfg.rate, a.cfg.burst),
+	}
 	err := a.melody.HandleRequestWithKeys(c.Writer, c.Request, map[string]any{connKey: conn})
 	if errors.Is(err, melody.ErrClosed) {
 		c.AbortWithStatusJSON(http.StatusServiceUnavailable, gin.H{"detail": "Server is shutting down."})
@@ -103,6 +121,7 @@ type conn struct {
 	user    any
 	header  http.Header
 	session *melody.Session
+	limiter *rate.Limiter // used by the read goroutine only
 
 	mu      sync.Mutex
 	busy    bool
@@ -183,6 +202,8 @@ func (a *API) dispatch(ctx context.Context, c *conn, msg []byte) []byte {
 	rep := reply{Action: actionOut, RequestID: p.RequestID}
 	r, found := a.resource(stream)
 	switch {
+	case !c.limiter.Allow():
+		rep.Errors, rep.ResponseStatus = []any{msgTooManyRequests}, http.StatusTooManyRequests
 	case !isString || !found:
 		rep.Errors, rep.ResponseStatus = []any{msgInvalidStream}, http.StatusNotFound
 	case !actionOK:

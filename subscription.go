@@ -13,6 +13,7 @@ var (
 	errActionRequired    = NewError(http.StatusBadRequest, "action required")
 	errInvalidSubscribe  = NewError(http.StatusBadRequest, "Invalid subscription action")
 	errRequestIDRequired = NewError(http.StatusBadRequest, "request_id required")
+	errSubscriptionLimit = NewError(http.StatusTooManyRequests, "Too many subscriptions.")
 )
 
 // subscription serves subscribe and unsubscribe (PROTOCOL.md 4.7) and
@@ -33,6 +34,9 @@ func (v *viewSet[T]) subscription(ctx context.Context, req *Request, c *conn) re
 			key = pkKey(req.PK)
 		}
 		if req.Action == actionSubscribe {
+			if hub.Count(c) >= v.api.cfg.subscriptions {
+				return result{err: errSubscriptionLimit}
+			}
 			hub.Subscribe(c, v.Stream, event, key)
 		} else {
 			hub.Unsubscribe(c, v.Stream, event, key)
@@ -43,8 +47,11 @@ func (v *viewSet[T]) subscription(ctx context.Context, req *Request, c *conn) re
 		if !ok {
 			return result{err: errRequestIDRequired}
 		}
-		if _, err := v.lookup(v.query(ctx, req), req); err != nil {
+		if _, err := v.object(ctx, v.query(ctx, req), req); err != nil {
 			return result{err: err}
+		}
+		if hub.Count(c) >= v.api.cfg.subscriptions {
+			return result{err: errSubscriptionLimit}
 		}
 		hub.SubscribeInstance(c, v.Stream, pkKey(req.PK), rid)
 		return result{status: http.StatusCreated}

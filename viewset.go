@@ -42,13 +42,33 @@ type ViewSet[T any] struct {
 	// primary key, CreatedAt, UpdatedAt, DeletedAt and `json:"-"` fields.
 	ReadOnlyFields []string
 	// Permission is asked before every action, before the action is even
-	// looked up. It returns nil to allow, ErrPermissionDenied (401 for an
-	// anonymous request, 403 otherwise), ErrNotAuthenticated (401) or an
-	// *Error. Nil allows everything.
-	Permission func(ctx context.Context, r *Request) error
+	// looked up, and for every event a subscriber would receive. Nil means
+	// the API's default (WithDefaultPermission), itself AllowAny unless set.
+	Permission Permission
+	// ObjectPermission is asked after an object is looked up (retrieve,
+	// update, patch, delete, detail actions, subscribe_instance) and for
+	// every event about an object, per recipient. A subscriber that could
+	// see an object before an update and cannot after receives a delete
+	// event for it. Nil allows every object the Scope lets through.
+	ObjectPermission ObjectPermission[T]
+	// Hooks run around the writes of the built-in actions, on both
+	// transports.
+	Hooks Hooks[T]
 	// Actions are custom actions by name, served on the WebSocket as actions
 	// and over REST under the stream's path.
 	Actions map[string]Action[T]
+}
+
+// Hooks run inside the transaction of a create, update, patch or delete
+// made through the API; tx is that transaction. A Before hook runs after
+// validation and may modify obj (changed fields are written) or abort with
+// an error that reaches the client, for example an *Error with status 400 or
+// ErrPermissionDenied. An After hook runs after the statement; an error
+// rolls the write back, so no event is published. Nil hooks are skipped.
+type Hooks[T any] struct {
+	BeforeCreate, AfterCreate func(ctx context.Context, tx *gorm.DB, r *Request, obj *T) error
+	BeforeUpdate, AfterUpdate func(ctx context.Context, tx *gorm.DB, r *Request, obj *T) error
+	BeforeDelete, AfterDelete func(ctx context.Context, tx *gorm.DB, r *Request, obj *T) error
 }
 
 // Action is a custom action. A list action (Detail false) runs without an
@@ -134,6 +154,9 @@ func Add[T any](api *API, vs ViewSet[T]) error {
 	if vs.MaxPageSize <= 0 {
 		vs.MaxPageSize = max(api.cfg.maxPageSize, vs.PageSize)
 	}
+	if vs.Permission == nil {
+		vs.Permission = api.cfg.permission
+	}
 	if !nameRE.MatchString(vs.Stream) {
 		return fmt.Errorf("channelsapi: add %s: invalid stream name %q", typ, vs.Stream)
 	}
@@ -167,10 +190,9 @@ func (v *viewSet[T]) label() string { return v.Label }
 // serve runs one action: permission first, then the action (PROTOCOL.md 6).
 // conn is the WebSocket connection, nil on REST.
 func (v *viewSet[T]) serve(ctx context.Context, req *Request, conn *conn) (res result) {
-	if v.Permission != nil {
-		if err := v.Permission(ctx, req); err != nil {
-			return result{err: err}
-		}
+	req.Method = v.method(req.Action)
+	if err := v.Permission(ctx, req); err != nil {
+		return result{err: err}
 	}
 	if present(req.rawPK) {
 		req.PK, _ = v.m.parsePK(req.rawPK)
@@ -185,7 +207,7 @@ func (v *viewSet[T]) serve(ctx context.Context, req *Request, conn *conn) (res r
 	case actionCreate:
 		return v.create(ctx, req)
 	case actionRetrieve:
-		obj, err := v.lookup(v.query(ctx, req), req)
+		obj, err := v.object(ctx, v.query(ctx, req), req)
 		return result{status: http.StatusOK, data: obj, err: err}
 	case actionUpdate, actionPatch:
 		w := writePatch
@@ -210,7 +232,7 @@ func (v *viewSet[T]) serve(ctx context.Context, req *Request, conn *conn) (res r
 	var obj *T
 	if a.Detail {
 		var err error
-		if obj, err = v.lookup(v.query(ctx, req), req); err != nil {
+		if obj, err = v.object(ctx, v.query(ctx, req), req); err != nil {
 			return result{err: err}
 		}
 	}
@@ -219,6 +241,44 @@ func (v *viewSet[T]) serve(ctx context.Context, req *Request, conn *conn) (res r
 		status = http.StatusOK
 	}
 	return result{status: status, data: data, err: err}
+}
+
+// method is the HTTP method of action's REST route, which also tells
+// whether it only reads.
+func (v *viewSet[T]) method(action string) string {
+	switch action {
+	case actionCreate:
+		return http.MethodPost
+	case actionUpdate:
+		return http.MethodPut
+	case actionPatch:
+		return http.MethodPatch
+	case actionDelete:
+		return http.MethodDelete
+	case actionRetrieve, actionList, actionSubscribe, actionUnsubscribe, actionSubscribeInstance, actionUnsubscribeInstance:
+		return http.MethodGet
+	}
+	if a, ok := v.Actions[action]; ok {
+		if a.Method == "" {
+			return http.MethodGet
+		}
+		return a.Method
+	}
+	return ""
+}
+
+// object looks the object up and asks the object permission.
+func (v *viewSet[T]) object(ctx context.Context, db *gorm.DB, req *Request) (*T, error) {
+	obj, err := v.lookup(db, req)
+	if err != nil {
+		return nil, err
+	}
+	if v.ObjectPermission != nil {
+		if err := v.ObjectPermission(ctx, req, obj); err != nil {
+			return nil, err
+		}
+	}
+	return obj, nil
 }
 
 // query is the ViewSet's scoped query for req.
@@ -260,10 +320,16 @@ func (v *viewSet[T]) create(ctx context.Context, req *Request) result {
 		return result{err: err}
 	}
 	err := v.api.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		return tx.Create(obj).Error
+		if err := hook(ctx, tx, req, obj, v.Hooks.BeforeCreate); err != nil {
+			return err
+		}
+		if err := tx.Create(obj).Error; err != nil {
+			return err
+		}
+		return hook(ctx, tx, req, obj, v.Hooks.AfterCreate)
 	})
 	if err != nil {
-		return result{err: fmt.Errorf("create %s: %w", v.Stream, err)}
+		return result{err: v.dbError("create", err)}
 	}
 	return result{status: http.StatusCreated, data: obj}
 }
@@ -275,7 +341,7 @@ func (v *viewSet[T]) update(ctx context.Context, req *Request, w write) result {
 	var obj *T
 	err := v.api.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		var err error
-		if obj, err = v.lookup(v.scoped(tx, req), req); err != nil {
+		if obj, err = v.object(ctx, v.scoped(tx, req), req); err != nil {
 			return err
 		}
 		columns, err := v.m.assign(ctx, reflect.ValueOf(obj).Elem(), req.Data, w)
@@ -285,30 +351,52 @@ func (v *viewSet[T]) update(ctx context.Context, req *Request, w write) result {
 		if err := v.m.validate(obj); err != nil {
 			return err
 		}
-		columns = append(columns, v.m.updated...)
-		if len(columns) == 0 {
-			return nil
+		if v.Hooks.BeforeUpdate != nil {
+			before := *obj
+			if err := v.Hooks.BeforeUpdate(ctx, tx, req, obj); err != nil {
+				return err
+			}
+			columns = append(columns, v.m.changed(ctx, reflect.ValueOf(&before).Elem(), reflect.ValueOf(obj).Elem())...)
 		}
-		return tx.Model(obj).Select(columns).Updates(obj).Error
+		if columns = append(columns, v.m.updated...); len(columns) > 0 {
+			if err := tx.Model(obj).Select(columns).Updates(obj).Error; err != nil {
+				return err
+			}
+		}
+		return hook(ctx, tx, req, obj, v.Hooks.AfterUpdate)
 	})
 	if err != nil {
-		return result{err: wrapDB("update", v.Stream, err)}
+		return result{err: v.dbError("update", err)}
 	}
 	return result{status: http.StatusOK, data: obj}
 }
 
 func (v *viewSet[T]) delete(ctx context.Context, req *Request) result {
 	err := v.api.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		obj, err := v.lookup(v.scoped(tx, req), req)
+		obj, err := v.object(ctx, v.scoped(tx, req), req)
 		if err != nil {
 			return err
 		}
-		return tx.Delete(obj).Error
+		if err := hook(ctx, tx, req, obj, v.Hooks.BeforeDelete); err != nil {
+			return err
+		}
+		if err := tx.Delete(obj).Error; err != nil {
+			return err
+		}
+		return hook(ctx, tx, req, obj, v.Hooks.AfterDelete)
 	})
 	if err != nil {
-		return result{err: wrapDB("delete", v.Stream, err)}
+		return result{err: v.dbError("delete", err)}
 	}
 	return result{status: http.StatusOK, data: struct{}{}}
+}
+
+// hook runs h when it is set.
+func hook[T any](ctx context.Context, tx *gorm.DB, req *Request, obj *T, h func(context.Context, *gorm.DB, *Request, *T) error) error {
+	if h == nil {
+		return nil
+	}
+	return h(ctx, tx, req, obj)
 }
 
 func (v *viewSet[T]) list(ctx context.Context, req *Request) result {
@@ -342,12 +430,19 @@ func (v *viewSet[T]) list(ctx context.Context, req *Request) result {
 	return result{status: http.StatusOK, data: objs, page: &pageMeta{Count: count, Page: page, PageSize: size, NumPages: pages}}
 }
 
-// wrapDB adds context to a database error, leaving errors meant for the
-// client (not found, validation) recognisable by translate.
-func wrapDB(op, stream string, err error) error {
+// dbError adds context to an error of a write, leaving errors meant for the
+// client (not found, validation, hooks' errors) recognisable by translate
+// and turning constraint violations into client errors that name no table.
+func (v *viewSet[T]) dbError(op string, err error) error {
 	var e *Error
-	if errors.As(err, &e) || errors.Is(err, ErrNotFound) {
+	switch {
+	case errors.As(err, &e), errors.Is(err, ErrNotFound), errors.Is(err, ErrPermissionDenied),
+		errors.Is(err, ErrNotAuthenticated), errors.Is(err, ErrInvalidAction):
 		return err
 	}
-	return fmt.Errorf("%s %s: %w", op, stream, err)
+	if ce := constraintError(v.api.db, v.m, v.Label, err); ce != nil {
+		v.api.log.Info("channelsapi: constraint violated", "stream", v.Stream, "action", op, "err", err)
+		return ce
+	}
+	return fmt.Errorf("%s %s: %w", op, v.Stream, err)
 }

@@ -171,3 +171,18 @@ func (h *Hub) Stats() (keys, subscribers int) {
 	defer h.mu.RUnlock()
 	return len(h.groups) + len(h.instances), len(h.subs)
 }
+
+// Matching returns the subscribers an event of stream, action and pk would
+// be routed to (group and instance subscribers, each once), without
+// delivering anything. It costs what routing costs.
+//
+// Matching is safe for concurrent use.
+func (h *Hub) Matching(stream, action, pk string) []Subscriber {
+	ev := &Event{Stream: stream, Action: action, PK: pk, Group: []byte{}, InstancePrefix: []byte{}}
+	targets := h.route(ev, nil)
+	out := make([]Subscriber, len(targets))
+	for i, t := range targets {
+		out[i] = t.s
+	}
+	return out
+}

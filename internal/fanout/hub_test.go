@@ -456,3 +456,18 @@ func TestConcurrentPublishSubscribeRemove(t *testing.T) {
 	assert.Zero(t, keys)
 	assert.Zero(t, subs)
 }
+
+func TestMatchingAndSubscribersOf(t *testing.T) {
+	h := fanout.New()
+	all, one, inst, other := &recorder{}, &recorder{}, &recorder{}, &recorder{}
+	h.Subscribe(all, "q", "update", "")
+	h.Subscribe(one, "q", "update", "1")
+	h.SubscribeInstance(inst, "q", "1", []byte(`"r"`))
+	h.Subscribe(other, "notes", "update", "")
+
+	assert.ElementsMatch(t, []fanout.Subscriber{all, one, inst}, h.Matching("q", "update", "1"))
+	assert.ElementsMatch(t, []fanout.Subscriber{all}, h.Matching("q", "update", "2"))
+	assert.Empty(t, all.Frames())
+	assert.ElementsMatch(t, []fanout.Subscriber{all, one, inst}, h.SubscribersOf("q"))
+	assert.ElementsMatch(t, []fanout.Subscriber{other}, h.SubscribersOf("notes"))
+}
