@@ -39,7 +39,15 @@ type change struct {
 	action string
 	pk     any
 	data   json.RawMessage // the object, serialized once
+	obj    any             // the object, a *T of its own, for authorization
 	resync bool            // too many rows: subscribers of the type must resync
+
+	// For an update of a model whose events are authorized per recipient:
+	// the row before the statement. For updates and deletes: which rows the
+	// subscribed users could see before it (authorize.go).
+	before    json.RawMessage
+	beforeObj any
+	seen      visibility
 }
 
 // publisher is the GORM plugin. Its mutex is held from the commit of a
@@ -117,8 +125,9 @@ func (p *publisher) afterCreate(db *gorm.DB) {
 // before is what a before-callback found for its after-callback.
 type before struct {
 	m      *model
-	rows   []reflect.Value // delete: the rows as they were
+	rows   []reflect.Value // the rows as they were (always for a delete)
 	keys   []any           // update: the keys of the rows it touches
+	seen   visibility
 	resync bool
 }
 
@@ -128,7 +137,8 @@ func (p *publisher) beforeUpdate(db *gorm.DB) {
 		return
 	}
 	b := &before{m: m}
-	if keys := loadedKeys(db, m); len(keys) > 0 {
+	guarded := p.api.guarded(m.schema.ModelType)
+	if keys := loadedKeys(db, m); len(keys) > 0 && !guarded {
 		b.keys = keys
 	} else {
 		rows, resync, err := p.matching(db, m)
@@ -140,6 +150,13 @@ func (p *publisher) beforeUpdate(db *gorm.DB) {
 		for _, r := range rows {
 			pk, _ := m.pkOf(db.Statement.Context, r)
 			b.keys = append(b.keys, pk)
+		}
+		if guarded {
+			b.rows = rows
+			if b.seen, err = p.api.snapshot(db, m.schema.ModelType, actionUpdate, b.keys); err != nil {
+				db.AddError(err)
+				return
+			}
 		}
 	}
 	db.InstanceSet(keyBefore, b)
@@ -160,9 +177,19 @@ func (p *publisher) afterUpdate(db *gorm.DB) {
 		db.AddError(err)
 		return
 	}
+	old := map[string]reflect.Value{}
+	for _, r := range b.rows {
+		pk, _ := b.m.pkOf(db.Statement.Context, r)
+		old[pkKey(pk)] = r
+	}
 	var changes []change
 	for _, obj := range rows {
-		changes = append(changes, p.changeOf(db, b.m, actionUpdate, obj))
+		ch := p.changeOf(db, b.m, actionUpdate, obj)
+		if r, ok := old[pkKey(ch.pk)]; ok {
+			prev := p.changeOf(db, b.m, actionUpdate, r)
+			ch.before, ch.beforeObj, ch.seen = prev.data, prev.obj, b.seen
+		}
+		changes = append(changes, ch)
 	}
 	p.record(db, changes)
 }
@@ -177,7 +204,18 @@ func (p *publisher) beforeDelete(db *gorm.DB) {
 		db.AddError(err)
 		return
 	}
-	db.InstanceSet(keyBefore, &before{m: m, rows: rows, resync: resync})
+	b := &before{m: m, rows: rows, resync: resync}
+	if p.api.guarded(m.schema.ModelType) {
+		keys := make([]any, len(rows))
+		for i, r := range rows {
+			keys[i], _ = m.pkOf(db.Statement.Context, r)
+		}
+		if b.seen, err = p.api.snapshot(db, m.schema.ModelType, actionDelete, keys); err != nil {
+			db.AddError(err)
+			return
+		}
+	}
+	db.InstanceSet(keyBefore, b)
 }
 
 func (p *publisher) afterDelete(db *gorm.DB) {
@@ -192,7 +230,9 @@ func (p *publisher) afterDelete(db *gorm.DB) {
 	}
 	var changes []change
 	for _, obj := range b.rows {
-		changes = append(changes, p.changeOf(db, b.m, actionDelete, obj))
+		ch := p.changeOf(db, b.m, actionDelete, obj)
+		ch.seen = b.seen
+		changes = append(changes, ch)
 	}
 	p.record(db, changes)
 }
@@ -204,7 +244,9 @@ func (p *publisher) changeOf(db *gorm.DB, m *model, action string, obj reflect.V
 		p.api.log.Error("channelsapi: encode event", "model", m.schema.Name, "pk", pk, "err", err)
 		return change{typ: m.schema.ModelType, resync: true}
 	}
-	return change{typ: m.schema.ModelType, action: action, pk: pk, data: data}
+	own := reflect.New(m.schema.ModelType)
+	own.Elem().Set(obj)
+	return change{typ: m.schema.ModelType, action: action, pk: pk, data: data, obj: own.Interface()}
 }
 
 // record keeps changes until the statement's transaction commits, or

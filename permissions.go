@@ -19,9 +19,7 @@ type ObjectPermission[T any] func(ctx context.Context, r *Request, obj *T) error
 
 // AllowAny allows every request. It is the default when neither the ViewSet
 // nor WithDefaultPermission sets a permission.
-func AllowAny() Permission {
-	return func(context.Context, *Request) error { return nil }
-}
+func AllowAny() Permission { return allowAny }
 
 // IsAuthenticated allows requests that have a user.
 func IsAuthenticated() Permission {

@@ -5,6 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"reflect"
+
+	"gorm.io/gorm"
 
 	"github.com/channelsapi/channelsapi/internal/fanout"
 )
@@ -126,8 +129,56 @@ func (a *API) deliver(ch change) {
 			a.resync(r.name())
 			continue
 		}
+		if !r.guarded() {
+			a.hub.Publish(ev)
+			continue
+		}
+		allow, leave := r.filters(context.Background(), ch)
+		ev.Allow = allow
 		a.hub.Publish(ev)
+		if leave != nil && ch.before != nil {
+			// Those who saw the object and no longer may get its last
+			// state they could see, as a delete, on their update subscriptions.
+			gone, err := newEvent(r, change{action: actionDelete, pk: ch.pk, data: ch.before})
+			if err != nil {
+				a.log.Error("channelsapi: encode event", "stream", r.name(), "err", err)
+				continue
+			}
+			gone.Action, gone.Allow = actionUpdate, leave
+			a.hub.Publish(gone)
+		}
 	}
+}
+
+// guarded reports whether some stream of typ authorizes events per recipient.
+func (a *API) guarded(typ reflect.Type) bool {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	for _, r := range a.byType[typ] {
+		if r.guarded() {
+			return true
+		}
+	}
+	return false
+}
+
+// snapshot records, inside a writing transaction, which of the rows pks the
+// subscribers of action events can see before the statement.
+func (a *API) snapshot(db *gorm.DB, typ reflect.Type, action string, pks []any) (visibility, error) {
+	a.mu.RLock()
+	rs := a.byType[typ]
+	a.mu.RUnlock()
+	seen := visibility{}
+	for _, r := range rs {
+		users, err := r.snapshot(db, action, pks)
+		if err != nil {
+			return nil, err
+		}
+		if users != nil {
+			seen[r.name()] = users
+		}
+	}
+	return seen, nil
 }
 
 // resync closes every subscriber of stream with 1013: it may have missed

@@ -11,6 +11,8 @@ import (
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
+
+	"github.com/channelsapi/channelsapi/internal/fanout"
 )
 
 // ViewSet serves the GORM model T as one stream: the built-in actions of
@@ -118,6 +120,9 @@ type resource interface {
 	model() *model
 	label() string
 	mountREST(api *API) error
+	guarded() bool
+	snapshot(db *gorm.DB, action string, pks []any) (map[any]map[string]bool, error)
+	filters(ctx context.Context, ch change) (allow, leave func(fanout.Subscriber) bool)
 	describe() streamSchema
 }
 
