@@ -61,12 +61,13 @@ func run(addr, dsn string, debug bool) error {
 	if err != nil {
 		return fmt.Errorf("open %s: %w", dsn, err)
 	}
-	if err := db.AutoMigrate(&Question{}, &Choice{}); err != nil {
+	if err := db.AutoMigrate(&Question{}, &Choice{}, &Note{}); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 
 	router := gin.Default()
-	opts := []channelsapi.Option{channelsapi.WithRESTPrefix("/api")}
+	router.Use(authenticate)
+	opts := []channelsapi.Option{channelsapi.WithRESTPrefix("/api"), channelsapi.WithSubprotocols("bearer")}
 	if debug {
 		opts = append(opts, channelsapi.WithDebugPage(""))
 	}
@@ -86,6 +87,9 @@ func run(addr, dsn string, debug bool) error {
 	}); err != nil {
 		return err
 	}
+	if err := channelsapi.Add(api, notes()); err != nil {
+		return err
+	}
 
 	srv := &http.Server{Addr: addr, Handler: router, ReadHeaderTimeout: 10 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -93,6 +97,7 @@ func run(addr, dsn string, debug bool) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	fmt.Printf("polls app on %s (database %s)\n  REST:      http://localhost%s/api/questions\n  WebSocket: ws://localhost%s/ws\n", addr, dsn, port(addr), port(addr))
+	fmt.Printf("  Private notes need a token: Authorization: Bearer alice-token (or bob-token, admin-token)\n")
 	if debug {
 		fmt.Printf("  Debugger:  http://localhost%s/channels-api/ (development only)\n", port(addr))
 	}

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"crypto/subtle"
+	"net/http"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+	"gorm.io/gorm"
+
+	"github.com/channelsapi/channelsapi"
+)
+
+// User is an account of the example app.
+type User struct {
+	ID    uint
+	Name  string
+	Admin bool
+}
+
+// demoUsers are the example's accounts, by token. A real application looks
+// tokens up in its own store.
+var demoUsers = map[string]*User{
+	"alice-token": {ID: 1, Name: "alice"},
+	"bob-token":   {ID: 2, Name: "bob"},
+	"admin-token": {ID: 3, Name: "admin", Admin: true},
+}
+
+// authenticate is the application's own Gin middleware: it stores the user
+// of a valid token in the context as "user", which channelsapi reads. The
+// token comes from "Authorization: Bearer <token>" (REST and non-browser
+// clients), the "token" cookie, or, for browsers opening a WebSocket, the
+// subprotocol offer "bearer, <token>". Tokens in URLs are not accepted: they
+// end up in logs.
+func authenticate(c *gin.Context) {
+	if u := userForToken(token(c.Request)); u != nil {
+		c.Set("user", u)
+	}
+	c.Next()
+}
+
+func token(r *http.Request) string {
+	if t, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		return strings.TrimSpace(t)
+	}
+	if c, err := r.Cookie("token"); err == nil {
+		return c.Value
+	}
+	if protos := strings.Split(r.Header.Get("Sec-WebSocket-Protocol"), ","); len(protos) == 2 &&
+		strings.TrimSpace(protos[0]) == "bearer" {
+		return strings.TrimSpace(protos[1])
+	}
+	return ""
+}
+
+func userForToken(t string) *User {
+	for tok, u := range demoUsers {
+		if t != "" && subtle.ConstantTimeCompare([]byte(t), []byte(tok)) == 1 {
+			return u
+		}
+	}
+	return nil
+}
+
+// Note is a private note, readable and writable only by its owner (and an
+// admin).
+type Note struct {
+	ID      uint   `json:"id" gorm:"primaryKey"`
+	OwnerID uint   `json:"owner_id" gorm:"index"`
+	Text    string `json:"text" binding:"required,max=1000"`
+}
+
+func currentUser(r *channelsapi.Request) *User {
+	u, _ := r.User.(*User)
+	return u
+}
+
+// notes serves Note: only authenticated users, each sees only their own
+// notes (Scope for queries, ObjectPermission for objects and events), and a
+// new note belongs to whoever creates it.
+func notes() channelsapi.ViewSet[Note] {
+	return channelsapi.ViewSet[Note]{
+		Stream:         "notes",
+		Label:          "polls.note",
+		ReadOnlyFields: []string{"owner_id"},
+		Permission:     channelsapi.IsAuthenticated(),
+		Scope: func(r *channelsapi.Request, db *gorm.DB) *gorm.DB {
+			if u := currentUser(r); u != nil && !u.Admin {
+				return db.Where("owner_id = ?", u.ID)
+			}
+			return db
+		},
+		ObjectPermission: func(_ context.Context, r *channelsapi.Request, n *Note) error {
+			if u := currentUser(r); u != nil && (u.Admin || n.OwnerID == u.ID) {
+				return nil
+			}
+			return channelsapi.ErrNotFound
+		},
+		Hooks: channelsapi.Hooks[Note]{
+			BeforeCreate: func(_ context.Context, _ *gorm.DB, r *channelsapi.Request, n *Note) error {
+				n.OwnerID = currentUser(r).ID
+				return nil
+			},
+		},
+	}
+}
