@@ -253,10 +253,6 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (*API, error) {
 	if cfg.restPrefix != "" {
 		a.rest = router.Group(cfg.restPrefix)
 	}
-	a.pub = newPublisher(a)
-	if err := db.Use(a.pub); err != nil {
-		return nil, fmt.Errorf("channelsapi: install change capture: %w", err)
-	}
 	a.melody = a.newMelody()
 	if err := mount(func() { router.GET(cfg.path, a.serveSocket) }); err != nil {
 		return nil, fmt.Errorf("channelsapi: mount WebSocket endpoint %s: %w", cfg.path, err)
@@ -270,6 +266,10 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (*API, error) {
 		if err != nil {
 			return nil, fmt.Errorf("channelsapi: mount debug page: %w", err)
 		}
+	}
+	a.pub = newPublisher(a)
+	if err := db.Use(a.pub); err != nil {
+		return nil, fmt.Errorf("channelsapi: install change capture: %w", err)
 	}
 	return a, nil
 }

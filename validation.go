@@ -58,13 +58,19 @@ func validationMessage(fe validator.FieldError) string {
 		}
 		return fmt.Sprintf("Ensure this value is greater than or equal to %s.", p)
 	case "lt":
-		if isString || isList {
+		switch {
+		case isString:
 			return fmt.Sprintf("Ensure this field has fewer than %s characters.", p)
+		case isList:
+			return fmt.Sprintf("Ensure this field has fewer than %s elements.", p)
 		}
 		return fmt.Sprintf("Ensure this value is less than %s.", p)
 	case "gt":
-		if isString || isList {
+		switch {
+		case isString:
 			return fmt.Sprintf("Ensure this field has more than %s characters.", p)
+		case isList:
+			return fmt.Sprintf("Ensure this field has more than %s elements.", p)
 		}
 		return fmt.Sprintf("Ensure this value is greater than %s.", p)
 	case "len":

@@ -153,11 +153,14 @@ func Add[T any](api *API, vs ViewSet[T]) error {
 		pkg = pkg[strings.LastIndex(pkg, "/")+1:]
 		vs.Label = strings.ToLower(pkg + "." + typ.Name())
 	}
-	if vs.PageSize <= 0 {
-		vs.PageSize = api.cfg.pageSize
-	}
 	if vs.MaxPageSize <= 0 {
 		vs.MaxPageSize = max(api.cfg.maxPageSize, vs.PageSize)
+	}
+	if vs.PageSize <= 0 {
+		vs.PageSize = min(api.cfg.pageSize, vs.MaxPageSize)
+	}
+	if vs.PageSize > vs.MaxPageSize {
+		return fmt.Errorf("channelsapi: add %s: page size %d is above the max page size %d", typ, vs.PageSize, vs.MaxPageSize)
 	}
 	if vs.Permission == nil {
 		vs.Permission = api.cfg.permission
