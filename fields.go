@@ -283,25 +283,21 @@ func setField(ctx context.Context, f *field, obj reflect.Value, raw json.RawMess
 
 var timeType = reflect.TypeFor[time.Time]()
 
-// typeMessage is the Django REST Framework message for a value of the wrong type.
+// typeMessage is the Django REST Framework message for a value of the wrong
+// type, by the field's JSON type (fieldType).
 func typeMessage(t reflect.Type) string {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	if t == timeType {
+	switch fieldType(t) {
+	case "datetime":
 		return "Datetime has wrong format. Use RFC 3339, e.g. 2006-01-02T15:04:05Z."
-	}
-	switch t.Kind() {
-	case reflect.String:
+	case "string":
 		return "Not a valid string."
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+	case "integer":
 		return "A valid integer is required."
-	case reflect.Float32, reflect.Float64:
+	case "number":
 		return "A valid number is required."
-	case reflect.Bool:
+	case "boolean":
 		return "Must be a valid boolean."
-	case reflect.Slice, reflect.Array:
+	case "array":
 		return "Expected a list of items."
 	default:
 		return "Invalid value."
