@@ -139,7 +139,15 @@ func (v *viewSet[T]) filters(ctx context.Context, ch change) (allow, leave func(
 		}
 		return in
 	}
-	inScopeBefore := func(c *conn) bool { return seen[c.userKey()][pkKey(ch.pk)] }
+	inScopeBefore := func(c *conn) bool {
+		if ch.remote && v.Scope != nil {
+			// Written on another instance: what the subscriber could see
+			// before is unknown here, so it must resync rather than guess.
+			c.overflow()
+			return false
+		}
+		return seen[c.userKey()][pkKey(ch.pk)]
+	}
 	visible := func(c *conn, obj *T, inScope func(*conn) bool) bool {
 		if obj == nil {
 			return false

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -133,13 +134,14 @@ const (
 	notNullViolation
 	foreignKeyViolation
 	checkViolation
+	invalidValue // a value the column cannot hold (SQLSTATE class 22), e.g. a NUL byte in PostgreSQL text
 )
 
 // constraintError turns a constraint violation into a client error: a
 // unique violation on one column of a writable field is a 400 on that field,
 // other unique violations a 409; not-null, foreign-key and check violations
-// a 400. It returns nil for any other error. No table, column or SQL text
-// reaches the client.
+// and values the column cannot hold a 400. It returns nil for any other
+// error. No table, column or SQL text reaches the client.
 func constraintError(db *gorm.DB, m *model, label string, err error) error {
 	kind, column := classify(db, err)
 	switch kind {
@@ -150,7 +152,7 @@ func constraintError(db *gorm.DB, m *model, label string, err error) error {
 			}
 		}
 		return NewError(http.StatusConflict, "The object conflicts with an existing one.")
-	case notNullViolation, checkViolation:
+	case notNullViolation, checkViolation, invalidValue:
 		return NewError(http.StatusBadRequest, "Invalid data.")
 	case foreignKeyViolation:
 		return NewError(http.StatusBadRequest, "A related object does not exist or is still referenced.")
@@ -166,13 +168,21 @@ func classify(db *gorm.DB, err error) (kind constraint, column string) {
 	if errors.As(err, &state) {
 		switch state.SQLState() {
 		case "23505":
-			return uniqueViolation, pgKeyColumn(err.Error())
+			// The driver's Error() text has no detail: the column is in it.
+			column := pgKeyColumn(pgDetail(state))
+			if column == "" {
+				column = pgKeyColumn(err.Error())
+			}
+			return uniqueViolation, column
 		case "23502":
 			return notNullViolation, ""
 		case "23503":
 			return foreignKeyViolation, ""
 		case "23514":
 			return checkViolation, ""
+		}
+		if strings.HasPrefix(state.SQLState(), "22") {
+			return invalidValue, ""
 		}
 	}
 	msg := err.Error()
@@ -201,6 +211,26 @@ func classify(db *gorm.DB, err error) (kind constraint, column string) {
 		}
 	}
 	return noConstraint, ""
+}
+
+// pgDetail returns the Detail field of a PostgreSQL driver's error (pgx's
+// *pgconn.PgError, lib/pq's *pq.Error), read by reflection so that this
+// package imports no driver; "" when err has none.
+func pgDetail(err any) string {
+	v := reflect.ValueOf(err)
+	for v.Kind() == reflect.Pointer || v.Kind() == reflect.Interface {
+		if v.IsNil() {
+			return ""
+		}
+		v = v.Elem()
+	}
+	if v.Kind() != reflect.Struct {
+		return ""
+	}
+	if f := v.FieldByName("Detail"); f.IsValid() && f.Kind() == reflect.String {
+		return f.String()
+	}
+	return ""
 }
 
 // pgKeyColumn reads the column of a PostgreSQL unique violation from its

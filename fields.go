@@ -222,11 +222,9 @@ func (f *field) writableOn(w write) bool {
 // the wrong type are field errors. For a full update every required field
 // must be present in data (PROTOCOL.md 4.3).
 func (m *model) assign(ctx context.Context, obj reflect.Value, data json.RawMessage, w write) ([]string, error) {
-	var in map[string]json.RawMessage
-	if d := bytes.TrimSpace(data); len(d) > 0 && !bytes.Equal(d, []byte("null")) {
-		if d[0] != '{' || json.Unmarshal(d, &in) != nil {
-			return nil, FieldError("non_field_errors", "Invalid data. Expected a dictionary, but got "+jsonKind(d)+".")
-		}
+	in, ok := jsonObject(data)
+	if !ok && present(data) {
+		return nil, FieldError("non_field_errors", "Invalid data. Expected a dictionary, but got "+jsonKind(bytes.TrimSpace(data))+".")
 	}
 	errs := map[string][]string{}
 	var columns []string

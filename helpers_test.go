@@ -33,7 +33,7 @@ type TestModel struct {
 	Name string `json:"name" binding:"required,max=255"`
 }
 
-// testServer is a Gin app with channelsapi on a fresh SQLite file.
+// testServer is a Gin app with channelsapi on a fresh database (openDB).
 type testServer struct {
 	URL    string // http://127.0.0.1:port
 	WSURL  string // ws://127.0.0.1:port/ws
@@ -42,9 +42,14 @@ type testServer struct {
 	Router *gin.Engine
 }
 
-// openDB opens a fresh SQLite database file in a temporary directory.
+// openDB opens a fresh database: a SQLite file in a temporary directory, or,
+// when CHANNELSAPI_TEST_POSTGRES is set, a schema of its own on that
+// PostgreSQL server (postgres_test.go).
 func openDB(tb testing.TB, models ...any) *gorm.DB {
 	tb.Helper()
+	if dsn := postgresDSN(); dsn != "" {
+		return openPostgres(tb, dsn, models...)
+	}
 	path := filepath.Join(tb.TempDir(), "test.db")
 	db, err := gorm.Open(sqlite.Open("file:"+path+"?_journal_mode=WAL&_busy_timeout=10000&_txlock=immediate"),
 		&gorm.Config{Logger: logger.Discard})
@@ -61,7 +66,13 @@ func openDB(tb testing.TB, models ...any) *gorm.DB {
 // gin.Context's "user".
 func newServer(tb testing.TB, setup func(api *channelsapi.API, db *gorm.DB), opts ...channelsapi.Option) *testServer {
 	tb.Helper()
-	db := openDB(tb, &TestModel{})
+	return newServerOn(tb, openDB(tb, &TestModel{}), setup, opts...)
+}
+
+// newServerOn is newServer on db, which other servers may share: instances
+// of one application (redis_test.go).
+func newServerOn(tb testing.TB, db *gorm.DB, setup func(api *channelsapi.API, db *gorm.DB), opts ...channelsapi.Option) *testServer {
+	tb.Helper()
 	router := gin.New()
 	router.Use(func(c *gin.Context) {
 		if u := c.GetHeader("X-User"); u != "" {

@@ -34,18 +34,14 @@ func listQuery(data json.RawMessage) (pageQuery, error) {
 	if !present(data) {
 		return q, nil
 	}
-	var opts struct {
-		Page     json.RawMessage `json:"page"`
-		PageSize json.RawMessage `json:"page_size"`
+	opts, ok := jsonObject(data)
+	if !ok {
+		return q, FieldError("non_field_errors", "Invalid data. Expected a dictionary, but got "+jsonKind(bytes.TrimSpace(data))+".")
 	}
-	if d := bytes.TrimSpace(data); d[0] != '{' || json.Unmarshal(d, &opts) != nil {
-		return q, FieldError("non_field_errors", "Invalid data. Expected a dictionary, but got "+jsonKind(d)+".")
-	}
-	var ok bool
-	if q.page, ok = scalarText(opts.Page); !ok {
+	if q.page, ok = scalarText(opts["page"]); !ok {
 		return q, errInvalidPage
 	}
-	q.size, _ = scalarText(opts.PageSize)
+	q.size, _ = scalarText(opts["page_size"])
 	return q, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -59,6 +60,7 @@ type config struct {
 	pingPeriod     time.Duration
 	pongWait       time.Duration
 	debugPath      string
+	redis          redisConfig // broker_redis.go
 }
 
 // WithPath sets the WebSocket endpoint's path, relative to the router given
@@ -178,11 +180,13 @@ type API struct {
 	hub    *fanout.Hub
 	log    *slog.Logger
 	pub    *publisher
+	broker broker // localBroker, or redisBroker with WithRedis
 
 	mu        sync.RWMutex
 	streams   map[string]resource
 	byType    map[reflect.Type][]resource
 	closing   bool
+	conns     atomic.Int64   // open WebSocket connections (melody's count keeps those registered after Shutdown)
 	sockets   sync.WaitGroup // one per WebSocket connection handler
 	closers   sync.WaitGroup // goroutines closing slow connections
 	closeOnce sync.Once
@@ -267,8 +271,13 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (*API, error) {
 			return nil, fmt.Errorf("channelsapi: mount debug page: %w", err)
 		}
 	}
+	a.broker = localBroker{api: a}
+	if err := a.startBroker(); err != nil {
+		return nil, err
+	}
 	a.pub = newPublisher(a)
 	if err := db.Use(a.pub); err != nil {
+		_ = a.broker.shutdown(context.Background())
 		return nil, fmt.Errorf("channelsapi: install change capture: %w", err)
 	}
 	return a, nil
@@ -296,6 +305,21 @@ func basePath(router gin.IRouter) string {
 
 func contextUser(c *gin.Context) any {
 	u, _ := c.Get("user")
+	return u
+}
+
+// userOf resolves the user of c. A nil pointer, map, slice or func the
+// resolver returns (a nil *User stored for an unknown token) is anonymous
+// too: the Request, the connect check and every permission see nil, never
+// a typed nil that would count as authenticated.
+func (a *API) userOf(c *gin.Context) any {
+	u := a.cfg.user(c)
+	switch v := reflect.ValueOf(u); v.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Func, reflect.Chan, reflect.Interface:
+		if v.IsNil() {
+			return nil
+		}
+	}
 	return u
 }
 
@@ -343,8 +367,10 @@ func (a *API) run(ctx context.Context, r resource, req *Request, c *conn) (res r
 
 // Shutdown closes every WebSocket with 1001, answers new upgrades with 503
 // and waits until the connection handlers and the goroutines the API started
-// have returned, or ctx is done. It may be called more than once. It does
-// not stop the HTTP server; call http.Server.Shutdown for that.
+// have returned, or ctx is done. With WithRedis it first publishes what is
+// still queued for Redis, then closes its Redis connections. It may be
+// called more than once. It does not stop the HTTP server; call
+// http.Server.Shutdown for that.
 func (a *API) Shutdown(ctx context.Context) error {
 	a.closeOnce.Do(func() {
 		a.mu.Lock()
@@ -352,6 +378,11 @@ func (a *API) Shutdown(ctx context.Context) error {
 		a.mu.Unlock()
 		_ = a.melody.CloseWithMsg(melody.FormatCloseMessage(closeGoingAway, "server shutting down"))
 	})
+	// The broker first: it sends what is queued for the other instances,
+	// and stops resyncing the connections being closed.
+	if err := a.broker.shutdown(ctx); err != nil {
+		return err
+	}
 	done := make(chan struct{})
 	go func() {
 		a.sockets.Wait()
@@ -376,5 +407,5 @@ type Stats struct {
 // Stats reports current figures, for monitoring and tests.
 func (a *API) Stats() Stats {
 	keys, subs := a.hub.Stats()
-	return Stats{Connections: a.melody.Len(), Subscribers: subs, Subscriptions: keys}
+	return Stats{Connections: int(a.conns.Load()), Subscribers: subs, Subscriptions: keys}
 }

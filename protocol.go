@@ -5,19 +5,13 @@ import (
 	"encoding/json"
 )
 
-// inFrame is a client frame: {"stream": ..., "payload": {...}}.
-type inFrame struct {
-	Stream  json.RawMessage `json:"stream"`
-	Payload json.RawMessage `json:"payload"`
-}
-
 // inPayload is a request payload (PROTOCOL.md section 2). Fields stay raw so
 // that wrong types are answered precisely and request_id is echoed verbatim.
 type inPayload struct {
-	Action    json.RawMessage `json:"action"`
-	PK        json.RawMessage `json:"pk"`
-	Data      json.RawMessage `json:"data"`
-	RequestID json.RawMessage `json:"request_id"`
+	Action    json.RawMessage
+	PK        json.RawMessage
+	Data      json.RawMessage
+	RequestID json.RawMessage
 }
 
 // outFrame is every server frame.
@@ -44,22 +38,35 @@ type groupEvent struct {
 	Model  string          `json:"model"`
 }
 
-// decodeFrame parses a client frame. ok is false when the frame is not a
-// JSON object or its payload is neither an object nor absent.
+// decodeFrame parses a client frame: {"stream": ..., "payload": {...}}. ok
+// is false when the frame is not a JSON object or its payload is neither an
+// object nor absent. Keys are matched exactly, as channels-api matches them
+// ("PK" is an unknown key, not "pk"), so they are read from maps: a struct
+// would fold their case.
 func decodeFrame(msg []byte) (stream json.RawMessage, p inPayload, ok bool) {
-	var f inFrame
-	msg = bytes.TrimSpace(msg)
-	if len(msg) == 0 || msg[0] != '{' || json.Unmarshal(msg, &f) != nil {
+	f, ok := jsonObject(msg)
+	if !ok {
 		return nil, p, false
 	}
-	body := bytes.TrimSpace(f.Payload)
-	if len(body) == 0 || bytes.Equal(body, []byte("null")) {
-		return f.Stream, p, true
+	if !present(f["payload"]) {
+		return f["stream"], p, true
 	}
-	if body[0] != '{' || json.Unmarshal(body, &p) != nil {
-		return f.Stream, p, false
+	keys, ok := jsonObject(f["payload"])
+	if !ok {
+		return f["stream"], p, false
 	}
-	return f.Stream, p, true
+	p = inPayload{Action: keys["action"], PK: keys["pk"], Data: keys["data"], RequestID: keys["request_id"]}
+	return f["stream"], p, true
+}
+
+// jsonObject decodes a JSON object into its members, keyed exactly as sent
+// (a struct would fold the keys' case). ok is false for anything else.
+func jsonObject(raw json.RawMessage) (members map[string]json.RawMessage, ok bool) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] != '{' || json.Unmarshal(raw, &members) != nil {
+		return nil, false
+	}
+	return members, true
 }
 
 // jsonString returns raw as a Go string when it is a JSON string.

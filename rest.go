@@ -54,7 +54,7 @@ func (a *API) restHandler(r resource, action string) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		req := &Request{
 			Transport: TransportREST, Stream: r.name(), Action: action,
-			User: a.cfg.user(c), Header: c.Request.Header,
+			User: a.userOf(c), Header: c.Request.Header,
 		}
 		if pk, ok := c.Params.Get("pk"); ok {
 			req.rawPK, _ = json.Marshal(pk)

@@ -38,6 +38,15 @@ func (a *API) newMelody() *melody.Melody {
 	m.HandleConnect(func(s *melody.Session) {
 		c := sessionConn(s)
 		c.session = s
+		a.conns.Add(1)
+		// A socket upgraded while Shutdown runs can register with melody
+		// after Shutdown closed the ones it had; it is closed here.
+		a.mu.RLock()
+		closing := a.closing
+		a.mu.RUnlock()
+		if closing {
+			_ = s.CloseWithMsg(melody.FormatCloseMessage(closeGoingAway, "server shutting down"))
+		}
 	})
 	m.HandleMessage(func(s *melody.Session, msg []byte) { sessionConn(s).handleFrame(msg) })
 	m.HandleMessageBinary(func(s *melody.Session, _ []byte) { sessionConn(s).handleFrame(nil) })
@@ -45,6 +54,7 @@ func (a *API) newMelody() *melody.Melody {
 		c := sessionConn(s)
 		a.hub.Remove(c)
 		c.cancel()
+		a.conns.Add(-1)
 	})
 	m.HandleError(func(s *melody.Session, err error) {
 		if errors.Is(err, melody.ErrMessageBufferFull) {
@@ -88,7 +98,7 @@ func (a *API) serveSocket(c *gin.Context) {
 	a.mu.Unlock()
 	defer a.sockets.Done()
 
-	user := a.cfg.user(c)
+	user := a.userOf(c)
 	if a.cfg.connect != nil {
 		if err := a.cfg.connect(c, user); err != nil {
 			e := translate(err, user != nil)
@@ -187,7 +197,13 @@ func (c *conn) overflow() {
 // (PROTOCOL.md sections 2, 3 and 6, checks in that order).
 func (a *API) dispatch(ctx context.Context, c *conn, msg []byte) []byte {
 	rawStream, p, ok := decodeFrame(msg)
+	// Every frame takes a token, also one that is not valid: over the limit
+	// it is answered 429 and not handled further.
+	limited := !c.limiter.Allow()
 	if !ok {
+		if limited {
+			return a.encodeReply(nil, reply{Errors: []any{msgTooManyRequests}, ResponseStatus: http.StatusTooManyRequests})
+		}
 		return a.encodeReply(nil, reply{Errors: []any{msgInvalidFrame}, ResponseStatus: http.StatusBadRequest})
 	}
 	var streamOut, actionOut any
@@ -202,7 +218,7 @@ func (a *API) dispatch(ctx context.Context, c *conn, msg []byte) []byte {
 	rep := reply{Action: actionOut, RequestID: p.RequestID}
 	r, found := a.resource(stream)
 	switch {
-	case !c.limiter.Allow():
+	case limited:
 		rep.Errors, rep.ResponseStatus = []any{msgTooManyRequests}, http.StatusTooManyRequests
 	case !isString || !found:
 		rep.Errors, rep.ResponseStatus = []any{msgInvalidStream}, http.StatusNotFound

@@ -37,10 +37,11 @@ func (v *viewSet[T]) subscription(ctx context.Context, req *Request, c *conn) re
 			key = pkKey(req.PK)
 		}
 		if req.Action == actionSubscribe {
-			if hub.Count(c) >= v.api.cfg.subscriptions {
+			if hub.Subscribe(c, v.Stream, event, key) && hub.Count(c) > v.api.cfg.subscriptions {
+				hub.Unsubscribe(c, v.Stream, event, key)
 				return result{err: errSubscriptionLimit}
 			}
-			hub.Subscribe(c, v.Stream, event, key)
+			v.api.broker.ready(ctx, v.Stream)
 		} else {
 			hub.Unsubscribe(c, v.Stream, event, key)
 		}
@@ -53,10 +54,11 @@ func (v *viewSet[T]) subscription(ctx context.Context, req *Request, c *conn) re
 		if _, err := v.object(ctx, v.query(ctx, req), req); err != nil {
 			return result{err: err}
 		}
-		if hub.Count(c) >= v.api.cfg.subscriptions {
+		if hub.SubscribeInstance(c, v.Stream, pkKey(req.PK), rid) && hub.Count(c) > v.api.cfg.subscriptions {
+			hub.UnsubscribeInstance(c, v.Stream, pkKey(req.PK), rid)
 			return result{err: errSubscriptionLimit}
 		}
-		hub.SubscribeInstance(c, v.Stream, pkKey(req.PK), rid)
+		v.api.broker.ready(ctx, v.Stream)
 		return result{status: http.StatusCreated}
 	default: // actionUnsubscribeInstance
 		rid, ok := requestID(req.RequestID)
@@ -72,18 +74,14 @@ func (v *viewSet[T]) subscription(ctx context.Context, req *Request, c *conn) re
 
 // subscribeAction reads {"action": "create"|"update"|"delete"}.
 func subscribeAction(data json.RawMessage) (string, error) {
-	var d struct {
-		Action json.RawMessage `json:"action"`
-	}
-	if present(data) {
-		if b := bytes.TrimSpace(data); b[0] != '{' || json.Unmarshal(b, &d) != nil {
-			return "", errActionRequired
-		}
-	}
-	if !present(d.Action) {
+	d, ok := jsonObject(data)
+	if !ok && present(data) {
 		return "", errActionRequired
 	}
-	switch a, _ := jsonString(d.Action); a {
+	if !present(d["action"]) {
+		return "", errActionRequired
+	}
+	switch a, _ := jsonString(d["action"]); a {
 	case actionCreate, actionUpdate, actionDelete:
 		return a, nil
 	}
@@ -103,22 +101,25 @@ func requestID(raw json.RawMessage) ([]byte, bool) {
 	return b.Bytes(), true
 }
 
-// publish hands committed changes, in commit order, to this instance's
-// subscribers. It runs under the publisher's lock and never blocks on a
-// connection.
+// publish hands committed changes, in commit order, to the broker, which
+// delivers them to the subscribers of this instance (and, with Redis, of
+// every instance). It runs under the publisher's lock and never blocks on a
+// connection or on Redis.
 func (a *API) publish(changes []change) {
-	for _, ch := range changes {
-		a.deliver(ch)
-	}
+	a.broker.publish(changes)
 }
 
 // deliver fans one change out to the local subscribers of every stream that
-// serves its model, encoding each event once per wire format.
+// serves its model (of ch.stream only, when set), encoding each event once
+// per wire format.
 func (a *API) deliver(ch change) {
 	a.mu.RLock()
 	rs := a.byType[ch.typ]
 	a.mu.RUnlock()
 	for _, r := range rs {
+		if ch.stream != "" && r.name() != ch.stream {
+			continue
+		}
 		if ch.resync {
 			a.resync(r.name())
 			continue

@@ -86,6 +86,7 @@ func TestSubscribeErrors(t *testing.T) {
 		{"empty data", map[string]any{"action": "subscribe", "data": map[string]any{}}, []any{"action required"}, 400},
 		{"data not an object", map[string]any{"action": "subscribe", "data": "create"}, []any{"action required"}, 400},
 		{"unknown event", map[string]any{"action": "subscribe", "data": map[string]any{"action": "retrieve"}}, []any{"Invalid subscription action"}, 400},
+		{"keys are case-sensitive", map[string]any{"action": "subscribe", "data": map[string]any{"ACTION": "create"}}, []any{"action required"}, 400},
 		{"event not a string", map[string]any{"action": "subscribe", "data": map[string]any{"action": 1}}, []any{"Invalid subscription action"}, 400},
 		{"pk that cannot exist", map[string]any{"action": "subscribe", "data": map[string]any{"action": "update"}, "pk": "x"}, []any{"Not found."}, 404},
 	}

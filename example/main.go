@@ -1,5 +1,8 @@
 // Command example serves a polls app with channelsapi: questions and choices
-// over REST under /api and over one WebSocket at /ws, on a SQLite file.
+// over REST under /api and over one WebSocket at /ws, on a SQLite file or a
+// PostgreSQL database (-db postgres://...). Several instances on one
+// PostgreSQL database and one Redis server (-redis redis://...) serve the
+// same clients behind a load balancer.
 package main
 
 import (
@@ -9,12 +12,15 @@ import (
 	"fmt"
 	"log"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"gorm.io/driver/postgres"
 	"gorm.io/driver/sqlite"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
@@ -47,19 +53,32 @@ type Choice struct {
 
 func main() {
 	addr := flag.String("addr", ":8080", "address to listen on")
-	dsn := flag.String("db", "example.db", "SQLite database file")
+	dsn := flag.String("db", "example.db", "SQLite database file, or a PostgreSQL URL (postgres://user@host:5432/db?sslmode=disable)")
+	redisURL := flag.String("redis", "", "Redis URL (redis://host:6379/0) connecting several instances; empty: one instance")
 	debug := flag.Bool("debug", false, "serve the debugger page at /channels-api/ (development only)")
 	flag.Parse()
-	if err := run(*addr, *dsn, *debug); err != nil {
+	if err := run(*addr, *dsn, *redisURL, *debug); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(addr, dsn string, debug bool) error {
-	db, err := gorm.Open(sqlite.Open(dsn+"?_journal_mode=WAL&_busy_timeout=5000&_txlock=immediate"),
-		&gorm.Config{Logger: logger.Default.LogMode(logger.Warn)})
+// openDB opens a PostgreSQL database for a postgres:// or postgresql:// URL,
+// and a SQLite file otherwise.
+func openDB(dsn string) (*gorm.DB, string, error) {
+	cfg := &gorm.Config{Logger: logger.Default.LogMode(logger.Warn)}
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		name := "PostgreSQL " + redact(dsn)
+		db, err := gorm.Open(postgres.Open(dsn), cfg)
+		return db, name, err
+	}
+	db, err := gorm.Open(sqlite.Open(dsn+"?_journal_mode=WAL&_busy_timeout=5000&_txlock=immediate"), cfg)
+	return db, dsn, err
+}
+
+func run(addr, dsn, redisURL string, debug bool) error {
+	db, name, err := openDB(dsn)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", dsn, err)
+		return fmt.Errorf("open %s: %w", name, err)
 	}
 	if err := db.AutoMigrate(&Question{}, &Choice{}, &Note{}); err != nil {
 		return fmt.Errorf("migrate: %w", err)
@@ -70,6 +89,9 @@ func run(addr, dsn string, debug bool) error {
 	opts := []channelsapi.Option{channelsapi.WithRESTPrefix("/api"), channelsapi.WithSubprotocols("bearer")}
 	if debug {
 		opts = append(opts, channelsapi.WithDebugPage(""))
+	}
+	if redisURL != "" {
+		opts = append(opts, channelsapi.WithRedis(redisURL))
 	}
 	api, err := channelsapi.Register(router, db, opts...)
 	if err != nil {
@@ -96,7 +118,10 @@ func run(addr, dsn string, debug bool) error {
 	defer stop()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
-	fmt.Printf("polls app on %s (database %s)\n  REST:      http://localhost%s/api/questions\n  WebSocket: ws://localhost%s/ws\n", addr, dsn, port(addr), port(addr))
+	fmt.Printf("polls app on %s (database %s)\n  REST:      http://localhost%s/api/questions\n  WebSocket: ws://localhost%s/ws\n", addr, name, port(addr), port(addr))
+	if redisURL != "" {
+		fmt.Printf("  Redis:     %s (events of every instance sharing it)\n", redact(redisURL))
+	}
 	fmt.Printf("  Private notes need a token: Authorization: Bearer alice-token (or bob-token, admin-token)\n")
 	if debug {
 		fmt.Printf("  Debugger:  http://localhost%s/channels-api/ (development only)\n", port(addr))
@@ -129,6 +154,15 @@ func vote(db *gorm.DB) func(ctx context.Context, r *channelsapi.Request, c *Choi
 		}
 		return c, http.StatusOK, nil
 	}
+}
+
+// redact hides the password of a URL.
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(invalid URL)"
+	}
+	return u.Redacted()
 }
 
 func port(addr string) string {

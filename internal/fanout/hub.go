@@ -56,6 +56,9 @@ type Hub struct {
 	// so Publish may read them after releasing the lock.
 	instances map[instanceKey]map[Subscriber][]string
 	subs      map[Subscriber]*subscriptions
+	// streams counts the index keys of each stream, for interest.
+	streams  map[string]int
+	interest func(stream string, active bool)
 }
 
 // New returns an empty Hub.
@@ -64,6 +67,35 @@ func New() *Hub {
 		groups:    make(map[groupKey]map[Subscriber]struct{}),
 		instances: make(map[instanceKey]map[Subscriber][]string),
 		subs:      make(map[Subscriber]*subscriptions),
+		streams:   make(map[string]int),
+	}
+}
+
+// OnInterest sets fn to be told when a stream gains its first subscription
+// of either kind (active true) and when it loses its last one (active
+// false), so that a broker can fetch only the streams someone here listens
+// to. fn is called with the hub's lock held, in the order the changes
+// happen: it must not block and must not call the hub. Set it before the
+// hub is used; nil (the default) tells no one.
+func (h *Hub) OnInterest(fn func(stream string, active bool)) { h.interest = fn }
+
+// keyAdded counts a new index key of stream. h.mu must be held for writing.
+func (h *Hub) keyAdded(stream string) {
+	h.streams[stream]++
+	if h.streams[stream] == 1 && h.interest != nil {
+		h.interest(stream, true)
+	}
+}
+
+// keyDropped forgets an index key of stream. h.mu must be held for writing.
+func (h *Hub) keyDropped(stream string) {
+	h.streams[stream]--
+	if h.streams[stream] > 0 {
+		return
+	}
+	delete(h.streams, stream)
+	if h.interest != nil {
+		h.interest(stream, false)
 	}
 }
 

@@ -46,6 +46,7 @@ func (h *Hub) Subscribe(s Subscriber, stream, action, pk string) bool {
 	if set == nil {
 		set = make(map[Subscriber]struct{})
 		h.groups[k] = set
+		h.keyAdded(stream)
 	}
 	set[s] = struct{}{}
 	return true
@@ -98,6 +99,7 @@ func (h *Hub) SubscribeInstance(s Subscriber, stream, pk string, requestID []byt
 	if set == nil {
 		set = make(map[Subscriber][]string)
 		h.instances[is.key] = set
+		h.keyAdded(stream)
 	}
 	ids := set[s]
 	// The full slice expression forces a copy; see Hub.instances.
@@ -178,20 +180,28 @@ func (h *Hub) Count(s Subscriber) int {
 // dropGroup removes s from the group index entry k, deleting the entry when
 // it becomes empty. h.mu must be held for writing.
 func (h *Hub) dropGroup(s Subscriber, k groupKey) {
-	set := h.groups[k]
+	set, ok := h.groups[k]
+	if !ok {
+		return
+	}
 	delete(set, s)
 	if len(set) == 0 {
 		delete(h.groups, k)
+		h.keyDropped(k.stream)
 	}
 }
 
 // dropInstances removes all request ids of s from the instance index entry
 // k, deleting the entry when it becomes empty. h.mu must be held for writing.
 func (h *Hub) dropInstances(s Subscriber, k instanceKey) {
-	set := h.instances[k]
+	set, ok := h.instances[k]
+	if !ok {
+		return
+	}
 	delete(set, s)
 	if len(set) == 0 {
 		delete(h.instances, k)
+		h.keyDropped(k.stream)
 	}
 }
 

@@ -1,0 +1,42 @@
+package channelsapi_test
+
+import (
+	"context"
+	"log"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"gorm.io/driver/postgres"
+	"gorm.io/gorm"
+
+	"github.com/channelsapi/channelsapi"
+)
+
+// Several instances of an application share one PostgreSQL database and one
+// Redis server; a client of any instance receives the events of the writes
+// made on every instance.
+func ExampleWithRedis() {
+	type Question struct {
+		ID           uint   `json:"id" gorm:"primaryKey"`
+		QuestionText string `json:"question_text" binding:"required,max=200"`
+	}
+	db, err := gorm.Open(postgres.Open("postgres://app@db.internal:5432/polls?sslmode=disable"), &gorm.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	router := gin.New()
+	api, err := channelsapi.Register(router, db,
+		channelsapi.WithRedis("redis://redis.internal:6379/0"), // does not wait for Redis
+	)
+	if err != nil {
+		log.Fatal(err) // an invalid URL, not an unreachable server
+	}
+	if err := channelsapi.Add(api, channelsapi.ViewSet[Question]{Stream: "questions"}); err != nil {
+		log.Fatal(err)
+	}
+	// ... serve router; on the way out, Shutdown publishes what is still
+	// queued for the other instances and closes the Redis connections.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = api.Shutdown(ctx)
+}

@@ -1,0 +1,74 @@
+package fanout_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/channelsapi/channelsapi/internal/fanout"
+)
+
+// TestOnInterest checks that a stream is reported active on its first
+// subscription of either kind and inactive after its last one goes, whether
+// by unsubscribing or by Remove, and never twice in a row.
+func TestOnInterest(t *testing.T) {
+	h := fanout.New()
+	var got []string
+	active := map[string]bool{}
+	h.OnInterest(func(stream string, on bool) {
+		assert.NotEqual(t, active[stream], on, "%s reported %v twice in a row", stream, on)
+		active[stream] = on
+		if on {
+			got = append(got, "+"+stream)
+		} else {
+			got = append(got, "-"+stream)
+		}
+	})
+	a, b := &recorder{}, &recorder{}
+
+	h.Subscribe(a, "questions", "update", "")
+	h.Subscribe(a, "questions", "update", "1")
+	h.Subscribe(b, "questions", "create", "")
+	h.SubscribeInstance(b, "choices", "1", []byte(`"r1"`))
+	h.SubscribeInstance(a, "choices", "1", []byte(`"r2"`))
+	assert.Equal(t, []string{"+questions", "+choices"}, got)
+
+	h.Unsubscribe(a, "questions", "update", "")
+	h.Unsubscribe(a, "questions", "update", "1")
+	h.UnsubscribeInstance(b, "choices", "1", []byte(`"r1"`))
+	assert.Equal(t, []string{"+questions", "+choices"}, got, "other subscriptions remain")
+
+	h.Remove(b) // its last "questions" subscription
+	assert.Equal(t, []string{"+questions", "+choices", "-questions"}, got)
+	h.Remove(b)
+	h.UnsubscribeInstance(a, "choices", "1", []byte(`"r2"`))
+	assert.Equal(t, []string{"+questions", "+choices", "-questions", "-choices"}, got)
+
+	h.SubscribeInstance(a, "choices", "2", []byte(`1`))
+	h.SubscribeInstance(a, "choices", "2", []byte(`2`))
+	h.Subscribe(a, "choices", "delete", "")
+	h.Remove(a)
+	assert.Equal(t, []string{"+questions", "+choices", "-questions", "-choices", "+choices", "-choices"}, got)
+	assert.Empty(t, activeStreams(active))
+}
+
+func activeStreams(m map[string]bool) []string {
+	var out []string
+	for s, on := range m {
+		if on {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// TestNoInterestCallback checks that a hub without OnInterest works as before.
+func TestNoInterestCallback(t *testing.T) {
+	h := fanout.New()
+	s := &recorder{}
+	h.Subscribe(s, "questions", "update", "")
+	h.Remove(s)
+	keys, subs := h.Stats()
+	assert.Zero(t, keys)
+	assert.Zero(t, subs)
+}

@@ -1,0 +1,813 @@
+// Package redisbroker carries messages between the instances of one
+// application through Redis pub/sub.
+//
+// Every topic (for channelsapi, a stream) is one Redis channel, the topic
+// behind a prefix. An instance subscribes to the channel of a topic while it
+// has an interest in it ([Broker.Watch]) and to no other, so it receives
+// nothing for the topics none of its clients listen to. Redis sends each
+// message of a channel to every instance subscribed to it, the publishing
+// instance included, in one order per channel: an instance hands its own
+// messages to its clients only when they come back from Redis, so that every
+// instance delivers the messages of a topic once each, in the same order.
+//
+// Publishing never blocks: [Broker.Publish] puts the message on a bounded
+// queue that a goroutine of the broker sends to Redis, in order.
+//
+// Redis pub/sub keeps nothing, so messages can be lost: when the
+// subscription connection drops (or a health check finds it dead), when the
+// outbound queue is full, when a publish fails, when a subscribe is not
+// confirmed in time. The broker never lets that pass silently: it reports
+// the topics whose messages may have been lost to [Config.Lost] on every
+// instance that may have missed something, at the point of the topic's order
+// where the loss happened:
+//
+//   - A dropped subscription: at once on this instance, for every topic it
+//     watches; and again, after reconnecting with backoff, for the topics that
+//     gained listeners while it was not subscribed.
+//   - A full queue: a resync marker takes the lost message's place on the
+//     topic's channel and reaches every instance, this one included, after
+//     the messages queued before it.
+//   - A failed publish: the batch and everything still queued is dropped and
+//     reported at once on this instance; a resync marker follows for the
+//     others as soon as Redis takes it.
+package redisbroker
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Defaults of the zero fields of Config.
+const (
+	DefaultPrefix       = "channelsapi:"
+	DefaultQueueSize    = 10000
+	DefaultMinBackoff   = 100 * time.Millisecond
+	DefaultMaxBackoff   = 2 * time.Second
+	DefaultHealthCheck  = 5 * time.Second
+	DefaultReadyTimeout = 5 * time.Second
+	// maxBatch is the most messages sent to Redis in one round trip.
+	maxBatch = 256
+	// publishTimeout bounds one round trip of PUBLISH commands.
+	publishTimeout = 5 * time.Second
+)
+
+// Config configures a Broker. Client, Deliver and Lost are required; every
+// other zero field takes its default.
+type Config struct {
+	// Client is the Redis connection pool. The broker does not close it.
+	Client redis.UniversalClient
+	// Prefix is put before each topic to name its Redis channel; instances
+	// of one application use the same. Empty means DefaultPrefix.
+	Prefix string
+	// QueueSize is how many messages may wait to be sent to Redis. 0 means
+	// DefaultQueueSize.
+	QueueSize int
+	// Deliver receives each message of a watched topic, on one goroutine,
+	// in the order Redis delivers them. It must not call the broker's
+	// Close.
+	Deliver func(topic string, payload []byte)
+	// Lost is told the topics whose messages this instance's listeners may
+	// have missed; they must load their state again. It is called from the
+	// broker's goroutines and from Publish, never with a lock of the broker
+	// held; it must not block and must not call the broker's Close.
+	Lost func(topics []string)
+	// Logger receives connection failures. Nil means slog.Default().
+	Logger *slog.Logger
+	// MinBackoff and MaxBackoff bound the wait between attempts to
+	// subscribe again or to publish again after a failure. 0 means
+	// DefaultMinBackoff and DefaultMaxBackoff.
+	MinBackoff, MaxBackoff time.Duration
+	// HealthCheck is how long the subscription connection may be silent
+	// before the broker pings it; a ping unanswered for as long again
+	// counts as a dropped connection. 0 means DefaultHealthCheck.
+	HealthCheck time.Duration
+	// ReadyTimeout bounds Ready. 0 means DefaultReadyTimeout.
+	ReadyTimeout time.Duration
+}
+
+// A payload on a channel is a kind byte, the publishing broker's id (16 hex
+// digits) and, for a message, its sequence number (16 hex digits) and the
+// message. A receiver drops a message whose sequence number is not above
+// the last it had from that broker: a pipeline retried after a lost reply
+// publishes nothing twice.
+const (
+	kindMessage = 'm' // a message
+	kindResync  = 'r' // every instance reports the topic lost
+	kindResyncO = 'o' // the same, except the publishing instance
+	idLen       = 16
+)
+
+// item is one queued message or resync marker; seq numbers the items in
+// queue order.
+type item struct {
+	seq   uint64
+	topic string
+	kind  byte
+	data  []byte
+}
+
+// payload encodes it for its channel.
+func (b *Broker) payload(it item) string {
+	if it.kind != kindMessage {
+		return string(it.kind) + b.origin
+	}
+	return string(kindMessage) + b.origin + fmt.Sprintf("%016x", it.seq) + string(it.data)
+}
+
+// marker is a pending resync marker: it goes out after the queued items up
+// to seq after. local says this instance has reported the loss already.
+type marker struct {
+	after uint64
+	local bool
+}
+
+// Broker connects one instance to the others. Its methods are safe for
+// concurrent use.
+type Broker struct {
+	cfg    Config
+	log    *slog.Logger
+	origin string            // random id of this broker, idLen hex digits
+	last   map[string]uint64 // per origin, the last sequence number received
+
+	// ctx ends the subscription side at Close; sendCtx ends the publishing
+	// side when Close gives up flushing.
+	ctx, sendCtx       context.Context
+	cancel, cancelSend context.CancelFunc
+
+	queue     chan item
+	kickSend  chan struct{}
+	kickWatch chan struct{}
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	done      chan struct{}
+
+	qmu     sync.Mutex // orders enqueueing; taken before mu
+	seq     uint64     // of the last item offered
+	queued  uint64     // seq of the last item queued
+	qclosed bool
+
+	mu      sync.Mutex
+	closed  bool
+	markers map[string]marker
+	want    map[string]bool // topics with local interest
+	ps      *redis.PubSub   // the current subscription connection
+	gen     uint64          // counts subscription connections
+	// state of the current connection
+	connecting bool            // establishing it
+	up         bool            // established: watched topics are subscribed
+	initLeft   int             // confirmations missing before up
+	initPing   bool            // the first command was a PING, not a SUBSCRIBE
+	sent       map[string]bool // topics SUBSCRIBEd (and not UNSUBSCRIBEd) on it
+	pending    map[string]int  // topics' commands not confirmed yet
+	stale      map[string]bool // topics that gained listeners while not up
+	changed    chan struct{}   // closed and replaced when the state changes
+}
+
+// New starts a broker: it connects to Redis in the background, so that a
+// Redis that is down does not fail the caller, and keeps reconnecting until
+// Close.
+func New(cfg Config) (*Broker, error) {
+	if cfg.Client == nil || cfg.Deliver == nil || cfg.Lost == nil {
+		return nil, errors.New("redisbroker: Client, Deliver and Lost are required")
+	}
+	if cfg.QueueSize < 0 {
+		return nil, errors.New("redisbroker: negative queue size")
+	}
+	cfg.Prefix = cmp.Or(cfg.Prefix, DefaultPrefix)
+	cfg.QueueSize = cmp.Or(cfg.QueueSize, DefaultQueueSize)
+	cfg.MinBackoff = cmp.Or(cfg.MinBackoff, DefaultMinBackoff)
+	cfg.MaxBackoff = max(cmp.Or(cfg.MaxBackoff, DefaultMaxBackoff), cfg.MinBackoff)
+	cfg.HealthCheck = cmp.Or(cfg.HealthCheck, DefaultHealthCheck)
+	cfg.ReadyTimeout = cmp.Or(cfg.ReadyTimeout, DefaultReadyTimeout)
+	id := make([]byte, 8)
+	_, _ = rand.Read(id)
+	b := &Broker{
+		cfg:       cfg,
+		log:       cmp.Or(cfg.Logger, slog.Default()),
+		origin:    hex.EncodeToString(id),
+		queue:     make(chan item, cfg.QueueSize),
+		kickSend:  make(chan struct{}, 1),
+		kickWatch: make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+		markers:   map[string]marker{},
+		last:      map[string]uint64{},
+		want:      map[string]bool{},
+		sent:      map[string]bool{},
+		pending:   map[string]int{},
+		stale:     map[string]bool{},
+		changed:   make(chan struct{}),
+		// Until the first attempt fails, Ready waits for it.
+		connecting: true,
+	}
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	b.sendCtx, b.cancelSend = context.WithCancel(context.Background())
+	b.wg.Add(3)
+	go b.receive()
+	go b.manage()
+	go b.send()
+	return b, nil
+}
+
+// Channel is the Redis channel of topic.
+func (b *Broker) Channel(topic string) string { return b.cfg.Prefix + topic }
+
+// Publish queues message for every instance watching topic, this one
+// included; message must not be modified afterwards. It never blocks: when
+// the queue is full the message is dropped and a resync marker takes its
+// place.
+func (b *Broker) Publish(topic string, message []byte) { b.enqueue(topic, kindMessage, message) }
+
+// Resync tells the listeners of topic on every instance, this one included,
+// to load their state again, in order with the topic's messages.
+func (b *Broker) Resync(topic string) { b.enqueue(topic, kindResync, nil) }
+
+func (b *Broker) enqueue(topic string, kind byte, data []byte) {
+	b.qmu.Lock()
+	defer b.qmu.Unlock()
+	if b.qclosed {
+		return
+	}
+	b.seq++
+	select {
+	case b.queue <- item{seq: b.seq, topic: topic, kind: kind, data: data}:
+		b.queued = b.seq
+		return
+	default:
+	}
+	// The marker goes out after everything queued before the lost item.
+	b.mu.Lock()
+	m := b.markers[topic]
+	m.after = max(m.after, b.queued)
+	b.markers[topic] = m
+	b.mu.Unlock()
+	kick(b.kickSend)
+}
+
+// Watch records whether this instance has listeners of topic: the broker
+// subscribes to the topic's channel when it gains its first and
+// unsubscribes when it loses its last. It never blocks, so it may be called
+// with the caller's locks held.
+func (b *Broker) Watch(topic string, active bool) {
+	b.mu.Lock()
+	if active {
+		b.want[topic] = true
+	} else {
+		delete(b.want, topic)
+	}
+	b.mu.Unlock()
+	kick(b.kickWatch)
+}
+
+// Ready waits until the messages of topic published from now on reach this
+// instance, after Watch(topic, true). It reports false when that cannot be
+// promised (Redis is unreachable, or did not confirm the subscription in
+// ReadyTimeout, or ctx ended first); the topic is then reported lost once the
+// subscription is back, so a listener that subscribed meanwhile learns that
+// it must load its state again.
+func (b *Broker) Ready(ctx context.Context, topic string) bool {
+	timer := time.NewTimer(b.cfg.ReadyTimeout)
+	defer timer.Stop()
+	for {
+		b.mu.Lock()
+		switch {
+		case b.closed:
+			b.mu.Unlock()
+			return false
+		case b.up && (!b.want[topic] || b.sent[topic] && b.pending[topic] == 0):
+			b.mu.Unlock()
+			return true
+		case !b.up && !b.connecting:
+			b.stale[topic] = true
+			b.mu.Unlock()
+			return false
+		}
+		changed, gen := b.changed, b.gen
+		b.mu.Unlock()
+		select {
+		case <-changed:
+			continue
+		case <-ctx.Done():
+		case <-timer.C:
+		}
+		b.mu.Lock()
+		b.stale[topic] = true
+		up := b.up && b.gen == gen
+		b.mu.Unlock()
+		if up {
+			// Connected but not confirming: start over with a new connection.
+			b.fail(gen, errors.New("subscription not confirmed in time"))
+		}
+		return false
+	}
+}
+
+// Close stops the broker: it sends what is queued (until ctx ends), closes
+// the subscription and waits for its goroutines, or until ctx ends. It may be
+// called more than once. Publish after Close drops the message.
+func (b *Broker) Close(ctx context.Context) error {
+	b.closeOnce.Do(func() {
+		b.qmu.Lock()
+		b.qclosed = true
+		b.qmu.Unlock()
+		b.mu.Lock()
+		b.closed = true
+		ps := b.ps
+		b.broadcast()
+		b.mu.Unlock()
+		close(b.stop)
+		b.cancel()
+		if ps != nil {
+			_ = ps.Close()
+		}
+		go func() {
+			b.wg.Wait()
+			b.cancelSend()
+			close(b.done)
+		}()
+	})
+	select {
+	case <-b.done:
+		return nil
+	case <-ctx.Done():
+		b.cancelSend()
+		return ctx.Err()
+	}
+}
+
+func kick(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// broadcast wakes the goroutines waiting in Ready. b.mu must be held.
+func (b *Broker) broadcast() {
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// sleep waits d, or until the broker stops; it reports false then.
+func (b *Broker) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-b.stop:
+		return false
+	}
+}
+
+// receive keeps the subscription connection, reconnecting with backoff.
+func (b *Broker) receive() {
+	defer b.wg.Done()
+	backoff := b.cfg.MinBackoff
+	for {
+		wasUp, err := b.session()
+		if b.stopped() {
+			return
+		}
+		if wasUp {
+			backoff = b.cfg.MinBackoff
+			b.log.Warn("channelsapi: Redis subscription lost; reconnecting", "err", err)
+		} else {
+			b.log.Warn("channelsapi: cannot subscribe on Redis; retrying", "err", err, "backoff", backoff)
+		}
+		if !b.sleep(backoff) {
+			return
+		}
+		backoff = min(2*backoff, b.cfg.MaxBackoff)
+	}
+}
+
+func (b *Broker) stopped() bool {
+	select {
+	case <-b.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// session runs one subscription connection until it fails or the broker
+// stops, and reports whether it got established.
+func (b *Broker) session() (wasUp bool, err error) {
+	ps := b.cfg.Client.Subscribe(b.ctx) // connects on first use
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		_ = ps.Close()
+		return false, errors.New("closed")
+	}
+	b.gen++
+	gen := b.gen
+	b.ps, b.connecting, b.up = ps, true, false
+	topics := slices.Sorted(maps.Keys(b.want))
+	clear(b.sent)
+	clear(b.pending)
+	for _, t := range topics {
+		b.sent[t] = true
+		b.pending[t] = 1
+	}
+	ping := len(topics) == 0
+	b.initLeft, b.initPing = max(len(topics), 1), ping
+	b.broadcast()
+	b.mu.Unlock()
+
+	defer func() {
+		b.mu.Lock()
+		wasUp = b.up
+		lost := slices.Collect(maps.Keys(b.want))
+		b.ps, b.connecting, b.up = nil, false, false
+		b.broadcast()
+		b.mu.Unlock()
+		_ = ps.Close()
+		if wasUp && len(lost) > 0 {
+			b.cfg.Lost(lost)
+		}
+	}()
+
+	if ping {
+		err = ps.Ping(b.ctx)
+	} else {
+		err = ps.Subscribe(b.ctx, b.channels(topics)...)
+	}
+	if err != nil {
+		return false, err
+	}
+	pinged := false
+	for {
+		msg, err := ps.ReceiveTimeout(b.ctx, b.cfg.HealthCheck)
+		if err != nil {
+			if !isTimeout(err) || pinged {
+				return false, err
+			}
+			if err := ps.Ping(b.ctx); err != nil {
+				return false, err
+			}
+			pinged = true
+			continue
+		}
+		pinged = false
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			b.confirm(gen, m)
+		case *redis.Pong:
+			b.pong(gen)
+		case *redis.Message:
+			b.dispatch(m)
+		}
+	}
+}
+
+func (b *Broker) channels(topics []string) []string {
+	out := make([]string, len(topics))
+	for i, t := range topics {
+		out[i] = b.Channel(t)
+	}
+	return out
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
+}
+
+// confirm counts a SUBSCRIBE or UNSUBSCRIBE confirmation.
+func (b *Broker) confirm(gen uint64, m *redis.Subscription) {
+	topic, ok := strings.CutPrefix(m.Channel, b.cfg.Prefix)
+	if !ok {
+		return
+	}
+	b.mu.Lock()
+	if gen != b.gen {
+		b.mu.Unlock()
+		return
+	}
+	if b.pending[topic] > 1 {
+		b.pending[topic]--
+	} else {
+		delete(b.pending, topic)
+	}
+	var lost []string
+	var upNow bool
+	if !b.up && !b.initPing {
+		if b.initLeft--; b.initLeft == 0 {
+			lost, upNow = b.goUp(), true
+		}
+	}
+	b.broadcast()
+	b.mu.Unlock()
+	b.afterUp(upNow, lost)
+}
+
+// pong establishes a connection that started with a PING.
+func (b *Broker) pong(gen uint64) {
+	b.mu.Lock()
+	if gen != b.gen || b.up || !b.initPing {
+		b.mu.Unlock()
+		return
+	}
+	lost := b.goUp()
+	b.broadcast()
+	b.mu.Unlock()
+	b.afterUp(true, lost)
+}
+
+// goUp marks the connection established and returns the topics that gained
+// listeners while it was not. b.mu must be held.
+func (b *Broker) goUp() []string {
+	b.up, b.connecting = true, false
+	lost := slices.Collect(maps.Keys(b.stale))
+	clear(b.stale)
+	return lost
+}
+
+func (b *Broker) afterUp(upNow bool, lost []string) {
+	if !upNow {
+		return
+	}
+	b.log.Info("channelsapi: subscribed on Redis")
+	if len(lost) > 0 {
+		b.cfg.Lost(lost)
+	}
+	kick(b.kickWatch) // interest that changed while connecting
+}
+
+// dispatch hands a message to Deliver or reports a resync marker.
+func (b *Broker) dispatch(m *redis.Message) {
+	topic, ok := strings.CutPrefix(m.Channel, b.cfg.Prefix)
+	if !ok || m.Payload == "" {
+		return
+	}
+	p := m.Payload
+	if len(p) < 1+idLen {
+		b.cfg.Lost([]string{topic})
+		return
+	}
+	origin := p[1 : 1+idLen]
+	switch p[0] {
+	case kindMessage:
+		if len(p) < 1+2*idLen {
+			b.cfg.Lost([]string{topic})
+			return
+		}
+		seq, err := strconv.ParseUint(p[1+idLen:1+2*idLen], 16, 64)
+		if err != nil {
+			b.cfg.Lost([]string{topic})
+			return
+		}
+		if seq <= b.last[origin] {
+			return // published twice
+		}
+		b.last[origin] = seq
+		b.cfg.Deliver(topic, []byte(p[1+2*idLen:]))
+	case kindResyncO:
+		if origin != b.origin {
+			b.cfg.Lost([]string{topic})
+		}
+	default: // kindResync, or a kind from a newer version
+		b.cfg.Lost([]string{topic})
+	}
+}
+
+// fail ends connection gen, if it is still the current one, so that the
+// receiver starts over.
+func (b *Broker) fail(gen uint64, err error) {
+	b.mu.Lock()
+	ps := b.ps
+	if gen != b.gen || ps == nil {
+		b.mu.Unlock()
+		return
+	}
+	b.mu.Unlock()
+	b.log.Warn("channelsapi: Redis subscription failed", "err", err)
+	_ = ps.Close()
+}
+
+// manage applies changes of interest to the current connection.
+func (b *Broker) manage() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-b.kickWatch:
+			b.apply()
+		}
+	}
+}
+
+func (b *Broker) apply() {
+	b.mu.Lock()
+	if !b.up || b.ps == nil {
+		b.mu.Unlock()
+		return // the next connection subscribes to what is wanted then
+	}
+	ps, gen := b.ps, b.gen
+	var sub, unsub []string
+	for t := range b.want {
+		if !b.sent[t] {
+			b.sent[t] = true
+			b.pending[t]++
+			sub = append(sub, b.Channel(t))
+		}
+	}
+	for t := range b.sent {
+		if !b.want[t] {
+			delete(b.sent, t)
+			b.pending[t]++
+			unsub = append(unsub, b.Channel(t))
+		}
+	}
+	b.mu.Unlock()
+	var err error
+	if len(sub) > 0 {
+		err = ps.Subscribe(b.ctx, sub...)
+	}
+	if err == nil && len(unsub) > 0 {
+		err = ps.Unsubscribe(b.ctx, unsub...)
+	}
+	if err != nil {
+		b.fail(gen, err)
+	}
+}
+
+// send publishes the queue to Redis, in order, a batch per round trip.
+func (b *Broker) send() {
+	defer b.wg.Done()
+	var last uint64 // seq of the last item sent or dropped
+	backoff := b.cfg.MinBackoff
+	for {
+		var batch []item
+		select {
+		case it := <-b.queue:
+			batch = b.fill(append(batch, it))
+		case <-b.kickSend:
+		case <-b.stop:
+			b.flush(last)
+			return
+		}
+		ok := b.publish(batch, &last)
+		if ok {
+			backoff = b.cfg.MinBackoff
+			continue
+		}
+		if !b.sleep(backoff) {
+			b.flush(last)
+			return
+		}
+		backoff = min(2*backoff, b.cfg.MaxBackoff)
+		b.mu.Lock()
+		more := len(b.markers) > 0
+		b.mu.Unlock()
+		if more {
+			kick(b.kickSend)
+		}
+	}
+}
+
+// fill adds to batch what is queued, up to maxBatch items.
+func (b *Broker) fill(batch []item) []item {
+	for len(batch) < maxBatch {
+		select {
+		case it := <-b.queue:
+			batch = append(batch, it)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// flush sends what is queued when the broker stops, one attempt per batch.
+func (b *Broker) flush(last uint64) {
+	for {
+		batch := b.fill(nil)
+		b.mu.Lock()
+		markers := len(b.markers)
+		b.mu.Unlock()
+		if len(batch) == 0 && markers == 0 {
+			return
+		}
+		if !b.publish(batch, &last) {
+			return
+		}
+		if len(batch) == 0 {
+			return // markers that are not due yet stay unsent
+		}
+	}
+}
+
+// publish sends batch and the markers due with it in one round trip. On
+// failure it drops the batch and the rest of the queue, reports them lost
+// here and leaves markers for the others; it reports false then.
+func (b *Broker) publish(batch []item, last *uint64) bool {
+	hi := *last
+	if len(batch) > 0 {
+		hi = batch[len(batch)-1].seq
+	}
+	type due struct {
+		topic string
+		marker
+	}
+	var markers []due
+	b.mu.Lock()
+	for t, m := range b.markers {
+		if m.after <= hi {
+			markers = append(markers, due{t, m})
+		}
+	}
+	b.mu.Unlock()
+	if len(batch) == 0 && len(markers) == 0 {
+		return true
+	}
+	slices.SortFunc(markers, func(x, y due) int { return cmp.Compare(x.after, y.after) })
+	ctx, cancel := context.WithTimeout(b.sendCtx, publishTimeout)
+	defer cancel()
+	pipe := b.cfg.Client.Pipeline()
+	i := 0
+	addMarkers := func(upTo uint64) {
+		for ; i < len(markers) && markers[i].after <= upTo; i++ {
+			kind := byte(kindResync)
+			if markers[i].local {
+				kind = kindResyncO
+			}
+			pipe.Publish(ctx, b.Channel(markers[i].topic), b.payload(item{kind: kind}))
+		}
+	}
+	for _, it := range batch {
+		addMarkers(it.seq - 1)
+		pipe.Publish(ctx, b.Channel(it.topic), b.payload(it))
+	}
+	addMarkers(hi)
+	_, err := pipe.Exec(ctx)
+	if err == nil {
+		b.mu.Lock()
+		for _, m := range markers {
+			if b.markers[m.topic] == m.marker { // not renewed meanwhile
+				delete(b.markers, m.topic)
+			}
+		}
+		b.mu.Unlock()
+		*last = hi
+		return true
+	}
+
+	// Everything queued now would reach Redis after a gap: drop it too.
+	batch = append(batch, b.drain()...)
+	if len(batch) > 0 {
+		hi = batch[len(batch)-1].seq
+	}
+	*last = hi
+	lost := map[string]bool{}
+	b.mu.Lock()
+	for _, it := range batch {
+		lost[it.topic] = true
+	}
+	for t, m := range b.markers {
+		if !m.local {
+			lost[t] = true
+		}
+	}
+	for t := range lost {
+		b.markers[t] = marker{after: hi, local: true}
+	}
+	b.mu.Unlock()
+	b.log.Warn("channelsapi: publish to Redis failed; subscribers resync", "err", err, "messages", len(batch))
+	if len(lost) > 0 {
+		b.cfg.Lost(slices.Sorted(maps.Keys(lost)))
+	}
+	return false
+}
+
+// drain empties the queue.
+func (b *Broker) drain() []item {
+	var out []item
+	for {
+		select {
+		case it := <-b.queue:
+			out = append(out, it)
+		default:
+			return out
+		}
+	}
+}

@@ -1,0 +1,190 @@
+package redisbroker_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/channelsapi/channelsapi/internal/redisbroker"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// recorder collects what a broker delivers and reports lost.
+type recorder struct {
+	mu     sync.Mutex
+	got    []string
+	lost   []string
+	notify chan struct{}
+}
+
+func newRecorder() *recorder { return &recorder{notify: make(chan struct{}, 100)} }
+
+func (r *recorder) deliver(topic string, msg []byte) {
+	r.mu.Lock()
+	r.got = append(r.got, topic+":"+string(msg))
+	r.mu.Unlock()
+	r.notify <- struct{}{}
+}
+
+func (r *recorder) lostTopics(topics []string) {
+	r.mu.Lock()
+	r.lost = append(r.lost, topics...)
+	r.mu.Unlock()
+	r.notify <- struct{}{}
+}
+
+// wait waits until cond holds.
+func (r *recorder) wait(t *testing.T, cond func(got, lost []string) bool) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		r.mu.Lock()
+		ok := cond(r.got, r.lost)
+		r.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-r.notify:
+		case <-deadline:
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			t.Fatalf("timed out; got %v, lost %v", r.got, r.lost)
+		}
+	}
+}
+
+func client(t *testing.T) *redis.Client {
+	t.Helper()
+	u := os.Getenv("CHANNELSAPI_TEST_REDIS")
+	if u == "" {
+		t.Skip("SKIP: set CHANNELSAPI_TEST_REDIS (e.g. redis://127.0.0.1:6390/0) to run the Redis broker tests")
+	}
+	opts, err := redis.ParseURL(u)
+	require.NoError(t, err)
+	c := redis.NewClient(opts)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func prefix() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return "redisbroker-test-" + hex.EncodeToString(b) + ":"
+}
+
+func start(t *testing.T, cfg redisbroker.Config) *redisbroker.Broker {
+	t.Helper()
+	b, err := redisbroker.New(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		require.NoError(t, b.Close(ctx))
+	})
+	return b
+}
+
+// TestPublishedTwiceDeliveredOnce replays a message on its channel, as a
+// pipeline retried after a lost reply would: it is delivered once.
+func TestPublishedTwiceDeliveredOnce(t *testing.T) {
+	rdb := client(t)
+	p := prefix()
+	rec := newRecorder()
+	b := start(t, redisbroker.Config{Client: rdb, Prefix: p, Deliver: rec.deliver, Lost: rec.lostTopics})
+
+	// A spy subscribed to the channel sees the raw payloads.
+	spy := rdb.Subscribe(context.Background(), p+"t")
+	t.Cleanup(func() { _ = spy.Close() })
+	_, err := spy.Receive(context.Background())
+	require.NoError(t, err)
+
+	b.Watch("t", true)
+	require.True(t, b.Ready(context.Background(), "t"))
+	b.Publish("t", []byte("one"))
+	raw, err := spy.ReceiveMessage(context.Background())
+	require.NoError(t, err)
+	require.NoError(t, rdb.Publish(context.Background(), p+"t", raw.Payload).Err())
+	b.Publish("t", []byte("two"))
+	rec.wait(t, func(got, _ []string) bool { return len(got) >= 2 })
+	assert.Equal(t, []string{"t:one", "t:two"}, rec.got)
+	assert.Empty(t, rec.lost)
+}
+
+// TestResyncMarkerInOrder checks that Resync reaches the listener after the
+// messages published before it and before those published after it.
+func TestResyncMarkerInOrder(t *testing.T) {
+	rdb := client(t)
+	rec := newRecorder()
+	var order []string
+	var mu sync.Mutex
+	b := start(t, redisbroker.Config{Client: rdb, Prefix: prefix(),
+		Deliver: func(topic string, msg []byte) {
+			mu.Lock()
+			order = append(order, string(msg))
+			mu.Unlock()
+			rec.deliver(topic, msg)
+		},
+		Lost: func(topics []string) {
+			mu.Lock()
+			order = append(order, "LOST")
+			mu.Unlock()
+			rec.lostTopics(topics)
+		},
+	})
+	b.Watch("t", true)
+	require.True(t, b.Ready(context.Background(), "t"))
+	b.Publish("t", []byte("1"))
+	b.Resync("t")
+	b.Publish("t", []byte("2"))
+	rec.wait(t, func(got, _ []string) bool { return len(got) == 2 })
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, []string{"1", "LOST", "2"}, order)
+}
+
+// TestUnwatchedTopicNotReceived checks that a broker that does not watch a
+// topic receives nothing of it, and that Ready reports an unreachable Redis
+// at once.
+func TestUnwatchedTopicNotReceived(t *testing.T) {
+	rdb := client(t)
+	p := prefix()
+	rec := newRecorder()
+	b := start(t, redisbroker.Config{Client: rdb, Prefix: p, Deliver: rec.deliver, Lost: rec.lostTopics})
+	b.Watch("watched", true)
+	require.True(t, b.Ready(context.Background(), "watched"))
+	n, err := rdb.PubSubNumSub(context.Background(), p+"watched", p+"other").Result()
+	require.NoError(t, err)
+	assert.Equal(t, map[string]int64{p + "watched": 1, p + "other": 0}, n)
+	b.Publish("other", []byte("x"))
+	b.Publish("watched", []byte("y"))
+	rec.wait(t, func(got, _ []string) bool { return len(got) == 1 })
+	assert.Equal(t, []string{"watched:y"}, rec.got)
+
+	down := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialerRetries: 1})
+	t.Cleanup(func() { _ = down.Close() })
+	rec2 := newRecorder()
+	b2 := start(t, redisbroker.Config{Client: down, Deliver: rec2.deliver, Lost: rec2.lostTopics})
+	b2.Watch("t", true)
+	assert.False(t, b2.Ready(context.Background(), "t"), "Redis is unreachable")
+	b2.Publish("t", []byte("lost"))
+	rec2.wait(t, func(_, lost []string) bool { return len(lost) > 0 })
+	assert.Equal(t, "t", rec2.lost[0], "a failed publish is reported lost here")
+}
+
+func TestConfigRequired(t *testing.T) {
+	_, err := redisbroker.New(redisbroker.Config{})
+	assert.Error(t, err)
+}

@@ -1,0 +1,223 @@
+package channelsapi_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// instance is a process of the example app.
+type instance struct {
+	*testServer
+	cmd *exec.Cmd
+	log string // its output
+}
+
+// startInstance runs the example binary on a free port of 127.0.0.1 and
+// waits until it serves; it is stopped (SIGTERM, then SIGKILL) and waited for
+// at cleanup, and its output is logged when the test failed.
+func startInstance(t *testing.T, bin string, args ...string) *instance {
+	t.Helper()
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	logPath := filepath.Join(t.TempDir(), "instance.log")
+	out, err := os.Create(logPath)
+	require.NoError(t, err)
+	cmd := exec.Command(bin, append([]string{"-addr", addr}, args...)...)
+	cmd.Env = append(os.Environ(), "GIN_MODE=release")
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(t, cmd.Start())
+	in := &instance{
+		testServer: &testServer{URL: "http://" + addr + "/api", WSURL: "ws://" + addr + "/ws"},
+		cmd:        cmd,
+		log:        logPath,
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() {
+			_ = cmd.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		_ = out.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("output of the instance on %s:\n%s", addr, b)
+		}
+	})
+	require.Eventually(t, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, in.URL+"/questions", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, 30*time.Second, 50*time.Millisecond, "the instance on %s does not serve", addr)
+	return in
+}
+
+// summary is what the multi-instance test compares of an event.
+func summary(p map[string]any) string {
+	data, _ := p["data"].(map[string]any)
+	return fmt.Sprintf("%v %v %v", p["action"], p["pk"], data["question_text"])
+}
+
+// TestMultiInstance runs two processes of the example app on one PostgreSQL
+// database and one Redis server, with WebSocket clients on each. Writes are
+// made on both, over REST and over the WebSocket, at the same time; every
+// client receives every committed change exactly once, each object's changes
+// in order, and the stream's changes in the same order as every other
+// client. Then Redis is restarted: every client is closed with 1013, writes
+// go on succeeding, and once Redis is back clients that reconnect and
+// resubscribe receive the changes of both instances again.
+func TestMultiInstance(t *testing.T) {
+	pg, rd := postgresDSN(), os.Getenv(envRedis)
+	if pg == "" || rd == "" {
+		t.Skip("SKIP: set CHANNELSAPI_TEST_POSTGRES and CHANNELSAPI_TEST_REDIS to run the multi-instance test (two example processes on PostgreSQL and Redis)")
+	}
+	if testing.Short() {
+		t.Skip("SKIP: -short")
+	}
+	r := startRedis(t) // of its own, to restart it
+	bin := filepath.Join(t.TempDir(), "example")
+	build := exec.Command("go", "build", "-o", bin, "./example")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "build the example: %s", out)
+	args := []string{"-db", postgresSchema(t, pg), "-redis", r.URL}
+	a := startInstance(t, bin, args...) // migrates the schema first
+	b := startInstance(t, bin, args...)
+
+	subscribe := func(c *wsClient) {
+		for _, e := range []string{"create", "update", "delete"} {
+			got := c.request("questions", map[string]any{"action": "subscribe", "data": map[string]any{"action": e}, "request_id": e})
+			require.EqualValues(t, 200, got["response_status"], "%v", got)
+		}
+	}
+	readers := []*wsClient{a.dial(t, nil), a.dial(t, nil), b.dial(t, nil), b.dial(t, nil)}
+	for _, c := range readers {
+		subscribe(c)
+	}
+
+	type writer struct {
+		create func(text string) float64
+		update func(id float64, text string)
+		remove func(id float64)
+	}
+	rest := func(s *instance) writer {
+		return writer{
+			create: func(text string) float64 {
+				status, body := s.doREST(t, http.MethodPost, "/questions", `{"question_text":"`+text+`"}`)
+				require.Equal(t, http.StatusCreated, status, "%v", body)
+				return body.(map[string]any)["id"].(float64)
+			},
+			update: func(id float64, text string) {
+				status, body := s.doREST(t, http.MethodPatch, fmt.Sprintf("/questions/%v", id), `{"question_text":"`+text+`"}`)
+				require.Equal(t, http.StatusOK, status, "%v", body)
+			},
+			remove: func(id float64) {
+				status, _ := s.doREST(t, http.MethodDelete, fmt.Sprintf("/questions/%v", id), "")
+				require.Equal(t, http.StatusNoContent, status)
+			},
+		}
+	}
+	socket := func(s *instance) writer {
+		c := s.dial(t, nil)
+		return writer{
+			create: func(text string) float64 {
+				got := c.request("questions", map[string]any{"action": "create", "data": map[string]any{"question_text": text}, "request_id": text})
+				require.EqualValues(t, 201, got["response_status"], "%v", got)
+				return got["data"].(map[string]any)["id"].(float64)
+			},
+			update: func(id float64, text string) {
+				got := c.request("questions", map[string]any{"action": "patch", "pk": id, "data": map[string]any{"question_text": text}, "request_id": text})
+				require.EqualValues(t, 200, got["response_status"], "%v", got)
+			},
+			remove: func(id float64) {
+				got := c.request("questions", map[string]any{"action": "delete", "pk": id, "request_id": id})
+				require.EqualValues(t, 200, got["response_status"], "%v", got)
+			},
+		}
+	}
+	writers := map[string]writer{"rest-a": rest(a), "rest-b": rest(b), "ws-a": socket(a), "ws-b": socket(b)}
+	const objects = 10
+	var mu sync.Mutex
+	want := map[float64][]string{}
+	var wg sync.WaitGroup
+	for name, w := range writers {
+		wg.Go(func() {
+			for i := range objects {
+				n := fmt.Sprintf("%s-%d", name, i)
+				id := w.create(n + "-v0")
+				w.update(id, n+"-v1")
+				w.update(id, n+"-v2")
+				w.remove(id)
+				mu.Lock()
+				want[id] = []string{
+					fmt.Sprintf("create %v %s-v0", id, n), fmt.Sprintf("update %v %s-v1", id, n),
+					fmt.Sprintf("update %v %s-v2", id, n), fmt.Sprintf("delete %v %s-v2", id, n),
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+
+	total := len(writers) * objects * 4
+	var first []string
+	for i, c := range readers {
+		got := make([]string, total)
+		perObject := map[float64][]string{}
+		for j := range got {
+			p := c.readPayload("questions")
+			got[j] = summary(p)
+			pk, _ := p["pk"].(float64)
+			perObject[pk] = append(perObject[pk], got[j])
+		}
+		assert.Equal(t, want, perObject, "reader %d: each change once, each object's in order", i)
+		if i == 0 {
+			first = got
+		} else {
+			assert.Equal(t, first, got, "reader %d sees the stream in the same order as reader 0", i)
+		}
+	}
+	fences := map[string]bool{}
+	for name, s := range map[string]*instance{"a": a, "b": b} {
+		id := rest(s).create("fence-" + name)
+		fences[fmt.Sprintf("create %v fence-%s", id, name)] = true
+	}
+	for i, c := range readers {
+		got := map[string]bool{summary(c.readPayload("questions")): true, summary(c.readPayload("questions")): true}
+		assert.Equal(t, fences, got, "reader %d: no duplicate before the last changes", i)
+	}
+
+	// Redis restarts: clients resync, writes go on.
+	r.stop()
+	for i, c := range readers {
+		assert.Equal(t, 1013, c.closeCode(), "reader %d is told to resync", i)
+	}
+	rest(a).create("while Redis is down")
+	rest(b).create("while Redis is down")
+	r.start()
+	receivesAgain(t, a.testServer, b.testServer, "questions", "question_text")
+	receivesAgain(t, b.testServer, a.testServer, "questions", "question_text")
+	receivesAgain(t, a.testServer, a.testServer, "questions", "question_text")
+}

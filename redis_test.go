@@ -1,0 +1,551 @@
+package channelsapi_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"github.com/gin-gonic/gin"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"gorm.io/driver/postgres"
+	"gorm.io/driver/sqlite"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+
+	"github.com/channelsapi/channelsapi"
+)
+
+// envRedis names the environment variable holding the URL of a Redis server
+// for the broker tests, for example redis://127.0.0.1:6390/0. Tests that
+// restart Redis start a redis-server of their own instead.
+const envRedis = "CHANNELSAPI_TEST_REDIS"
+
+// redisURL returns the URL of envRedis, or skips the test.
+func redisURL(tb testing.TB) string {
+	tb.Helper()
+	u := os.Getenv(envRedis)
+	if u == "" {
+		tb.Skip("SKIP: set CHANNELSAPI_TEST_REDIS (e.g. redis://127.0.0.1:6390/0) to run the Redis broker tests")
+	}
+	return u
+}
+
+// testPrefix is a Redis channel prefix of the test's own, so that tests
+// sharing a Redis server never hear each other.
+func testPrefix() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return "channelsapi-test-" + hex.EncodeToString(b) + ":"
+}
+
+// openShared opens n connection pools on one fresh database, as n instances
+// of an application would, and migrates models once.
+func openShared(tb testing.TB, n int, models ...any) []*gorm.DB {
+	tb.Helper()
+	var dial gorm.Dialector
+	if dsn := postgresDSN(); dsn != "" {
+		dsn = postgresSchema(tb, dsn)
+		dial = postgres.Open(dsn)
+	} else {
+		path := filepath.Join(tb.TempDir(), "shared.db")
+		dial = sqlite.Open("file:" + path + "?_journal_mode=WAL&_busy_timeout=10000&_txlock=immediate")
+	}
+	dbs := make([]*gorm.DB, n)
+	for i := range dbs {
+		db, err := gorm.Open(dial, &gorm.Config{Logger: logger.Discard})
+		require.NoError(tb, err)
+		sqlDB, err := db.DB()
+		require.NoError(tb, err)
+		tb.Cleanup(func() { _ = sqlDB.Close() })
+		dbs[i] = db
+	}
+	require.NoError(tb, dbs[0].AutoMigrate(models...))
+	return dbs
+}
+
+// redisPair starts two instances of the conformance app on one database and
+// one Redis server, with a channel prefix of their own.
+func redisPair(tb testing.TB, url string, opts ...channelsapi.Option) (a, b *testServer) {
+	tb.Helper()
+	dbs := openShared(tb, 2, &TestModel{})
+	opts = append([]channelsapi.Option{channelsapi.WithRedis(url), channelsapi.WithRedisPrefix(testPrefix())}, opts...)
+	setup := func(api *channelsapi.API, _ *gorm.DB) { addTestModel(tb, api) }
+	return newServerOn(tb, dbs[0], setup, opts...), newServerOn(tb, dbs[1], setup, opts...)
+}
+
+// redisServer is a redis-server process of the test's own, for tests that
+// stop and restart Redis.
+type redisServer struct {
+	tb   testing.TB
+	port int
+	URL  string
+	cmd  *exec.Cmd
+}
+
+// startRedis starts redis-server on a free port of 127.0.0.1, or skips the
+// test when there is no redis-server binary. It is stopped at cleanup.
+func startRedis(tb testing.TB) *redisServer {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		tb.Skip("SKIP: redis-server is not installed (apt-get install redis-server)")
+	}
+	r := &redisServer{tb: tb, port: freePort(tb)}
+	r.URL = "redis://127.0.0.1:" + strconv.Itoa(r.port) + "/0"
+	r.start()
+	tb.Cleanup(r.stop)
+	return r
+}
+
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(tb, err)
+	port := l.Addr().(*net.TCPAddr).Port
+	require.NoError(tb, l.Close())
+	return port
+}
+
+// start runs the server (again) on its port and waits until it answers.
+func (r *redisServer) start() {
+	r.tb.Helper()
+	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", r.tb.TempDir())
+	require.NoError(r.tb, r.cmd.Start())
+	opts, err := redis.ParseURL(r.URL)
+	require.NoError(r.tb, err)
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+	require.Eventually(r.tb, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return rdb.Ping(ctx).Err() == nil
+	}, 10*time.Second, 20*time.Millisecond, "redis-server on port %d does not answer", r.port)
+}
+
+// stop kills the server and waits for it; stopping twice is a no-op.
+func (r *redisServer) stop() {
+	if r.cmd == nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	_ = r.cmd.Wait()
+	r.cmd = nil
+}
+
+// redisClient is a client of the test's own, for looking at Redis.
+func redisClient(tb testing.TB, url string) *redis.Client {
+	tb.Helper()
+	opts, err := redis.ParseURL(url)
+	require.NoError(tb, err)
+	rdb := redis.NewClient(opts)
+	tb.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+// subscribeAll subscribes c to every event of testmodel.
+func (c *wsClient) subscribeAll() {
+	c.tb.Helper()
+	for _, e := range []string{"create", "update", "delete"} {
+		c.subscribe(e, nil)
+	}
+}
+
+// TestRedisEachChangeOnceOnEveryInstance writes through two instances, over
+// REST, over the WebSocket and through GORM, concurrently, and checks that
+// every client of either instance receives every committed change exactly
+// once, each object's changes in the order they were made, and the changes
+// of the stream in the same order as every other client.
+func TestRedisEachChangeOnceOnEveryInstance(t *testing.T) {
+	a, b := redisPair(t, redisURL(t))
+	readers := []*wsClient{a.dial(t, nil), a.dial(t, nil), b.dial(t, nil), b.dial(t, nil)}
+	for _, c := range readers {
+		c.subscribeAll()
+	}
+
+	// Each writer makes objects one after the other: create, two updates,
+	// delete; the writers run at the same time.
+	type op struct {
+		create func(name string) uint
+		update func(id uint, name string)
+		remove func(id uint)
+	}
+	rest := func(s *testServer) op {
+		return op{
+			create: func(name string) uint {
+				status, body := s.doREST(t, http.MethodPost, "/testmodel", `{"name":"`+name+`"}`)
+				require.Equal(t, http.StatusCreated, status, "%v", body)
+				return uint(body.(map[string]any)["id"].(float64))
+			},
+			update: func(id uint, name string) {
+				status, body := s.doREST(t, http.MethodPatch, fmt.Sprintf("/testmodel/%d", id), `{"name":"`+name+`"}`)
+				require.Equal(t, http.StatusOK, status, "%v", body)
+			},
+			remove: func(id uint) {
+				status, _ := s.doREST(t, http.MethodDelete, fmt.Sprintf("/testmodel/%d", id), "")
+				require.Equal(t, http.StatusNoContent, status)
+			},
+		}
+	}
+	socket := func(s *testServer) op {
+		c := s.dial(t, nil)
+		return op{
+			create: func(name string) uint {
+				got := c.request("testmodel", map[string]any{"action": "create", "data": map[string]any{"name": name}, "request_id": name})
+				require.EqualValues(t, 201, got["response_status"], "%v", got)
+				return uint(got["data"].(map[string]any)["id"].(float64))
+			},
+			update: func(id uint, name string) {
+				got := c.request("testmodel", map[string]any{"action": "patch", "pk": id, "data": map[string]any{"name": name}, "request_id": name})
+				require.EqualValues(t, 200, got["response_status"], "%v", got)
+			},
+			remove: func(id uint) {
+				got := c.request("testmodel", map[string]any{"action": "delete", "pk": id, "request_id": id})
+				require.EqualValues(t, 200, got["response_status"], "%v", got)
+			},
+		}
+	}
+	orm := func(db *gorm.DB) op {
+		return op{
+			create: func(name string) uint {
+				m := TestModel{Name: name}
+				require.NoError(t, db.Create(&m).Error)
+				return m.ID
+			},
+			update: func(id uint, name string) {
+				require.NoError(t, db.Model(&TestModel{ID: id}).Update("name", name).Error)
+			},
+			remove: func(id uint) { require.NoError(t, db.Delete(&TestModel{ID: id}).Error) },
+		}
+	}
+	writers := map[string]op{"rest-a": rest(a), "ws-b": socket(b), "gorm-a": orm(a.DB), "gorm-b": orm(b.DB), "rest-b": rest(b)}
+
+	const objects = 8
+	var mu sync.Mutex
+	want := map[float64][]map[string]any{} // per object, its events in order
+	var wg sync.WaitGroup
+	for name, w := range writers {
+		wg.Go(func() {
+			for i := range objects {
+				n := fmt.Sprintf("%s-%d", name, i)
+				id := w.create(n + "-v0")
+				w.update(id, n+"-v1")
+				w.update(id, n+"-v2")
+				w.remove(id)
+				mu.Lock()
+				want[float64(id)] = []map[string]any{
+					event("create", id, n+"-v0"), event("update", id, n+"-v1"),
+					event("update", id, n+"-v2"), event("delete", id, n+"-v2"),
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	total := len(writers) * objects * 4
+
+	var first []map[string]any
+	for i, c := range readers {
+		got := make([]map[string]any, total)
+		for j := range got {
+			got[j] = c.readPayload("testmodel")
+		}
+		perObject := map[float64][]map[string]any{}
+		for _, e := range got {
+			pk := e["pk"].(float64)
+			perObject[pk] = append(perObject[pk], e)
+		}
+		assert.Equal(t, want, perObject, "reader %d: each change once, each object's in order", i)
+		if i == 0 {
+			first = got
+		} else {
+			assert.Equal(t, first, got, "reader %d sees the stream in the same order as reader 0", i)
+		}
+	}
+
+	// Nothing more: a last change from each instance is the next event of
+	// every reader (a duplicate would come before it).
+	fenceA, fenceB := orm(a.DB).create("fence-a"), orm(b.DB).create("fence-b")
+	for i, c := range readers {
+		fences := map[float64]bool{}
+		for range 2 {
+			e := c.readPayload("testmodel")
+			assert.Contains(t, []float64{float64(fenceA), float64(fenceB)}, e["pk"], "reader %d: no duplicate", i)
+			fences[e["pk"].(float64)] = true
+		}
+		assert.Len(t, fences, 2, "reader %d", i)
+	}
+}
+
+// TestRedisSubscribesOnlyWhatLocalClientsWatch checks with PUBSUB NUMSUB
+// that an instance is subscribed on Redis to a stream's channel exactly
+// while it has local subscribers of the stream, of either kind, and that a
+// write on an instance without subscribers still reaches the others.
+func TestRedisSubscribesOnlyWhatLocalClientsWatch(t *testing.T) {
+	url := redisURL(t)
+	prefix := testPrefix()
+	dbs := openShared(t, 2, &TestModel{})
+	setup := func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }
+	opts := []channelsapi.Option{channelsapi.WithRedis(url), channelsapi.WithRedisPrefix(prefix)}
+	a, b := newServerOn(t, dbs[0], setup, opts...), newServerOn(t, dbs[1], setup, opts...)
+	seed(t, a.DB, "one")
+	rdb := redisClient(t, url)
+	channel := prefix + "testmodel"
+	numsub := func() int64 {
+		n, err := rdb.PubSubNumSub(context.Background(), channel).Result()
+		require.NoError(t, err)
+		return n[channel]
+	}
+	require.Zero(t, numsub(), "no subscriber anywhere: no instance listens")
+
+	ca1 := a.dial(t, nil)
+	ca1.subscribe("update", nil)
+	assert.EqualValues(t, 1, numsub(), "the subscribe reply waits until the instance listens")
+	ca2 := a.dial(t, nil)
+	ca2.subscribe("create", nil)
+	assert.EqualValues(t, 1, numsub(), "one Redis subscription per instance, however many local subscribers")
+
+	cb := b.dial(t, nil)
+	got := cb.request("testmodel", map[string]any{"action": "subscribe_instance", "pk": 1, "request_id": "r1"})
+	require.EqualValues(t, 201, got["response_status"])
+	assert.EqualValues(t, 2, numsub(), "an instance subscription counts too")
+	got = cb.request("testmodel", map[string]any{"action": "unsubscribe_instance", "pk": 1, "request_id": "r1"})
+	require.EqualValues(t, 204, got["response_status"])
+	require.Eventually(t, func() bool { return numsub() == 1 }, 10*time.Second, 10*time.Millisecond,
+		"the instance that lost its last subscriber unsubscribes")
+
+	// b has no subscriber: its write still reaches a's.
+	status, _ := b.doREST(t, http.MethodPatch, "/testmodel/1", `{"name":"from b"}`)
+	require.Equal(t, http.StatusOK, status)
+	assert.Equal(t, event("update", 1, "from b"), ca1.readPayload("testmodel"))
+
+	got = ca1.request("testmodel", map[string]any{"action": "unsubscribe", "data": map[string]any{"action": "update"}, "request_id": 2})
+	require.EqualValues(t, 200, got["response_status"])
+	assert.EqualValues(t, 1, numsub(), "a's other subscriber remains")
+	require.NoError(t, ca2.conn.Close())
+	require.Eventually(t, func() bool { return numsub() == 0 }, 10*time.Second, 10*time.Millisecond,
+		"a disconnect that removes the last subscriber unsubscribes")
+	require.Eventually(t, func() bool { return a.API.Stats() == channelsapi.Stats{Connections: 1} }, 10*time.Second, 10*time.Millisecond)
+}
+
+// TestRedisQueueOverflowResyncs commits more changes at once than the
+// outbound queue holds: the subscribers of the stream on both instances are
+// closed with 1013, and new subscribers receive events again.
+func TestRedisQueueOverflowResyncs(t *testing.T) {
+	a, b := redisPair(t, redisURL(t), channelsapi.WithRedisQueueSize(1))
+	ca, cb := a.dial(t, nil), b.dial(t, nil)
+	ca.subscribe("create", nil)
+	cb.subscribe("create", nil)
+	rows := make([]TestModel, 200)
+	for i := range rows {
+		rows[i].Name = fmt.Sprintf("row-%d", i)
+	}
+	require.NoError(t, a.DB.Create(&rows).Error, "a write never fails because of the queue")
+	assert.Equal(t, 1013, ca.closeCode(), "the writing instance's subscriber resyncs")
+	assert.Equal(t, 1013, cb.closeCode(), "the other instance's subscriber resyncs")
+	assert.EqualValues(t, 200, countRows[TestModel](t, a.DB))
+	receivesAgain(t, a, a, "testmodel", "name")
+	receivesAgain(t, b, a, "testmodel", "name")
+}
+
+// receivesAgain waits until a new client of reader, subscribed to creates
+// of stream, receives the create event of a write made through writer's REST
+// API (field names a required text field of the stream's model). A client
+// closed with 1013 (Redis was not back yet) tries again, as clients must.
+func receivesAgain(t *testing.T, reader, writer *testServer, stream, field string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for attempt := 0; ; attempt++ {
+		require.True(t, time.Now().Before(deadline), "no event after %d attempts", attempt)
+		c := reader.dial(t, nil)
+		c.send(stream, map[string]any{"action": "subscribe", "data": map[string]any{"action": "create"}, "request_id": 1})
+		var e struct {
+			Payload struct {
+				Data           map[string]any `json:"data"`
+				ResponseStatus int            `json:"response_status"`
+			} `json:"payload"`
+		}
+		require.NoError(t, c.conn.SetReadDeadline(time.Now().Add(5*time.Second)))
+		err := c.conn.ReadJSON(&e) // the reply, or a close: resyncs of earlier losses may still arrive
+		text := fmt.Sprintf("again-%d", attempt)
+		if err == nil {
+			require.Equal(t, 200, e.Payload.ResponseStatus)
+			status, _ := writer.doREST(t, http.MethodPost, "/"+stream, `{"`+field+`":"`+text+`"}`)
+			require.Equal(t, http.StatusCreated, status, "writes succeed whatever Redis does")
+			require.NoError(t, c.conn.SetReadDeadline(time.Now().Add(5*time.Second)))
+			err = c.conn.ReadJSON(&e)
+		}
+		_ = c.conn.Close()
+		if err == nil {
+			require.Equal(t, text, e.Payload.Data[field])
+			return
+		}
+		var ce *websocket.CloseError
+		var ne net.Error
+		require.True(t, errors.As(err, &ce) && ce.Code == 1013 || errors.As(err, &ne) && ne.Timeout(),
+			"a client either receives the event or is told to resync: %v", err)
+	}
+}
+
+// TestRedisDownAtStartup registers an API while Redis is down: it starts,
+// writes succeed, a subscriber that misses events is closed with 1013, and
+// once Redis is up events flow again.
+func TestRedisDownAtStartup(t *testing.T) {
+	r := startRedis(t)
+	r.stop()
+	srv := newServerOn(t, openDB(t, &TestModel{}), func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) },
+		channelsapi.WithRedis(r.URL), channelsapi.WithRedisPrefix(testPrefix()))
+	c := srv.dial(t, nil)
+	c.subscribe("create", nil)
+	status, _ := srv.doREST(t, http.MethodPost, "/testmodel", `{"name":"while down"}`)
+	require.Equal(t, http.StatusCreated, status)
+	assert.Equal(t, 1013, c.closeCode(), "the subscriber missed an event")
+
+	r.start()
+	receivesAgain(t, srv, srv, "testmodel", "name")
+}
+
+// TestRedisRestartResyncs restarts Redis under two instances: their
+// subscribers are closed with 1013, writes succeed meanwhile, and after
+// Redis is back subscribers of both instances receive the writes of both.
+func TestRedisRestartResyncs(t *testing.T) {
+	r := startRedis(t)
+	a, b := redisPair(t, r.URL)
+	ca, cb := a.dial(t, nil), b.dial(t, nil)
+	ca.subscribe("create", nil)
+	cb.subscribe("create", nil)
+	status, _ := b.doREST(t, http.MethodPost, "/testmodel", `{"name":"before"}`)
+	require.Equal(t, http.StatusCreated, status)
+	assert.Equal(t, event("create", 1, "before"), ca.readPayload("testmodel"))
+	assert.Equal(t, event("create", 1, "before"), cb.readPayload("testmodel"))
+
+	r.stop()
+	assert.Equal(t, 1013, ca.closeCode())
+	assert.Equal(t, 1013, cb.closeCode())
+	status, _ = a.doREST(t, http.MethodPost, "/testmodel", `{"name":"while down"}`)
+	require.Equal(t, http.StatusCreated, status, "a write never fails because Redis is down")
+
+	r.start()
+	receivesAgain(t, a, b, "testmodel", "name")
+	receivesAgain(t, b, a, "testmodel", "name")
+}
+
+// TestRedisEventsPerRecipient checks that events of a stream authorized per
+// recipient (Permission, Scope, ObjectPermission) are authorized on every
+// instance: a note's events reach its owner and the admin, on whichever
+// instance they are connected, and never another user.
+func TestRedisEventsPerRecipient(t *testing.T) {
+	url := redisURL(t)
+	prefix := testPrefix()
+	dbs := openShared(t, 2, &authNote{})
+	setup := func(api *channelsapi.API) { require.NoError(t, channelsapi.Add(api, notesViewSet())) }
+	opts := []channelsapi.Option{channelsapi.WithRedis(url), channelsapi.WithRedisPrefix(prefix)}
+	a, b := newAuthServer(t, dbs[0], setup, opts...), newAuthServer(t, dbs[1], setup, opts...)
+	type client struct {
+		name string
+		user *authUser
+		c    *wsClient
+	}
+	clients := []client{{"alice on a", userA, nil}, {"alice on b", userA, nil}, {"bob on b", userB, nil}, {"admin on b", userAdmin, nil}}
+	for i, cl := range clients {
+		srv := b
+		if i == 0 {
+			srv = a
+		}
+		clients[i].c = srv.dialAs(t, cl.user)
+		for _, e := range []string{"create", "update", "delete"} {
+			got := clients[i].c.request("notes", map[string]any{"action": "subscribe", "data": map[string]any{"action": e}, "request_id": e})
+			require.EqualValues(t, 200, got["response_status"], "%v", got)
+		}
+	}
+	// Every write goes through a, so that they reach Redis in this order.
+	write := func(u *authUser, method, path, body string, want int) authNote {
+		status, raw := a.restAs(t, u, method, path, body)
+		require.Equal(t, want, status, "%s", raw)
+		var n authNote
+		_ = json.Unmarshal(raw, &n)
+		return n
+	}
+	note := write(userA, http.MethodPost, "/notes", `{"text":"alice's"}`, http.StatusCreated)
+	note2 := note
+	note2.Text = "alice's, edited"
+	write(userA, http.MethodPatch, fmt.Sprintf("/notes/%d", note.ID), `{"text":"alice's, edited"}`, http.StatusOK)
+	bobs := write(userB, http.MethodPost, "/notes", `{"text":"bob's"}`, http.StatusCreated)
+	endAlice := write(userA, http.MethodPost, "/notes", `{"text":"end-alice"}`, http.StatusCreated)
+	write(userB, http.MethodPost, "/notes", `{"text":"end-bob"}`, http.StatusCreated)
+	alice := []string{groupNoteEvent("create", note), groupNoteEvent("update", note2)}
+	want := map[string][]string{
+		"alice on a": alice, "alice on b": alice, "bob on b": {groupNoteEvent("create", bobs)},
+		"admin on b": append(append([]string{}, alice...), groupNoteEvent("create", bobs), groupNoteEvent("create", endAlice)),
+	}
+	for _, cl := range clients {
+		sentinel := "end-alice"
+		if cl.user != userA {
+			sentinel = "end-bob"
+		}
+		assert.Equal(t, want[cl.name], noteEvents(cl.c, sentinel), cl.name)
+	}
+
+	// A delete: who could see the note before is known on the writing
+	// instance only (the Scope is a query, and the row is gone). Elsewhere a
+	// subscriber who might have seen it must not be left with a silent gap:
+	// it receives the delete or is closed with 1013.
+	t.Run("delete", func(t *testing.T) {
+		write(userA, http.MethodDelete, fmt.Sprintf("/notes/%d", note.ID), "", http.StatusNoContent)
+		write(userA, http.MethodPost, "/notes", `{"text":"end-alice-2"}`, http.StatusCreated)
+		assert.Equal(t, []string{groupNoteEvent("delete", note2)}, noteEvents(clients[0].c, "end-alice-2"), "alice on a")
+		for _, cl := range clients[1:] {
+			if cl.user == userB {
+				continue
+			}
+			require.NoError(t, cl.c.conn.SetReadDeadline(time.Now().Add(readTimeout)))
+			_, frame, err := cl.c.conn.ReadMessage()
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) {
+				assert.Equal(t, 1013, ce.Code, cl.name)
+				continue
+			}
+			require.NoError(t, err, cl.name)
+			var f struct{ Payload map[string]any }
+			require.NoError(t, json.Unmarshal(frame, &f))
+			assert.Equal(t, groupNoteEvent("delete", note2), describeNoteEvent(f.Payload), cl.name)
+		}
+	})
+}
+
+// TestRedisOptionErrors checks that Register refuses an invalid Redis
+// configuration, without repeating a password, and starts nothing then.
+func TestRedisOptionErrors(t *testing.T) {
+	unused := redis.NewClient(&redis.Options{})
+	t.Cleanup(func() { _ = unused.Close() })
+	tests := []struct {
+		name string
+		give []channelsapi.Option
+	}{
+		{"not a Redis URL", []channelsapi.Option{channelsapi.WithRedis("http://:s3cret@127.0.0.1:6379")}},
+		{"bad database number", []channelsapi.Option{channelsapi.WithRedis("redis://:s3cret@127.0.0.1:6379/x")}},
+		{"URL and client", []channelsapi.Option{channelsapi.WithRedis("redis://127.0.0.1:6379"), channelsapi.WithRedisClient(unused)}},
+		{"negative queue", []channelsapi.Option{channelsapi.WithRedis("redis://127.0.0.1:6379"), channelsapi.WithRedisQueueSize(-1)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := channelsapi.Register(gin.New(), openDB(t, &TestModel{}), tt.give...)
+			require.Error(t, err)
+			assert.NotContains(t, err.Error(), "s3cret")
+		})
+	}
+}
