@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -85,19 +84,11 @@ func newAuthServer(tb testing.TB, db *gorm.DB, setup func(api *channelsapi.API),
 	tb.Helper()
 	router := gin.New()
 	router.Use(authenticate)
-	api, err := channelsapi.Register(router, db, opts...)
-	require.NoError(tb, err)
-	if setup != nil {
-		setup(api)
-	}
-	srv := httptest.NewServer(router)
-	tb.Cleanup(srv.Close)
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		require.NoError(tb, api.Shutdown(ctx))
-	})
-	return &testServer{URL: srv.URL, WSURL: "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws", DB: db, API: api, Router: router}
+	return serveAPI(tb, router, db, func(api *channelsapi.API, _ *gorm.DB) {
+		if setup != nil {
+			setup(api)
+		}
+	}, opts...)
 }
 
 // in returns c for use in the (sub)test tb, so that its failures are tb's.

@@ -79,6 +79,13 @@ func newServerOn(tb testing.TB, db *gorm.DB, setup func(api *channelsapi.API, db
 			c.Set("user", u)
 		}
 	})
+	return serveAPI(tb, router, db, setup, opts...)
+}
+
+// serveAPI registers channelsapi on router and db, lets setup add the
+// ViewSets, and serves the router on 127.0.0.1 until the test ends.
+func serveAPI(tb testing.TB, router *gin.Engine, db *gorm.DB, setup func(api *channelsapi.API, db *gorm.DB), opts ...channelsapi.Option) *testServer {
+	tb.Helper()
 	api, err := channelsapi.Register(router, db, opts...)
 	require.NoError(tb, err)
 	if setup != nil {

@@ -1,0 +1,233 @@
+package channelsapi_test
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/olahol/melody"
+	"github.com/stretchr/testify/require"
+	"gorm.io/gorm"
+
+	"github.com/channelsapi/channelsapi"
+)
+
+// The end-to-end benchmarks of channelsapi, over real sockets on 127.0.0.1,
+// each against a baseline measured in the same run. The load generator
+// (go run ./cmd/channelsapi-bench) measures the same things with the server
+// in a process of its own; see BENCHMARKS.md.
+
+// readers reads every frame of many client sockets, one goroutine each, and
+// counts them.
+type readers struct {
+	count  atomic.Int64
+	want   atomic.Int64
+	notify chan struct{}
+	wg     sync.WaitGroup
+	conns  []*websocket.Conn
+	last   atomic.Pointer[[]byte] // a copy of the last frame read
+}
+
+// dialReaders connects n clients to url, sends each the frame hello (if
+// any) and waits for its reply, then starts their readers. Cleanup closes
+// the sockets and waits for the readers.
+func dialReaders(tb testing.TB, url string, n int, hello []byte) *readers {
+	tb.Helper()
+	r := &readers{notify: make(chan struct{}, 1)}
+	tb.Cleanup(func() {
+		for _, c := range r.conns {
+			_ = c.Close()
+		}
+		r.wg.Wait()
+	})
+	for range n {
+		c, resp, err := websocket.DefaultDialer.Dial(url, nil)
+		require.NoError(tb, err)
+		_ = resp.Body.Close()
+		r.conns = append(r.conns, c)
+		if hello != nil {
+			require.NoError(tb, c.SetReadDeadline(time.Now().Add(readTimeout)))
+			require.NoError(tb, c.WriteMessage(websocket.TextMessage, hello))
+			_, reply, err := c.ReadMessage()
+			require.NoError(tb, err)
+			require.Contains(tb, string(reply), `"response_status":200`)
+			require.NoError(tb, c.SetReadDeadline(time.Time{}))
+		}
+	}
+	for _, c := range r.conns {
+		r.wg.Add(1)
+		go r.read(c)
+	}
+	return r
+}
+
+func (r *readers) read(c *websocket.Conn) {
+	defer r.wg.Done()
+	var buf bytes.Buffer
+	for {
+		_, rd, err := c.NextReader()
+		if err != nil {
+			return
+		}
+		buf.Reset()
+		if _, err := buf.ReadFrom(rd); err != nil {
+			return
+		}
+		if r.count.Add(1) == r.want.Load() {
+			frame := bytes.Clone(buf.Bytes())
+			r.last.Store(&frame)
+			select {
+			case r.notify <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// expect announces that the readers will have received total frames.
+func (r *readers) expect(total int64) { r.want.Store(total) }
+
+// wait blocks until the announced total arrived.
+func (r *readers) wait(tb testing.TB) {
+	tb.Helper()
+	select {
+	case <-r.notify:
+	case <-time.After(readTimeout):
+		tb.Fatalf("received %d frames, want %d", r.count.Load(), r.want.Load())
+	}
+}
+
+// newRawMelody serves bare melody with the settings channelsapi gives it,
+// the floor of what an unbatched fan-out can do.
+func newRawMelody(tb testing.TB) (*melody.Melody, string) {
+	tb.Helper()
+	m := melody.New()
+	m.Config.MaxMessageSize = channelsapi.DefaultMaxMessageSize
+	m.Config.MessageBufferSize = channelsapi.DefaultQueueSize
+	m.Upgrader.ReadBufferSize = 4096
+	m.Upgrader.WriteBufferSize = 4096
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _ = m.HandleRequest(w, r) }))
+	tb.Cleanup(srv.Close)
+	tb.Cleanup(func() { _ = m.Close() })
+	return m, "ws" + strings.TrimPrefix(srv.URL, "http")
+}
+
+// BenchmarkFanout1k publishes an event through a Register'd API (a GORM
+// update, captured, encoded once and routed by the fan-out hub) to 1000
+// subscribed WebSocket clients, and broadcasts the same bytes to 1000
+// clients of raw melody, alternately in one loop. An iteration ends when
+// every client has read the frame. allocs/op counts the whole process:
+// server, both fleets of clients and the database.
+func BenchmarkFanout1k(b *testing.B) {
+	const n = 1000
+	s := newServer(b, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(b, api) })
+	seed(b, s.DB, "fan-out-a")
+	sub := dialReaders(b, s.WSURL, n, []byte(`{"stream":"testmodel","payload":{"action":"subscribe","data":{"action":"update"},"request_id":1}}`))
+	m, rawURL := newRawMelody(b)
+	raw := dialReaders(b, rawURL, n, nil)
+
+	names := []string{"fan-out-b", "fan-out-a"}
+	update := func(i int) {
+		require.NoError(b, s.DB.Model(&TestModel{ID: 1}).Update("name", names[i%2]).Error)
+	}
+	// One event first, to capture the exact bytes raw melody will send.
+	sub.expect(n)
+	update(0)
+	sub.wait(b)
+	frame := *sub.last.Load()
+	require.Contains(b, string(frame), `"action":"update"`)
+
+	var libTime, rawTime time.Duration
+	var i int
+	b.ReportAllocs()
+	for b.Loop() {
+		i++
+		t0 := time.Now()
+		sub.expect(int64(n * (i + 1)))
+		update(i)
+		sub.wait(b)
+		t1 := time.Now()
+		raw.expect(int64(n * i))
+		require.NoError(b, m.Broadcast(frame))
+		raw.wait(b)
+		libTime += t1.Sub(t0)
+		rawTime += time.Since(t1)
+	}
+	libRate := float64(n*i) / libTime.Seconds()
+	rawRate := float64(n*i) / rawTime.Seconds()
+	b.ReportMetric(libRate, "deliveries/s")
+	b.ReportMetric(rawRate, "melody-deliveries/s")
+	b.ReportMetric(libRate/rawRate, "ratio")
+}
+
+// BenchmarkRetrieve decodes and dispatches one retrieve over a real
+// WebSocket round trip, and serves the same retrieve over REST (Gin) with a
+// keep-alive client. The interleaved sub-benchmark alternates them in one
+// loop and reports the WebSocket/REST time ratio.
+func BenchmarkRetrieve(b *testing.B) {
+	// The rate limit is lifted: its default (50 messages/s per connection)
+	// would answer 429 to a benchmark loop on one socket.
+	s := newServer(b, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(b, api) }, channelsapi.WithRateLimit(1e9, 1<<30))
+	seed(b, s.DB, "retrieve me")
+	ws := s.dial(b, nil)
+	frame := []byte(`{"stream":"testmodel","payload":{"action":"retrieve","pk":1,"request_id":1}}`)
+	wsRetrieve := func(b *testing.B) {
+		require.NoError(b, ws.conn.SetReadDeadline(time.Now().Add(readTimeout)))
+		require.NoError(b, ws.conn.WriteMessage(websocket.TextMessage, frame))
+		_, reply, err := ws.conn.ReadMessage()
+		require.NoError(b, err)
+		if !bytes.Contains(reply, []byte(`"response_status":200`)) {
+			b.Fatalf("reply %s", reply)
+		}
+	}
+	client := &http.Client{Timeout: readTimeout, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	b.Cleanup(client.CloseIdleConnections)
+	url := s.URL + "/testmodel/1"
+	restRetrieve := func(b *testing.B) {
+		resp, err := client.Get(url)
+		require.NoError(b, err)
+		_, err = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		require.NoError(b, err)
+		if resp.StatusCode != http.StatusOK {
+			b.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	perSecond := func(b *testing.B) { b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s") }
+	b.Run("websocket", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			wsRetrieve(b)
+		}
+		perSecond(b)
+	})
+	b.Run("rest", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			restRetrieve(b)
+		}
+		perSecond(b)
+	})
+	b.Run("interleaved", func(b *testing.B) {
+		var wsTime, restTime time.Duration
+		b.ReportAllocs()
+		for b.Loop() {
+			t0 := time.Now()
+			wsRetrieve(b)
+			t1 := time.Now()
+			restRetrieve(b)
+			wsTime += t1.Sub(t0)
+			restTime += time.Since(t1)
+		}
+		b.ReportMetric(float64(wsTime.Nanoseconds())/float64(b.N), "ws-ns/op")
+		b.ReportMetric(float64(restTime.Nanoseconds())/float64(b.N), "rest-ns/op")
+		b.ReportMetric(wsTime.Seconds()/restTime.Seconds(), "ws/rest")
+	})
+}
