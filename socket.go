@@ -33,8 +33,12 @@ func (a *API) newMelody() *melody.Melody {
 	m.Config.PongWait = a.cfg.pongWait
 	m.Upgrader.CheckOrigin = a.checkOrigin
 	m.Upgrader.Subprotocols = a.cfg.subprotocols
-	m.Upgrader.ReadBufferSize = 4096
+	// Reads reuse the buffer of the HTTP server's connection; a write
+	// buffer is taken from the pool for the time of one message only, so an
+	// idle connection holds none.
+	m.Upgrader.ReadBufferSize = 0
 	m.Upgrader.WriteBufferSize = 4096
+	m.Upgrader.WriteBufferPool = &sync.Pool{}
 	m.HandleConnect(func(s *melody.Session) {
 		c := sessionConn(s)
 		c.session = s
