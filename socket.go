@@ -53,6 +53,7 @@ func (a *API) newMelody() *melody.Melody {
 		}
 	})
 	m.HandleMessage(func(s *melody.Session, msg []byte) { sessionConn(s).handleFrame(msg) })
+	m.HandleSentMessage(func(s *melody.Session, _ []byte) { sessionConn(s).cork.sent() })
 	m.HandleMessageBinary(func(s *melody.Session, _ []byte) { sessionConn(s).handleFrame(nil) })
 	m.HandleDisconnect(func(s *melody.Session) {
 		c := sessionConn(s)
@@ -117,9 +118,10 @@ func (a *API) serveSocket(c *gin.Context) {
 	defer cancel()
 	conn := &conn{
 		api: a, ctx: ctx, cancel: cancel, user: user, header: c.Request.Header.Clone(),
-		limiter: rate.NewLimiter(a.cfg.rate, a.cfg.burst),
+		limiter: rate.NewLimiter(a.cfg.rate, a.cfg.burst), cork: &cork{},
 	}
-	err := a.melody.HandleRequestWithKeys(c.Writer, c.Request, map[string]any{connKey: conn})
+	w := corkWriter{ResponseWriter: c.Writer, k: conn.cork}
+	err := a.melody.HandleRequestWithKeys(w, c.Request, map[string]any{connKey: conn})
 	if errors.Is(err, melody.ErrClosed) {
 		c.AbortWithStatusJSON(http.StatusServiceUnavailable, gin.H{"detail": "Server is shutting down."})
 	}
@@ -136,6 +138,7 @@ type conn struct {
 	header  http.Header
 	session *melody.Session
 	limiter *rate.Limiter // used by the read goroutine only
+	cork    *cork
 
 	mu      sync.Mutex
 	busy    bool
@@ -159,7 +162,7 @@ func (c *conn) Deliver(frame []byte) bool {
 		c.pending = append(c.pending, frame)
 		return true
 	}
-	_ = c.session.Write(frame)
+	c.write(frame)
 	return !c.full.Load()
 }
 
@@ -173,11 +176,21 @@ func (c *conn) handleFrame(msg []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.busy = false
-	_ = c.session.Write(out)
+	c.write(out)
 	for _, f := range c.pending {
-		_ = c.session.Write(f)
+		c.write(f)
 	}
 	c.pending = nil
+}
+
+// write queues frame on melody's writer; the cork counts it until it is
+// written. Callers hold c.mu.
+func (c *conn) write(frame []byte) {
+	c.cork.queued.Add(1)
+	full := c.full.Load()
+	if c.session.Write(frame) != nil || (!full && c.full.Load()) {
+		c.cork.sent() // not queued: closed, or the queue overflowed
+	}
 }
 
 // overflow closes a connection that cannot keep up with 1013, once. It runs
@@ -193,6 +206,7 @@ func (c *conn) overflow() {
 		ws := c.session.WebsocketConnection()
 		msg := websocket.FormatCloseMessage(closeTryAgain, "client too slow, resync")
 		_ = ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(defaultWriteWait))
+		c.cork.flush()
 		_ = ws.Close()
 	}()
 }

@@ -1,0 +1,101 @@
+package channelsapi
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+)
+
+// This file batches the writes of one WebSocket connection into fewer
+// system calls. melody's write goroutine writes each queued frame with its
+// own write(2); while more of this connection's frames are queued behind the
+// one being written, cork keeps the bytes and writes them all at once when
+// the last queued frame is out (or when maxCorked bytes are waiting). Frames
+// are never reordered and never wait for a timer: the batch ends as soon as
+// the queue is empty.
+
+// maxCorked is how many bytes a corked connection keeps before it writes.
+const maxCorked = 64 << 10
+
+// cork wraps the hijacked network connection of a WebSocket.
+type cork struct {
+	net.Conn
+	queued atomic.Int64 // frames handed to melody and not yet written
+
+	mu  sync.Mutex
+	buf []byte
+	err error // a failed write: every later write fails with it
+}
+
+// Write implements net.Conn. gorilla/websocket calls it with one frame (or
+// part of one) at a time, serialised by its write lock.
+func (k *cork) Write(p []byte) (int, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.err != nil {
+		return 0, k.err
+	}
+	if k.queued.Load() > 0 && len(k.buf)+len(p) <= maxCorked {
+		k.buf = append(k.buf, p...)
+		return len(p), nil
+	}
+	if err := k.flushLocked(); err != nil {
+		return 0, err
+	}
+	return k.Conn.Write(p)
+}
+
+// sent records that one queued frame was written; when none is left the
+// batch goes out.
+func (k *cork) sent() {
+	if k.queued.Add(-1) <= 0 {
+		k.flush()
+	}
+}
+
+func (k *cork) flush() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	_ = k.flushLocked()
+}
+
+func (k *cork) flushLocked() error {
+	if len(k.buf) == 0 || k.err != nil {
+		return k.err
+	}
+	_, k.err = k.Conn.Write(k.buf)
+	k.buf = k.buf[:0]
+	if cap(k.buf) > maxCorked {
+		k.buf = nil
+	}
+	return k.err
+}
+
+// Close writes what is kept, then closes the connection.
+func (k *cork) Close() error {
+	k.flush()
+	return k.Conn.Close()
+}
+
+// corkWriter hands the WebSocket upgrade a connection wrapped in k.
+type corkWriter struct {
+	http.ResponseWriter
+	k *cork
+}
+
+// Hijack implements http.Hijacker.
+func (w corkWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	h, ok := w.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("channelsapi: the response writer cannot be hijacked")
+	}
+	c, rw, err := h.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	w.k.Conn = c
+	return w.k, rw, nil
+}
