@@ -1248,3 +1248,26 @@ func TestTypedNilUserIsAnonymous(t *testing.T) {
 	defer mu.Unlock()
 	assert.Equal(t, []bool{true, false}, connectNil, "the connect check sees no user for the anonymous upgrade")
 }
+
+// TestDisconnectWithdrawsAuthorization closes the connections of one user
+// with 1008 and leaves the others open.
+func TestDisconnectWithdrawsAuthorization(t *testing.T) {
+	srv := testModelServer(t)
+	alice1 := srv.dial(t, http.Header{"X-User": {"alice"}})
+	alice2 := srv.dial(t, http.Header{"X-User": {"alice"}})
+	bob := srv.dial(t, http.Header{"X-User": {"bob"}})
+	anonymous := srv.dial(t, nil)
+	for _, c := range []*wsClient{alice1, alice2, bob, anonymous} {
+		c.subscribe("create", nil) // the connection is registered and serving
+	}
+
+	n := srv.API.Disconnect(func(user any) bool { return user == "alice" })
+	assert.Equal(t, 2, n)
+	assert.Equal(t, 1008, alice1.closeCode())
+	assert.Equal(t, 1008, alice2.closeCode())
+	for _, c := range []*wsClient{bob, anonymous} {
+		got := c.request("testmodel", map[string]any{"action": "list", "request_id": 1})
+		assert.EqualValues(t, 200, got["response_status"], "others stay connected")
+	}
+	require.Eventually(t, func() bool { return srv.API.Stats().Connections == 2 }, readTimeout, time.Millisecond)
+}

@@ -409,3 +409,24 @@ func (a *API) Stats() Stats {
 	keys, subs := a.hub.Stats()
 	return Stats{Connections: int(a.conns.Load()), Subscribers: subs, Subscriptions: keys}
 }
+
+// Disconnect closes, with code 1008 (policy violation), every WebSocket
+// connection whose user match reports true, for example when an
+// application revokes a user's token or changes their rights: a
+// connection keeps the user it was opened with, so withdrawing
+// authorization means closing it. It returns how many connections it
+// closes; the client may reconnect with new credentials.
+func (a *API) Disconnect(match func(user any) bool) int {
+	sessions, err := a.melody.Sessions()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, s := range sessions {
+		if c, ok := s.Get(connKey); ok && match(c.(*conn).user) {
+			c.(*conn).closeWith(closePolicy, "authorization withdrawn")
+			n++
+		}
+	}
+	return n
+}

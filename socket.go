@@ -19,6 +19,7 @@ import (
 // Close codes the server sends (PROTOCOL.md section 6).
 const (
 	closeGoingAway = 1001
+	closePolicy    = 1008
 	closeTryAgain  = 1013
 )
 
@@ -196,7 +197,12 @@ func (c *conn) write(frame []byte) {
 // overflow closes a connection that cannot keep up with 1013, once. It runs
 // on the publishing goroutine, so the close frame is written by a goroutine
 // of its own that waits at most the write timeout for the writer.
-func (c *conn) overflow() {
+func (c *conn) overflow() { c.closeWith(closeTryAgain, "client too slow, resync") }
+
+// closeWith closes the connection with code, once, without blocking the
+// caller: the close frame is written by a goroutine of its own that waits at
+// most the write timeout for the writer. Nothing is delivered after it.
+func (c *conn) closeWith(code int, reason string) {
 	if c.full.Swap(true) {
 		return
 	}
@@ -204,7 +210,7 @@ func (c *conn) overflow() {
 	go func() {
 		defer c.api.closers.Done()
 		ws := c.session.WebsocketConnection()
-		msg := websocket.FormatCloseMessage(closeTryAgain, "client too slow, resync")
+		msg := websocket.FormatCloseMessage(code, reason)
 		_ = ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(defaultWriteWait))
 		c.cork.flush()
 		_ = ws.Close()
