@@ -128,7 +128,7 @@ func (p *publisher) afterCreate(db *gorm.DB) {
 type before struct {
 	m      *model
 	rows   []reflect.Value // the rows as they were (always for a delete)
-	keys   []any           // update: the keys of the rows it touches
+	keys   []any           // the keys of the rows it touches
 	seen   visibility
 	resync bool
 }
@@ -148,15 +148,10 @@ func (p *publisher) beforeUpdate(db *gorm.DB) {
 			db.AddError(err)
 			return
 		}
-		b.resync = resync
-		for _, r := range rows {
-			pk, _ := m.pkOf(db.Statement.Context, r)
-			b.keys = append(b.keys, pk)
-		}
+		b.resync, b.keys = resync, keysOf(db, m, rows)
 		if guarded {
 			b.rows = rows
-			if b.seen, err = p.api.snapshot(db, m.schema.ModelType, actionUpdate, b.keys); err != nil {
-				db.AddError(err)
+			if !p.snapshot(db, b, actionUpdate) {
 				return
 			}
 		}
@@ -164,12 +159,41 @@ func (p *publisher) beforeUpdate(db *gorm.DB) {
 	db.InstanceSet(keyBefore, b)
 }
 
-func (p *publisher) afterUpdate(db *gorm.DB) {
+// keysOf returns the primary keys of rows.
+func keysOf(db *gorm.DB, m *model, rows []reflect.Value) []any {
+	keys := make([]any, len(rows))
+	for i, r := range rows {
+		keys[i], _ = m.pkOf(db.Statement.Context, r)
+	}
+	return keys
+}
+
+// snapshot records in b which of its rows the subscribers of action events
+// can see before the statement; on failure the statement fails.
+func (p *publisher) snapshot(db *gorm.DB, b *before, action string) bool {
+	var err error
+	if b.seen, err = p.api.snapshot(db, b.m.schema.ModelType, action, b.keys); err != nil {
+		db.AddError(err)
+		return false
+	}
+	return true
+}
+
+// found returns what the before-callback stored, or false when there is
+// nothing to publish: no registered model, a failed statement, no row.
+func found(db *gorm.DB) (*before, bool) {
 	v, ok := db.InstanceGet(keyBefore)
 	if !ok || db.Error != nil || db.Statement.RowsAffected == 0 {
+		return nil, false
+	}
+	return v.(*before), true
+}
+
+func (p *publisher) afterUpdate(db *gorm.DB) {
+	b, ok := found(db)
+	if !ok {
 		return
 	}
-	b := v.(*before)
 	if b.resync {
 		p.record(db, []change{{typ: b.m.schema.ModelType, resync: true}})
 		return
@@ -208,12 +232,8 @@ func (p *publisher) beforeDelete(db *gorm.DB) {
 	}
 	b := &before{m: m, rows: rows, resync: resync}
 	if p.api.guarded(m.schema.ModelType) {
-		keys := make([]any, len(rows))
-		for i, r := range rows {
-			keys[i], _ = m.pkOf(db.Statement.Context, r)
-		}
-		if b.seen, err = p.api.snapshot(db, m.schema.ModelType, actionDelete, keys); err != nil {
-			db.AddError(err)
+		b.keys = keysOf(db, m, rows)
+		if !p.snapshot(db, b, actionDelete) {
 			return
 		}
 	}
@@ -221,11 +241,10 @@ func (p *publisher) beforeDelete(db *gorm.DB) {
 }
 
 func (p *publisher) afterDelete(db *gorm.DB) {
-	v, ok := db.InstanceGet(keyBefore)
-	if !ok || db.Error != nil || db.Statement.RowsAffected == 0 {
+	b, ok := found(db)
+	if !ok {
 		return
 	}
-	b := v.(*before)
 	if b.resync {
 		p.record(db, []change{{typ: b.m.schema.ModelType, resync: true}})
 		return
