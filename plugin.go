@@ -378,8 +378,8 @@ func (a *API) Shutdown(ctx context.Context) error {
 		a.mu.Unlock()
 		_ = a.melody.CloseWithMsg(melody.FormatCloseMessage(closeGoingAway, "server shutting down"))
 	})
-	// The broker first: it sends what is queued for the other instances,
-	// and stops resyncing the connections being closed.
+	// Then the broker: it sends what is queued for the other instances and
+	// stops resyncing the connections being closed.
 	if err := a.broker.shutdown(ctx); err != nil {
 		return err
 	}
