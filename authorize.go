@@ -133,6 +133,8 @@ func (v *viewSet[T]) filters(ctx context.Context, ch change) (allow, leave func(
 			keys, err := v.scopeKeys(v.api.db.WithContext(ctx), c.eventRequest(v.Stream, nil), []any{ch.pk})
 			if err != nil {
 				v.api.log.Error("channelsapi: authorize event", "stream", v.Stream, "err", err)
+				c.overflow() // unknown: resync rather than miss or leak
+				return false
 			}
 			in = keys[pkKey(ch.pk)]
 			scopeNow[key] = in
@@ -146,7 +148,14 @@ func (v *viewSet[T]) filters(ctx context.Context, ch change) (allow, leave func(
 			c.overflow()
 			return false
 		}
-		return seen[c.userKey()][pkKey(ch.pk)]
+		keys, known := seen[c.userKey()]
+		if !known {
+			// Subscribed after the statement ran: what it could see then is
+			// unknown, so it must resync rather than miss the change.
+			c.overflow()
+			return false
+		}
+		return keys[pkKey(ch.pk)]
 	}
 	visible := func(c *conn, obj *T, inScope func(*conn) bool) bool {
 		if obj == nil {

@@ -1,6 +1,9 @@
 package channelsapi
 
-import "context"
+import (
+	"context"
+	"sync"
+)
 
 // broker carries committed changes from this instance's publisher to the
 // subscribers of every instance of the application. The default,
@@ -24,15 +27,78 @@ type broker interface {
 	shutdown(ctx context.Context) error
 }
 
-// localBroker hands changes straight to this instance's subscribers.
-type localBroker struct{ api *API }
+// localBroker hands changes to this instance's subscribers. Commits append
+// them to a queue under the publisher's lock; one goroutine delivers them in
+// that order, so that authorizing events, which may query the database, never
+// runs under the lock (nor holds up the committing goroutine).
+type localBroker struct {
+	api    *API
+	wake   chan struct{} // a change was queued
+	done   chan struct{} // closed by shutdown
+	exited chan struct{} // closed when the goroutine has returned
+	once   sync.Once
 
-func (b localBroker) publish(changes []change) {
-	for _, ch := range changes {
-		b.api.deliver(ch)
+	mu      sync.Mutex
+	queue   []change
+	stopped bool
+}
+
+func newLocalBroker(a *API) *localBroker {
+	b := &localBroker{api: a, wake: make(chan struct{}, 1), done: make(chan struct{}), exited: make(chan struct{})}
+	go b.run()
+	return b
+}
+
+func (b *localBroker) publish(changes []change) {
+	b.mu.Lock()
+	if !b.stopped {
+		b.queue = append(b.queue, changes...)
+	}
+	b.mu.Unlock()
+	select {
+	case b.wake <- struct{}{}:
+	default:
 	}
 }
 
-func (localBroker) interest(string, bool)          {}
-func (localBroker) ready(context.Context, string)  {}
-func (localBroker) shutdown(context.Context) error { return nil }
+// run delivers queued changes in order until shutdown, then delivers what
+// was queued before it and returns.
+func (b *localBroker) run() {
+	defer close(b.exited)
+	for {
+		b.mu.Lock()
+		batch := b.queue
+		b.queue = nil
+		b.mu.Unlock()
+		for _, ch := range batch {
+			b.api.deliver(ch)
+		}
+		if len(batch) > 0 {
+			continue
+		}
+		select {
+		case <-b.wake:
+		case <-b.done:
+			b.mu.Lock()
+			batch, b.queue, b.stopped = b.queue, nil, true
+			b.mu.Unlock()
+			for _, ch := range batch {
+				b.api.deliver(ch)
+			}
+			return
+		}
+	}
+}
+
+func (*localBroker) interest(string, bool)         {}
+func (*localBroker) ready(context.Context, string) {}
+
+func (b *localBroker) shutdown(ctx context.Context) error {
+	b.once.Do(func() { close(b.done) })
+	select {
+	case <-b.exited:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

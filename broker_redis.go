@@ -109,6 +109,7 @@ func (a *API) startBroker() error {
 	rc := a.cfg.redis
 	switch {
 	case rc.url == "" && rc.client == nil:
+		a.broker = newLocalBroker(a)
 		return nil
 	case rc.url != "" && rc.client != nil:
 		return errors.New("channelsapi: WithRedis and WithRedisClient exclude each other")

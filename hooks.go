@@ -140,7 +140,8 @@ func (p *publisher) beforeUpdate(db *gorm.DB) {
 	}
 	b := &before{m: m}
 	guarded := p.api.guarded(m.schema.ModelType)
-	if keys := loadedKeys(db, m); len(keys) > 0 && !guarded {
+	_, where := db.Statement.Clauses["WHERE"]
+	if keys := loadedKeys(db, m); len(keys) > 0 && !guarded && !where {
 		b.keys = keys
 	} else {
 		rows, resync, err := p.matching(db, m)
@@ -276,9 +277,20 @@ func (p *publisher) record(db *gorm.DB, changes []change) {
 	if len(changes) == 0 {
 		return
 	}
-	if tx, ok := db.Statement.ConnPool.(*txPool); ok {
-		tx.add(changes)
+	pool := db.Statement.ConnPool
+	if p, ok := pool.(*gorm.PreparedStmtTX); ok { // db.Session(&gorm.Session{PrepareStmt: true})
+		pool = p.Tx
+	}
+	switch pool := pool.(type) {
+	case *txPool:
+		pool.add(changes)
 		return
+	case gorm.TxCommitter:
+		// A transaction begun outside the wrapped pool (db.Connection):
+		// its commit cannot be seen, so nothing is published for it and
+		// the subscribers of the model resync instead of missing it.
+		p.api.log.Warn("channelsapi: a write in a transaction begun outside the registered *gorm.DB (db.Connection?) cannot be published; subscribers resync")
+		changes = []change{{typ: changes[0].typ, resync: true}}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -163,9 +163,9 @@ func WithRateLimit(perSecond float64, burst int) Option {
 func WithMaxSubscriptions(n int) Option { return func(c *config) { c.subscriptions = n } }
 
 // WithKeepalive sets how often the server pings each connection and how long
-// it waits for any frame (a pong or a message) before it closes the
-// connection as dead. The defaults are 25 and 30 seconds; pongWait must be
-// longer than pingPeriod.
+// it waits for a pong before it closes the connection as dead (messages do
+// not count: every WebSocket client answers pings while it reads). The
+// defaults are 25 and 30 seconds; pongWait must be longer than pingPeriod.
 func WithKeepalive(pingPeriod, pongWait time.Duration) Option {
 	return func(c *config) { c.pingPeriod, c.pongWait = pingPeriod, pongWait }
 }
@@ -271,7 +271,6 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (*API, error) {
 			return nil, fmt.Errorf("channelsapi: mount debug page: %w", err)
 		}
 	}
-	a.broker = localBroker{api: a}
 	if err := a.startBroker(); err != nil {
 		return nil, err
 	}
@@ -424,7 +423,7 @@ func (a *API) Disconnect(match func(user any) bool) int {
 	n := 0
 	for _, s := range sessions {
 		if c, ok := s.Get(connKey); ok && match(c.(*conn).user) {
-			c.(*conn).closeWith(closePolicy, "authorization withdrawn")
+			c.(*conn).closeWith(s, closePolicy, "authorization withdrawn")
 			n++
 		}
 	}

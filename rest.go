@@ -28,12 +28,12 @@ func (v *viewSet[T]) mountREST(a *API) error {
 		g := a.rest.Group("/" + v.Stream)
 		g.GET("", a.restHandler(v, actionList))
 		g.GET("/:pk", a.restHandler(v, actionRetrieve))
-		if !v.ReadOnly {
-			g.POST("", a.restHandler(v, actionCreate))
-			g.PUT("/:pk", a.restHandler(v, actionUpdate))
-			g.PATCH("/:pk", a.restHandler(v, actionPatch))
-			g.DELETE("/:pk", a.restHandler(v, actionDelete))
-		}
+		// A ReadOnly ViewSet has these routes too: they answer 400
+		// {"detail": "Invalid Action"}, as the WebSocket does.
+		g.POST("", a.restHandler(v, actionCreate))
+		g.PUT("/:pk", a.restHandler(v, actionUpdate))
+		g.PATCH("/:pk", a.restHandler(v, actionPatch))
+		g.DELETE("/:pk", a.restHandler(v, actionDelete))
 		for name, act := range v.Actions {
 			method := act.Method
 			if method == "" {

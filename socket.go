@@ -197,19 +197,26 @@ func (c *conn) write(frame []byte) {
 // overflow closes a connection that cannot keep up with 1013, once. It runs
 // on the publishing goroutine, so the close frame is written by a goroutine
 // of its own that waits at most the write timeout for the writer.
-func (c *conn) overflow() { c.closeWith(closeTryAgain, "client too slow, resync") }
+func (c *conn) overflow() { c.closeWith(c.session, closeTryAgain, "client too slow, resync") }
 
 // closeWith closes the connection with code, once, without blocking the
 // caller: the close frame is written by a goroutine of its own that waits at
 // most the write timeout for the writer. Nothing is delivered after it.
-func (c *conn) closeWith(code int, reason string) {
-	if c.full.Swap(true) {
+func (c *conn) closeWith(s *melody.Session, code int, reason string) {
+	if s == nil || c.full.Swap(true) {
 		return
 	}
-	c.api.closers.Add(1)
+	a := c.api
+	a.mu.RLock()
+	if a.closing { // Shutdown closes it with 1001
+		a.mu.RUnlock()
+		return
+	}
+	a.closers.Add(1)
+	a.mu.RUnlock()
 	go func() {
-		defer c.api.closers.Done()
-		ws := c.session.WebsocketConnection()
+		defer a.closers.Done()
+		ws := s.WebsocketConnection()
 		msg := websocket.FormatCloseMessage(code, reason)
 		_ = ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(defaultWriteWait))
 		c.cork.flush()

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"reflect"
+	"runtime/debug"
 
 	"gorm.io/gorm"
 
@@ -117,37 +118,50 @@ func (a *API) deliver(ch change) {
 	rs := a.byType[ch.typ]
 	a.mu.RUnlock()
 	for _, r := range rs {
-		if ch.stream != "" && r.name() != ch.stream {
-			continue
+		if ch.stream == "" || r.name() == ch.stream {
+			a.deliverTo(r, ch)
 		}
-		if ch.resync {
+	}
+}
+
+// deliverTo fans ch out on r's stream. A panic of the application's
+// permission or scope code is logged and the stream's subscribers resync:
+// no event is lost silently, and the goroutine delivering survives.
+func (a *API) deliverTo(r resource, ch change) {
+	defer func() {
+		if p := recover(); p != nil {
+			a.log.Error("channelsapi: panic while authorizing an event", "stream", r.name(), "panic", p, "stack", string(debug.Stack()))
 			a.resync(r.name())
-			continue
 		}
-		ev, err := newEvent(r, ch)
+	}()
+	if ch.resync {
+		a.resync(r.name())
+		return
+	}
+	ev, err := newEvent(r, ch)
+	if err != nil {
+		a.log.Error("channelsapi: encode event", "stream", r.name(), "err", err)
+		a.resync(r.name())
+		return
+	}
+	if !r.guarded() {
+		a.hub.Publish(ev)
+		return
+	}
+	allow, leave := r.filters(context.Background(), ch)
+	ev.Allow = allow
+	a.hub.Publish(ev)
+	if leave != nil && ch.before != nil {
+		// Those who saw the object and no longer may get its last state
+		// they could see, as a delete, on their update subscriptions.
+		gone, err := newEvent(r, change{action: actionDelete, pk: ch.pk, data: ch.before})
 		if err != nil {
 			a.log.Error("channelsapi: encode event", "stream", r.name(), "err", err)
 			a.resync(r.name())
-			continue
+			return
 		}
-		if !r.guarded() {
-			a.hub.Publish(ev)
-			continue
-		}
-		allow, leave := r.filters(context.Background(), ch)
-		ev.Allow = allow
-		a.hub.Publish(ev)
-		if leave != nil && ch.before != nil {
-			// Those who saw the object and no longer may get its last
-			// state they could see, as a delete, on their update subscriptions.
-			gone, err := newEvent(r, change{action: actionDelete, pk: ch.pk, data: ch.before})
-			if err != nil {
-				a.log.Error("channelsapi: encode event", "stream", r.name(), "err", err)
-				continue
-			}
-			gone.Action, gone.Allow = actionUpdate, leave
-			a.hub.Publish(gone)
-		}
+		gone.Action, gone.Allow = actionUpdate, leave
+		a.hub.Publish(gone)
 	}
 }
 
