@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,9 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"gorm.io/driver/sqlite"
 	"gorm.io/gorm"
-	"gorm.io/gorm/logger"
 
 	"github.com/channelsapi/channelsapi"
 )
@@ -1072,14 +1069,7 @@ func openFKDB(tb testing.TB, models ...any) *gorm.DB {
 	if postgresDSN() != "" {
 		return openDB(tb, models...)
 	}
-	path := filepath.Join(tb.TempDir(), "fk.db")
-	db, err := gorm.Open(sqlite.Open("file:"+path+"?_journal_mode=WAL&_busy_timeout=10000&_txlock=immediate&_foreign_keys=1"),
-		&gorm.Config{Logger: logger.Discard})
-	require.NoError(tb, err)
-	sqlDB, err := db.DB()
-	require.NoError(tb, err)
-	tb.Cleanup(func() { _ = sqlDB.Close() })
-	require.NoError(tb, db.AutoMigrate(models...))
+	db := openSQLite(tb, "&_foreign_keys=1", models...)
 	var on int
 	require.NoError(tb, db.Raw("PRAGMA foreign_keys").Scan(&on).Error)
 	require.Equal(tb, 1, on, "foreign keys enforced")

@@ -52,8 +52,15 @@ func openDB(tb testing.TB, models ...any) *gorm.DB {
 	if dsn := postgresDSN(); dsn != "" {
 		return openPostgres(tb, dsn, models...)
 	}
+	return openSQLite(tb, "", models...)
+}
+
+// openSQLite opens a fresh SQLite file with extra DSN parameters (e.g.
+// "&_foreign_keys=1") and migrates models.
+func openSQLite(tb testing.TB, params string, models ...any) *gorm.DB {
+	tb.Helper()
 	path := filepath.Join(tb.TempDir(), "test.db")
-	db, err := gorm.Open(sqlite.Open("file:"+path+"?_journal_mode=WAL&_busy_timeout=10000&_txlock=immediate"),
+	db, err := gorm.Open(sqlite.Open("file:"+path+"?_journal_mode=WAL&_busy_timeout=10000&_txlock=immediate"+params),
 		&gorm.Config{Logger: logger.Discard})
 	require.NoError(tb, err)
 	sqlDB, err := db.DB()
