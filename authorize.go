@@ -142,16 +142,12 @@ func (v *viewSet[T]) filters(ctx context.Context, ch change) (allow, leave func(
 		return in
 	}
 	inScopeBefore := func(c *conn) bool {
-		if ch.remote && v.Scope != nil {
-			// Written on another instance: what the subscriber could see
-			// before is unknown here, so it must resync rather than guess.
-			c.overflow()
-			return false
-		}
 		keys, known := seen[c.userKey()]
 		if !known {
-			// Subscribed after the statement ran: what it could see then is
-			// unknown, so it must resync rather than miss the change.
+			// Not in the snapshot (it subscribed after the statement ran, or
+			// the change was written on another instance, which sends no
+			// snapshot): what it could see before is unknown, so it must
+			// resync rather than miss or guess.
 			c.overflow()
 			return false
 		}

@@ -208,7 +208,7 @@ func (b *redisBroker) receive(stream string, payload []byte) {
 	default:
 		ch, ok := b.sent(w)
 		if !ok {
-			ch = change{typ: r.model().schema.ModelType, action: w.Action, pk: pk, data: w.Data, remote: true}
+			ch = change{typ: r.model().schema.ModelType, action: w.Action, pk: pk, data: w.Data} // no seen: remote subscribers of a Scope resync
 			if d, isDecoder := r.(objectDecoder); isDecoder && r.guarded() {
 				ch.obj, _ = d.decodeObject(w.Data)
 				if w.Before != nil {

@@ -42,7 +42,6 @@ type change struct {
 	obj    any             // the object, a *T of its own, for authorization
 	resync bool            // too many rows: subscribers of the type must resync
 	stream string          // from a broker: for this stream only (empty: every stream of typ)
-	remote bool            // from another instance (Redis): obj and beforeObj are decoded from JSON, seen is nil
 
 	// For an update of a model whose events are authorized per recipient:
 	// the row before the statement. For updates and deletes: which rows the
