@@ -261,3 +261,52 @@ func names(n int) []string {
 	}
 	return out
 }
+
+// objectWriter makes, updates and deletes objects of one stream, one after
+// the other, for tests that run several writers at once; ids are JSON
+// numbers.
+type objectWriter struct {
+	create func(text string) float64
+	update func(id float64, text string)
+	remove func(id float64)
+}
+
+// restWriter writes objects of stream over s's REST routes, setting field.
+func restWriter(tb testing.TB, s *testServer, stream, field string) objectWriter {
+	body := func(text string) string { return `{"` + field + `":"` + text + `"}` }
+	return objectWriter{
+		create: func(text string) float64 {
+			status, got := s.doREST(tb, http.MethodPost, "/"+stream, body(text))
+			require.Equal(tb, http.StatusCreated, status, "%v", got)
+			return got.(map[string]any)["id"].(float64)
+		},
+		update: func(id float64, text string) {
+			status, got := s.doREST(tb, http.MethodPatch, fmt.Sprintf("/%s/%v", stream, id), body(text))
+			require.Equal(tb, http.StatusOK, status, "%v", got)
+		},
+		remove: func(id float64) {
+			status, _ := s.doREST(tb, http.MethodDelete, fmt.Sprintf("/%s/%v", stream, id), "")
+			require.Equal(tb, http.StatusNoContent, status)
+		},
+	}
+}
+
+// socketWriter writes objects of stream over a WebSocket of its own to s.
+func socketWriter(tb testing.TB, s *testServer, stream, field string) objectWriter {
+	c := s.dial(tb, nil)
+	return objectWriter{
+		create: func(text string) float64 {
+			got := c.request(stream, map[string]any{"action": "create", "data": map[string]any{field: text}, "request_id": text})
+			require.EqualValues(tb, 201, got["response_status"], "%v", got)
+			return got["data"].(map[string]any)["id"].(float64)
+		},
+		update: func(id float64, text string) {
+			got := c.request(stream, map[string]any{"action": "patch", "pk": id, "data": map[string]any{field: text}, "request_id": text})
+			require.EqualValues(tb, 200, got["response_status"], "%v", got)
+		},
+		remove: func(id float64) {
+			got := c.request(stream, map[string]any{"action": "delete", "pk": id, "request_id": id})
+			require.EqualValues(tb, 200, got["response_status"], "%v", got)
+		},
+	}
+}

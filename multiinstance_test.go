@@ -117,47 +117,9 @@ func TestMultiInstance(t *testing.T) {
 		subscribe(c)
 	}
 
-	type writer struct {
-		create func(text string) float64
-		update func(id float64, text string)
-		remove func(id float64)
-	}
-	rest := func(s *instance) writer {
-		return writer{
-			create: func(text string) float64 {
-				status, body := s.doREST(t, http.MethodPost, "/questions", `{"question_text":"`+text+`"}`)
-				require.Equal(t, http.StatusCreated, status, "%v", body)
-				return body.(map[string]any)["id"].(float64)
-			},
-			update: func(id float64, text string) {
-				status, body := s.doREST(t, http.MethodPatch, fmt.Sprintf("/questions/%v", id), `{"question_text":"`+text+`"}`)
-				require.Equal(t, http.StatusOK, status, "%v", body)
-			},
-			remove: func(id float64) {
-				status, _ := s.doREST(t, http.MethodDelete, fmt.Sprintf("/questions/%v", id), "")
-				require.Equal(t, http.StatusNoContent, status)
-			},
-		}
-	}
-	socket := func(s *instance) writer {
-		c := s.dial(t, nil)
-		return writer{
-			create: func(text string) float64 {
-				got := c.request("questions", map[string]any{"action": "create", "data": map[string]any{"question_text": text}, "request_id": text})
-				require.EqualValues(t, 201, got["response_status"], "%v", got)
-				return got["data"].(map[string]any)["id"].(float64)
-			},
-			update: func(id float64, text string) {
-				got := c.request("questions", map[string]any{"action": "patch", "pk": id, "data": map[string]any{"question_text": text}, "request_id": text})
-				require.EqualValues(t, 200, got["response_status"], "%v", got)
-			},
-			remove: func(id float64) {
-				got := c.request("questions", map[string]any{"action": "delete", "pk": id, "request_id": id})
-				require.EqualValues(t, 200, got["response_status"], "%v", got)
-			},
-		}
-	}
-	writers := map[string]writer{"rest-a": rest(a), "rest-b": rest(b), "ws-a": socket(a), "ws-b": socket(b)}
+	rest := func(s *instance) objectWriter { return restWriter(t, s.testServer, "questions", "question_text") }
+	socket := func(s *instance) objectWriter { return socketWriter(t, s.testServer, "questions", "question_text") }
+	writers := map[string]objectWriter{"rest-a": rest(a), "rest-b": rest(b), "ws-a": socket(a), "ws-b": socket(b)}
 	const objects = 10
 	var mu sync.Mutex
 	want := map[float64][]string{}

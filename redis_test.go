@@ -179,60 +179,22 @@ func TestRedisEachChangeOnceOnEveryInstance(t *testing.T) {
 
 	// Each writer makes objects one after the other: create, two updates,
 	// delete; the writers run at the same time.
-	type op struct {
-		create func(name string) uint
-		update func(id uint, name string)
-		remove func(id uint)
-	}
-	rest := func(s *testServer) op {
-		return op{
-			create: func(name string) uint {
-				status, body := s.doREST(t, http.MethodPost, "/testmodel", `{"name":"`+name+`"}`)
-				require.Equal(t, http.StatusCreated, status, "%v", body)
-				return uint(body.(map[string]any)["id"].(float64))
-			},
-			update: func(id uint, name string) {
-				status, body := s.doREST(t, http.MethodPatch, fmt.Sprintf("/testmodel/%d", id), `{"name":"`+name+`"}`)
-				require.Equal(t, http.StatusOK, status, "%v", body)
-			},
-			remove: func(id uint) {
-				status, _ := s.doREST(t, http.MethodDelete, fmt.Sprintf("/testmodel/%d", id), "")
-				require.Equal(t, http.StatusNoContent, status)
-			},
-		}
-	}
-	socket := func(s *testServer) op {
-		c := s.dial(t, nil)
-		return op{
-			create: func(name string) uint {
-				got := c.request("testmodel", map[string]any{"action": "create", "data": map[string]any{"name": name}, "request_id": name})
-				require.EqualValues(t, 201, got["response_status"], "%v", got)
-				return uint(got["data"].(map[string]any)["id"].(float64))
-			},
-			update: func(id uint, name string) {
-				got := c.request("testmodel", map[string]any{"action": "patch", "pk": id, "data": map[string]any{"name": name}, "request_id": name})
-				require.EqualValues(t, 200, got["response_status"], "%v", got)
-			},
-			remove: func(id uint) {
-				got := c.request("testmodel", map[string]any{"action": "delete", "pk": id, "request_id": id})
-				require.EqualValues(t, 200, got["response_status"], "%v", got)
-			},
-		}
-	}
-	orm := func(db *gorm.DB) op {
-		return op{
-			create: func(name string) uint {
+	orm := func(db *gorm.DB) objectWriter {
+		return objectWriter{
+			create: func(name string) float64 {
 				m := TestModel{Name: name}
 				require.NoError(t, db.Create(&m).Error)
-				return m.ID
+				return float64(m.ID)
 			},
-			update: func(id uint, name string) {
-				require.NoError(t, db.Model(&TestModel{ID: id}).Update("name", name).Error)
+			update: func(id float64, name string) {
+				require.NoError(t, db.Model(&TestModel{ID: uint(id)}).Update("name", name).Error)
 			},
-			remove: func(id uint) { require.NoError(t, db.Delete(&TestModel{ID: id}).Error) },
+			remove: func(id float64) { require.NoError(t, db.Delete(&TestModel{ID: uint(id)}).Error) },
 		}
 	}
-	writers := map[string]op{"rest-a": rest(a), "ws-b": socket(b), "gorm-a": orm(a.DB), "gorm-b": orm(b.DB), "rest-b": rest(b)}
+	rest := func(s *testServer) objectWriter { return restWriter(t, s, "testmodel", "name") }
+	socket := func(s *testServer) objectWriter { return socketWriter(t, s, "testmodel", "name") }
+	writers := map[string]objectWriter{"rest-a": rest(a), "ws-b": socket(b), "gorm-a": orm(a.DB), "gorm-b": orm(b.DB), "rest-b": rest(b)}
 
 	const objects = 8
 	var mu sync.Mutex
@@ -247,9 +209,10 @@ func TestRedisEachChangeOnceOnEveryInstance(t *testing.T) {
 				w.update(id, n+"-v2")
 				w.remove(id)
 				mu.Lock()
-				want[float64(id)] = []map[string]any{
-					event("create", id, n+"-v0"), event("update", id, n+"-v1"),
-					event("update", id, n+"-v2"), event("delete", id, n+"-v2"),
+				pk := uint(id)
+				want[id] = []map[string]any{
+					event("create", pk, n+"-v0"), event("update", pk, n+"-v1"),
+					event("update", pk, n+"-v2"), event("delete", pk, n+"-v2"),
 				}
 				mu.Unlock()
 			}
@@ -284,7 +247,7 @@ func TestRedisEachChangeOnceOnEveryInstance(t *testing.T) {
 		fences := map[float64]bool{}
 		for range 2 {
 			e := c.readPayload("testmodel")
-			assert.Contains(t, []float64{float64(fenceA), float64(fenceB)}, e["pk"], "reader %d: no duplicate", i)
+			assert.Contains(t, []float64{fenceA, fenceB}, e["pk"], "reader %d: no duplicate", i)
 			fences[e["pk"].(float64)] = true
 		}
 		assert.Len(t, fences, 2, "reader %d", i)
