@@ -2,12 +2,9 @@ package channelsapi
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/redis/go-redis/v9"
 
@@ -61,64 +58,32 @@ func WithRedisPrefix(prefix string) Option { return func(c *config) { c.redis.pr
 // queued before it. The default is 10000.
 func WithRedisQueueSize(n int) Option { return func(c *config) { c.redis.queueSize = n } }
 
-// redisBroker publishes changes on Redis and delivers what Redis sends back:
-// this instance's own changes included, so that every instance delivers the
-// changes of a stream in the same order, each once.
+// redisBroker publishes changes on Redis and hands what Redis sends back,
+// this instance's own changes included, to delivery: every instance
+// delivers the changes of a stream in the same order, each once. Its reader
+// goroutine only queues what it receives; decoding and authorizing run on
+// the stream's delivery goroutine.
 type redisBroker struct {
 	api    *API
 	rb     *redisbroker.Broker
 	client redis.UniversalClient
-	own    bool   // the API opened client and closes it
-	origin string // random id of this API, in its changes on Redis
-
-	// Changes of models whose events are authorized per recipient keep
-	// what does not travel (the objects with every field, the visibility
-	// snapshot) here until they come back from Redis, in publishing order.
-	mu      sync.Mutex
-	next    uint64
-	pending []sentChange
+	own    bool // the API opened client and closes it
 }
 
-// sentChange is a change this instance published, awaiting its echo.
-type sentChange struct {
-	id uint64
-	ch change
-}
-
-// maxPending bounds redisBroker.pending; the oldest half is forgotten beyond
-// it (their echoes are then decoded like other instances' changes).
-const maxPending = 4096
-
-// objectDecoder is implemented by *viewSet[T]: it decodes an object from its
-// JSON, for authorizing a change that came from another instance.
-type objectDecoder interface {
-	decodeObject(data json.RawMessage) (any, error)
-}
-
-func (v *viewSet[T]) decodeObject(data json.RawMessage) (any, error) {
-	obj := new(T)
-	if err := json.Unmarshal(data, obj); err != nil {
-		return nil, err
-	}
-	return obj, nil
-}
-
-// startBroker replaces the local broker by the Redis one when an option asks
-// for it.
-func (a *API) startBroker() error {
+// startRelay sets the relay: the Redis broker when an option asks for it,
+// else the local one.
+func (a *API) startRelay() error {
 	rc := a.cfg.redis
 	switch {
 	case rc.url == "" && rc.client == nil:
-		a.broker = newLocalBroker(a)
+		a.relay = localRelay{a.delivery}
 		return nil
 	case rc.url != "" && rc.client != nil:
 		return errors.New("channelsapi: WithRedis and WithRedisClient exclude each other")
 	case rc.queueSize < 0:
 		return fmt.Errorf("channelsapi: Redis queue size must not be negative, got %d", rc.queueSize)
 	}
-	id := make([]byte, 8)
-	_, _ = rand.Read(id)
-	b := &redisBroker{api: a, client: rc.client, origin: hex.EncodeToString(id)}
+	b := &redisBroker{api: a, client: rc.client}
 	if b.client == nil {
 		opts, err := redis.ParseURL(rc.url)
 		if err != nil {
@@ -142,7 +107,7 @@ func (a *API) startBroker() error {
 		return fmt.Errorf("channelsapi: %w", err)
 	}
 	b.rb = rb
-	a.broker = b
+	a.relay = b
 	a.hub.OnInterest(b.interest)
 	return nil
 }
@@ -153,10 +118,12 @@ type wireChange struct {
 	Key    string          `json:"k"` // pkKey of the primary key
 	Data   json.RawMessage `json:"d"`
 	// For models whose events are authorized per recipient: the row before
-	// an update, and which change of which instance this is.
-	Before json.RawMessage `json:"b,omitempty"`
-	Origin string          `json:"o,omitempty"`
-	ID     uint64          `json:"i,omitempty"`
+	// an update, and the column values of the row and of the row before
+	// (every column, also those the JSON hides), which the Scope and the
+	// permissions are evaluated on.
+	Before    json.RawMessage `json:"b,omitempty"`
+	Row       json.RawMessage `json:"r,omitempty"`
+	BeforeRow json.RawMessage `json:"p,omitempty"`
 }
 
 func (b *redisBroker) publish(changes []change) {
@@ -168,14 +135,22 @@ func (b *redisBroker) publish(changes []change) {
 			continue
 		}
 		var msg []byte
-		if !ch.resync {
+		if ch.resync == "" {
 			w := wireChange{Action: ch.action, Key: pkKey(ch.pk), Data: ch.data}
-			if b.api.guarded(ch.typ) {
-				w.Before, w.Origin, w.ID = ch.before, b.origin, b.keep(ch)
-			}
 			var err error
-			if msg, err = json.Marshal(w); err != nil {
+			if b.api.guarded(ch.typ) {
+				m := rs[0].model()
+				w.Before = ch.before
+				if w.Row, err = m.columns(ch.obj); err == nil {
+					w.BeforeRow, err = m.columns(ch.beforeObj)
+				}
+			}
+			if err == nil {
+				msg, err = json.Marshal(w)
+			}
+			if err != nil {
 				b.api.log.Error("channelsapi: encode change for Redis", "err", err)
+				msg = nil
 			}
 		}
 		for _, r := range rs {
@@ -188,84 +163,51 @@ func (b *redisBroker) publish(changes []change) {
 	}
 }
 
-// receive delivers a change from Redis to this instance's subscribers of
-// stream.
+// receive queues a change from Redis for this instance's subscribers of
+// stream. It runs on the Redis reader goroutine: it only queues.
 func (b *redisBroker) receive(stream string, payload []byte) {
 	r, ok := b.api.resource(stream)
 	if !ok {
 		return // a stream this instance does not serve
 	}
+	b.api.delivery.received(stream, func() (change, error) { return decodeWireChange(r, payload) })
+}
+
+// decodeWireChange decodes a change of r's stream from Redis.
+func decodeWireChange(r resource, payload []byte) (change, error) {
 	var w wireChange
-	err := json.Unmarshal(payload, &w)
-	pk, ok := r.model().parsePKText(w.Key)
-	switch {
-	case err != nil || w.Action != actionCreate && w.Action != actionUpdate && w.Action != actionDelete:
-		b.api.log.Error("channelsapi: undecodable change from Redis", "stream", stream, "err", err)
-		b.api.resync(stream)
-	case !ok:
-		b.api.log.Error("channelsapi: change from Redis with an invalid key", "stream", stream, "key", w.Key)
-		b.api.resync(stream)
-	default:
-		ch, ok := b.sent(w)
-		if !ok {
-			ch = change{typ: r.model().schema.ModelType, action: w.Action, pk: pk, data: w.Data} // no seen: remote subscribers of a Scope resync
-			if d, isDecoder := r.(objectDecoder); isDecoder && r.guarded() {
-				ch.obj, _ = d.decodeObject(w.Data)
-				if w.Before != nil {
-					ch.before = w.Before
-					ch.beforeObj, _ = d.decodeObject(w.Before)
-				}
-			}
+	if err := json.Unmarshal(payload, &w); err != nil {
+		return change{}, err
+	}
+	if w.Action != actionCreate && w.Action != actionUpdate && w.Action != actionDelete {
+		return change{}, fmt.Errorf("unknown action %q", w.Action)
+	}
+	m := r.model()
+	pk, ok := m.parsePKText(w.Key)
+	if !ok {
+		return change{}, fmt.Errorf("invalid key %q", w.Key)
+	}
+	ch := change{typ: m.schema.ModelType, action: w.Action, pk: pk, data: w.Data, before: w.Before}
+	if !r.guarded() {
+		return ch, nil
+	}
+	var err error
+	if ch.obj, err = m.decodeObject(w.Data, w.Row); err != nil {
+		return change{}, err
+	}
+	if w.Before != nil {
+		if ch.beforeObj, err = m.decodeObject(w.Before, w.BeforeRow); err != nil {
+			return change{}, err
 		}
-		ch.stream = stream
-		b.api.deliver(ch)
 	}
+	return ch, nil
 }
 
-// keep remembers a change of a guarded model until it comes back, and
-// returns its id. It runs under the publisher's lock.
-func (b *redisBroker) keep(ch change) uint64 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.next++
-	if len(b.pending) >= maxPending {
-		b.pending = append([]sentChange(nil), b.pending[len(b.pending)/2:]...)
-	}
-	b.pending = append(b.pending, sentChange{id: b.next, ch: ch})
-	return b.next
-}
-
-// sent returns this instance's own change that w is the echo of. Changes
-// come back in the order they were published, so older ones never will (no
-// interest here in their streams, or lost): they are forgotten. The change
-// itself stays, for its echoes on other streams of its model.
-func (b *redisBroker) sent(w wireChange) (change, bool) {
-	if w.Origin != b.origin || w.ID == 0 {
-		return change{}, false
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	i := 0
-	for i < len(b.pending) && b.pending[i].id < w.ID {
-		i++
-	}
-	b.pending = b.pending[i:]
-	if len(b.pending) > 0 && b.pending[0].id == w.ID {
-		return b.pending[0].ch, true
-	}
-	return change{}, false
-}
-
-// lost resyncs the subscribers of streams whose events may have been lost.
+// lost resyncs the subscribers of streams whose events may have been lost,
+// after what was received before.
 func (b *redisBroker) lost(streams []string) {
-	b.api.mu.RLock()
-	closing := b.api.closing
-	b.api.mu.RUnlock()
-	if closing {
-		return // every socket is being closed with 1001
-	}
 	for _, s := range streams {
-		b.api.resync(s)
+		b.api.delivery.lost(s, reasonBrokerGap)
 	}
 }
 

@@ -339,3 +339,49 @@ func (m *model) changed(ctx context.Context, before, after reflect.Value) []stri
 	}
 	return columns
 }
+
+// columns encodes the column values of obj (a *T of m, or nil) as a JSON
+// object by column name: every column, also those the model's JSON hides,
+// so that another instance can rebuild the row (decodeObject).
+func (m *model) columns(obj any) (json.RawMessage, error) {
+	if obj == nil {
+		return nil, nil
+	}
+	rv := reflect.ValueOf(obj)
+	if rv.Kind() != reflect.Pointer || rv.IsNil() {
+		return nil, nil
+	}
+	rv = rv.Elem()
+	values := make(map[string]any, len(m.schema.DBNames))
+	for _, name := range m.schema.DBNames {
+		values[name] = m.schema.FieldsByDBName[name].ReflectValueOf(context.Background(), rv).Interface()
+	}
+	return json.Marshal(values)
+}
+
+// decodeObject rebuilds a *T of m from its JSON and, when given, its column
+// values (columns).
+func (m *model) decodeObject(data, columns json.RawMessage) (any, error) {
+	obj := reflect.New(m.schema.ModelType)
+	if err := json.Unmarshal(data, obj.Interface()); err != nil {
+		return nil, err
+	}
+	if len(columns) == 0 {
+		return obj.Interface(), nil
+	}
+	var values map[string]json.RawMessage
+	if err := json.Unmarshal(columns, &values); err != nil {
+		return nil, err
+	}
+	for name, raw := range values {
+		f, ok := m.schema.FieldsByDBName[name]
+		if !ok {
+			continue
+		}
+		dst := f.ReflectValueOf(context.Background(), obj.Elem())
+		if err := json.Unmarshal(raw, dst.Addr().Interface()); err != nil {
+			return nil, fmt.Errorf("column %s: %w", name, err)
+		}
+	}
+	return obj.Interface(), nil
+}

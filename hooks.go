@@ -31,24 +31,25 @@ import (
 // statement's WHERE clause as a SELECT in the same transaction first (up to
 // the bulk event limit). Updated rows are read back after the statement, so
 // events carry the state the row has in the database; deleted rows are read
-// before, so a delete event carries the object as it was.
+// before, so a delete event carries the object as it was. For models whose
+// events are authorized per recipient, updated rows are also read before the
+// statement, so that a subscriber who can no longer see a row is told
+// (authorize.go). Committed changes go to the relay (broker.go), which hands
+// them to delivery (delivery.go).
 
-// change is one captured row change.
+// change is one captured row change, or a resync of the streams of typ.
 type change struct {
 	typ    reflect.Type
 	action string
 	pk     any
 	data   json.RawMessage // the object, serialized once
 	obj    any             // the object, a *T of its own, for authorization
-	resync bool            // too many rows: subscribers of the type must resync
-	stream string          // from a broker: for this stream only (empty: every stream of typ)
+	resync string          // not empty: no event, the subscribers resync for this reason
 
 	// For an update of a model whose events are authorized per recipient:
-	// the row before the statement. For updates and deletes: which rows the
-	// subscribed users could see before it (authorize.go).
+	// the row before the statement, for leave detection (authorize.go).
 	before    json.RawMessage
 	beforeObj any
-	seen      visibility
 }
 
 // publisher is the GORM plugin. Its mutex is held from the commit of a
@@ -128,7 +129,6 @@ type before struct {
 	m      *model
 	rows   []reflect.Value // the rows as they were (always for a delete)
 	keys   []any           // the keys of the rows it touches
-	seen   visibility
 	resync bool
 }
 
@@ -151,9 +151,6 @@ func (p *publisher) beforeUpdate(db *gorm.DB) {
 		b.resync, b.keys = resync, keysOf(db, m, rows)
 		if guarded {
 			b.rows = rows
-			if !p.snapshot(db, b, actionUpdate) {
-				return
-			}
 		}
 	}
 	db.InstanceSet(keyBefore, b)
@@ -166,17 +163,6 @@ func keysOf(db *gorm.DB, m *model, rows []reflect.Value) []any {
 		keys[i], _ = m.pkOf(db.Statement.Context, r)
 	}
 	return keys
-}
-
-// snapshot records in b which of its rows the subscribers of action events
-// can see before the statement; on failure the statement fails.
-func (p *publisher) snapshot(db *gorm.DB, b *before, action string) bool {
-	var err error
-	if b.seen, err = p.api.snapshot(db, b.m.schema.ModelType, action, b.keys); err != nil {
-		db.AddError(err)
-		return false
-	}
-	return true
 }
 
 // found returns what the before-callback stored, or false when there is
@@ -195,7 +181,7 @@ func (p *publisher) afterUpdate(db *gorm.DB) {
 		return
 	}
 	if b.resync {
-		p.record(db, []change{{typ: b.m.schema.ModelType, resync: true}})
+		p.record(db, []change{{typ: b.m.schema.ModelType, resync: reasonBulkChange}})
 		return
 	}
 	rows, err := p.byKeys(db, b.m, b.keys)
@@ -213,7 +199,7 @@ func (p *publisher) afterUpdate(db *gorm.DB) {
 		ch := p.changeOf(db, b.m, actionUpdate, obj)
 		if r, ok := old[pkKey(ch.pk)]; ok {
 			prev := p.changeOf(db, b.m, actionUpdate, r)
-			ch.before, ch.beforeObj, ch.seen = prev.data, prev.obj, b.seen
+			ch.before, ch.beforeObj = prev.data, prev.obj
 		}
 		changes = append(changes, ch)
 	}
@@ -230,14 +216,7 @@ func (p *publisher) beforeDelete(db *gorm.DB) {
 		db.AddError(err)
 		return
 	}
-	b := &before{m: m, rows: rows, resync: resync}
-	if p.api.guarded(m.schema.ModelType) {
-		b.keys = keysOf(db, m, rows)
-		if !p.snapshot(db, b, actionDelete) {
-			return
-		}
-	}
-	db.InstanceSet(keyBefore, b)
+	db.InstanceSet(keyBefore, &before{m: m, rows: rows, resync: resync})
 }
 
 func (p *publisher) afterDelete(db *gorm.DB) {
@@ -246,14 +225,12 @@ func (p *publisher) afterDelete(db *gorm.DB) {
 		return
 	}
 	if b.resync {
-		p.record(db, []change{{typ: b.m.schema.ModelType, resync: true}})
+		p.record(db, []change{{typ: b.m.schema.ModelType, resync: reasonBulkChange}})
 		return
 	}
 	var changes []change
 	for _, obj := range b.rows {
-		ch := p.changeOf(db, b.m, actionDelete, obj)
-		ch.seen = b.seen
-		changes = append(changes, ch)
+		changes = append(changes, p.changeOf(db, b.m, actionDelete, obj))
 	}
 	p.record(db, changes)
 }
@@ -263,7 +240,7 @@ func (p *publisher) changeOf(db *gorm.DB, m *model, action string, obj reflect.V
 	data, err := json.Marshal(obj.Addr().Interface())
 	if err != nil {
 		p.api.log.Error("channelsapi: encode event", "model", m.schema.Name, "pk", pk, "err", err)
-		return change{typ: m.schema.ModelType, resync: true}
+		return change{typ: m.schema.ModelType, resync: reasonEncoding}
 	}
 	own := reflect.New(m.schema.ModelType)
 	own.Elem().Set(obj)
@@ -289,11 +266,11 @@ func (p *publisher) record(db *gorm.DB, changes []change) {
 		// its commit cannot be seen, so nothing is published for it and
 		// the subscribers of the model resync instead of missing it.
 		p.api.log.Warn("channelsapi: a write in a transaction begun outside the registered *gorm.DB (db.Connection?) cannot be published; subscribers resync")
-		changes = []change{{typ: changes[0].typ, resync: true}}
+		changes = []change{{typ: changes[0].typ, resync: reasonUntracked}}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.api.publish(changes)
+	p.api.relay.publish(changes)
 }
 
 // rowsOf returns the addressable model structs in v (a struct, or a slice or
@@ -530,7 +507,7 @@ func (t *txPool) Commit() error {
 	if err := t.committer.Commit(); err != nil {
 		return err
 	}
-	t.pub.api.publish(changes)
+	t.pub.api.relay.publish(changes)
 	return nil
 }
 

@@ -29,6 +29,7 @@ const (
 	DefaultMaxMessageSize = 64 << 10
 	DefaultQueueSize      = 256
 	DefaultBulkEventLimit = 10000
+	DefaultDeliveryQueue  = 10000
 	DefaultRate           = 50  // messages per second and connection
 	DefaultBurst          = 200 // messages a connection may send at once
 	DefaultSubscriptions  = 1000
@@ -49,6 +50,7 @@ type config struct {
 	pageSize       int
 	maxPageSize    int
 	bulkLimit      int
+	deliveryQueue  int
 	logger         *slog.Logger
 	user           func(*gin.Context) any
 	permission     Permission
@@ -103,6 +105,14 @@ func WithPageSize(size, max int) Option {
 // the subscribers of the stream are closed with 1013 so that they resync.
 // The default is 10000.
 func WithBulkEventLimit(n int) Option { return func(c *config) { c.bulkLimit = n } }
+
+// WithDeliveryQueueSize sets how many committed changes may wait to be
+// delivered to the subscribers of one stream (each stream is delivered by a
+// goroutine of its own). When a stream's queue is full its subscribers are
+// closed with 1013 (reason "delivery queue full") after the events queued
+// before, and must load their state again; nothing is dropped silently.
+// The default is 10000.
+func WithDeliveryQueueSize(n int) Option { return func(c *config) { c.deliveryQueue = n } }
 
 // WithLogger sets where internal errors are logged; the default is
 // slog.Default().
@@ -173,14 +183,15 @@ func WithKeepalive(pingPeriod, pongWait time.Duration) Option {
 // API serves the added ViewSets. It is safe for concurrent use; add every
 // ViewSet before the router starts serving.
 type API struct {
-	db     *gorm.DB
-	cfg    config
-	rest   gin.IRouter
-	melody *melody.Melody
-	hub    *fanout.Hub
-	log    *slog.Logger
-	pub    *publisher
-	broker broker // localBroker, or redisBroker with WithRedis
+	db       *gorm.DB
+	cfg      config
+	rest     gin.IRouter
+	melody   *melody.Melody
+	hub      *fanout.Hub
+	log      *slog.Logger
+	pub      *publisher
+	relay    relay // localRelay, or redisBroker with WithRedis
+	delivery *delivery
 
 	mu        sync.RWMutex
 	streams   map[string]resource
@@ -208,6 +219,7 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (*API, error) {
 		pageSize:       DefaultPageSize,
 		maxPageSize:    DefaultMaxPageSize,
 		bulkLimit:      DefaultBulkEventLimit,
+		deliveryQueue:  DefaultDeliveryQueue,
 		logger:         slog.Default(),
 		user:           contextUser,
 		permission:     AllowAny(),
@@ -229,6 +241,8 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (*API, error) {
 		return nil, fmt.Errorf("channelsapi: invalid page sizes %d (max %d)", cfg.pageSize, cfg.maxPageSize)
 	case cfg.bulkLimit <= 0:
 		return nil, fmt.Errorf("channelsapi: bulk event limit must be positive, got %d", cfg.bulkLimit)
+	case cfg.deliveryQueue <= 0:
+		return nil, fmt.Errorf("channelsapi: delivery queue size must be positive, got %d", cfg.deliveryQueue)
 	case !strings.HasPrefix(cfg.path, "/"):
 		return nil, fmt.Errorf("channelsapi: WebSocket path %q must start with /", cfg.path)
 	case cfg.user == nil || cfg.logger == nil || cfg.permission == nil:
@@ -271,12 +285,14 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (*API, error) {
 			return nil, fmt.Errorf("channelsapi: mount debug page: %w", err)
 		}
 	}
-	if err := a.startBroker(); err != nil {
+	a.delivery = newDelivery(a.hub, a.log, cfg.deliveryQueue)
+	if err := a.startRelay(); err != nil {
 		return nil, err
 	}
 	a.pub = newPublisher(a)
 	if err := db.Use(a.pub); err != nil {
-		_ = a.broker.shutdown(context.Background())
+		_ = a.relay.shutdown(context.Background())
+		_ = a.delivery.close(context.Background())
 		return nil, fmt.Errorf("channelsapi: install change capture: %w", err)
 	}
 	return a, nil
@@ -334,7 +350,20 @@ func (a *API) add(r resource) error {
 	a.streams[r.name()] = r
 	t := r.model().schema.ModelType
 	a.byType[t] = append(a.byType[t], r)
+	a.delivery.add(r)
 	return nil
+}
+
+// guarded reports whether some stream of typ authorizes events per recipient.
+func (a *API) guarded(typ reflect.Type) bool {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	for _, r := range a.byType[typ] {
+		if r.guarded() {
+			return true
+		}
+	}
+	return false
 }
 
 func (a *API) resource(stream string) (resource, bool) {
@@ -366,10 +395,13 @@ func (a *API) run(ctx context.Context, r resource, req *Request, c *conn) (res r
 
 // Shutdown closes every WebSocket with 1001, answers new upgrades with 503
 // and waits until the connection handlers and the goroutines the API started
-// have returned, or ctx is done. With WithRedis it first publishes what is
-// still queued for Redis, then closes its Redis connections. It may be
-// called more than once. It does not stop the HTTP server; call
-// http.Server.Shutdown for that.
+// have returned, or ctx is done. In order: the sockets are closed; with
+// WithRedis, what is still queued for Redis is published and the Redis
+// connections are closed; the delivery goroutines finish what is queued
+// (when ctx ends first, the queries and checks they run are cancelled);
+// then it waits for the connection handlers. It may be called more than
+// once. It does not stop the HTTP server; call http.Server.Shutdown for
+// that.
 func (a *API) Shutdown(ctx context.Context) error {
 	a.closeOnce.Do(func() {
 		a.mu.Lock()
@@ -377,9 +409,12 @@ func (a *API) Shutdown(ctx context.Context) error {
 		a.mu.Unlock()
 		_ = a.melody.CloseWithMsg(melody.FormatCloseMessage(closeGoingAway, "server shutting down"))
 	})
-	// Then the broker: it sends what is queued for the other instances and
-	// stops resyncing the connections being closed.
-	if err := a.broker.shutdown(ctx); err != nil {
+	// Then the relay: it sends what is queued for the other instances and
+	// stops receiving; then delivery drains what it holds.
+	if err := a.relay.shutdown(ctx); err != nil {
+		return err
+	}
+	if err := a.delivery.close(ctx); err != nil {
 		return err
 	}
 	done := make(chan struct{})

@@ -64,7 +64,7 @@ func (a *API) newMelody() *melody.Melody {
 	})
 	m.HandleError(func(s *melody.Session, err error) {
 		if errors.Is(err, melody.ErrMessageBufferFull) {
-			sessionConn(s).overflow()
+			sessionConn(s).resync(reasonSlowClient)
 		}
 	})
 	return m
@@ -144,27 +144,30 @@ type conn struct {
 	mu      sync.Mutex
 	busy    bool
 	pending [][]byte
-	full    atomic.Bool // the queue overflowed; the connection is closing
+	closing atomic.Bool // closeWith ran: nothing more is delivered
+
+	scopeMu sync.Mutex
+	scopes  map[string]string // stream -> Scope key (authorize.go)
 }
 
 // Deliver queues an event frame without blocking. It reports false when the
 // connection's queue is full; the connection is then closed with 1013.
 func (c *conn) Deliver(frame []byte) bool {
-	if c.full.Load() {
+	if c.closing.Load() {
 		return false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.busy {
 		if len(c.pending) >= c.api.cfg.queueSize {
-			c.overflow()
+			c.resync(reasonSlowClient)
 			return false
 		}
 		c.pending = append(c.pending, frame)
 		return true
 	}
 	c.write(frame)
-	return !c.full.Load()
+	return !c.closing.Load()
 }
 
 func (c *conn) handleFrame(msg []byte) {
@@ -188,22 +191,22 @@ func (c *conn) handleFrame(msg []byte) {
 // written. Callers hold c.mu.
 func (c *conn) write(frame []byte) {
 	c.cork.queued.Add(1)
-	full := c.full.Load()
-	if c.session.Write(frame) != nil || (!full && c.full.Load()) {
+	closing := c.closing.Load()
+	if c.session.Write(frame) != nil || (!closing && c.closing.Load()) {
 		c.cork.sent() // not queued: closed, or the queue overflowed
 	}
 }
 
-// overflow closes a connection that cannot keep up with 1013, once. It runs
-// on the publishing goroutine, so the close frame is written by a goroutine
-// of its own that waits at most the write timeout for the writer.
-func (c *conn) overflow() { c.closeWith(c.session, closeTryAgain, "client too slow, resync") }
+// resync closes the connection with 1013 and reason (delivery.go names
+// them): the server can no longer guarantee its event stream, and the
+// client must load its state again. It never blocks.
+func (c *conn) resync(reason string) { c.closeWith(c.session, closeTryAgain, reason) }
 
 // closeWith closes the connection with code, once, without blocking the
 // caller: the close frame is written by a goroutine of its own that waits at
 // most the write timeout for the writer. Nothing is delivered after it.
 func (c *conn) closeWith(s *melody.Session, code int, reason string) {
-	if s == nil || c.full.Swap(true) {
+	if s == nil || c.closing.Swap(true) {
 		return
 	}
 	a := c.api

@@ -11,8 +11,6 @@ import (
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
-
-	"github.com/channelsapi/channelsapi/internal/fanout"
 )
 
 // ViewSet serves the GORM model T as one stream: the built-in actions of
@@ -121,8 +119,8 @@ type resource interface {
 	label() string
 	mountREST(api *API) error
 	guarded() bool
-	snapshot(db *gorm.DB, action string, pks []any) (map[any]map[string]bool, error)
-	filters(ctx context.Context, ch change) (allow, leave func(fanout.Subscriber) bool)
+	scoper
+	authorize(ctx context.Context, ch change) (authorization, error)
 	describe() streamSchema
 }
 

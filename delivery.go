@@ -1,0 +1,305 @@
+package channelsapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"reflect"
+	"runtime/debug"
+	"sync"
+
+	"github.com/channelsapi/channelsapi/internal/fanout"
+)
+
+// This file carries committed changes to this process's subscribers.
+//
+// Every stream has a bounded queue and a goroutine of its own, started by
+// Add and stopped by Shutdown: the events of one stream go out in the order
+// they were queued (commit order, or the order Redis delivers them), and a
+// stream whose authorization is slow holds up no other stream. The
+// goroutine decodes what a relay received, authorizes each event per
+// recipient (authorize.go), encodes it once and hands it to the hub.
+//
+// A queue that is full takes nothing more: the stream's subscribers are
+// closed with 1013 ("delivery queue full") after the events queued before,
+// and what arrives until then is dropped, since they will load their state
+// again. Nothing is lost silently.
+
+// Close reasons of 1013: why a connection must load its state again.
+const (
+	reasonSlowClient  = "slow client"
+	reasonBulkChange  = "bulk change"
+	reasonUntracked   = "untracked transaction"
+	reasonEncoding    = "encoding failed"
+	reasonAuthorize   = "authorization failed"
+	reasonQueueFull   = "delivery queue full"
+	reasonBrokerGap   = "broker gap"
+	reasonUndecodable = "undecodable change"
+)
+
+// delivery owns the per-stream queues and their goroutines.
+type delivery struct {
+	hub   *fanout.Hub
+	log   *slog.Logger
+	limit int
+	// ctx is given to Permission, ObjectPermission and the Scope's queries;
+	// close cancels it when its own context ends first.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.RWMutex
+	streams map[string]*streamQueue
+	byType  map[reflect.Type][]*streamQueue
+	closed  bool
+}
+
+// streamQueue is one stream's bounded queue.
+type streamQueue struct {
+	r    resource
+	wake chan struct{}
+
+	mu      sync.Mutex
+	items   []item
+	resync  string // set when the queue overflowed: delivered after items
+	stopped bool
+}
+
+// item is a queued change, or one received from a relay that the stream's
+// goroutine decodes (decoding may run the model's UnmarshalJSON, so never
+// on a relay's reader).
+type item struct {
+	ch     change
+	decode func() (change, error)
+}
+
+func newDelivery(hub *fanout.Hub, log *slog.Logger, limit int) *delivery {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &delivery{
+		hub: hub, log: log, limit: limit, ctx: ctx, cancel: cancel,
+		streams: map[string]*streamQueue{}, byType: map[reflect.Type][]*streamQueue{},
+	}
+}
+
+// add starts the delivery of r's stream.
+func (d *delivery) add(r resource) {
+	q := &streamQueue{r: r, wake: make(chan struct{}, 1)}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.streams[r.name()] = q
+	t := r.model().schema.ModelType
+	d.byType[t] = append(d.byType[t], q)
+	if d.closed {
+		q.stopped = true
+		return
+	}
+	d.wg.Add(1)
+	go d.run(q)
+}
+
+// committed queues changes committed on this instance, in commit order, on
+// every stream of their model. It never blocks.
+func (d *delivery) committed(changes []change) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	for _, ch := range changes {
+		for _, q := range d.byType[ch.typ] {
+			d.enqueue(q, item{ch: ch})
+		}
+	}
+}
+
+// received queues a change a relay received for stream; decode runs on the
+// stream's goroutine. It never blocks.
+func (d *delivery) received(stream string, decode func() (change, error)) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if q, ok := d.streams[stream]; ok {
+		d.enqueue(q, item{decode: decode})
+	}
+}
+
+// lost resyncs the subscribers of stream, after the events queued before.
+func (d *delivery) lost(stream, reason string) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if q, ok := d.streams[stream]; ok {
+		d.enqueue(q, item{ch: change{resync: reason}})
+	}
+}
+
+func (d *delivery) enqueue(q *streamQueue, it item) {
+	q.mu.Lock()
+	switch {
+	case q.stopped || q.resync != "":
+		// Shutting down (the sockets are closed with 1001), or the
+		// subscribers are resynced after what is queued: nothing is missed.
+	case len(q.items) >= d.limit:
+		q.resync = reasonQueueFull
+		d.log.Warn("channelsapi: delivery queue full; the stream's subscribers resync", "stream", q.r.name(), "size", d.limit)
+	default:
+		q.items = append(q.items, it)
+	}
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run delivers q's items in order until close, then what was queued before
+// it, and returns.
+func (d *delivery) run(q *streamQueue) {
+	defer d.wg.Done()
+	for {
+		q.mu.Lock()
+		items, reason, stopped := q.items, q.resync, q.stopped
+		q.items, q.resync = nil, ""
+		q.mu.Unlock()
+		for _, it := range items {
+			d.deliver(q.r, it)
+		}
+		if reason != "" {
+			d.resync(q.r.name(), reason)
+		}
+		if len(items) > 0 || reason != "" {
+			continue
+		}
+		if stopped {
+			return
+		}
+		<-q.wake
+	}
+}
+
+// close stops taking changes and waits until what was queued is delivered,
+// or ctx is done: then the queries and checks still running are cancelled.
+// It may be called more than once.
+func (d *delivery) close(ctx context.Context) error {
+	d.mu.Lock()
+	d.closed = true
+	for _, q := range d.streams {
+		q.mu.Lock()
+		q.stopped = true
+		q.mu.Unlock()
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
+	}
+	d.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		d.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		d.cancel()
+		return nil
+	case <-ctx.Done():
+		d.cancel()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// deliver fans one item out on r's stream. A panic of the application's
+// code (a permission, a Scope, a model's JSON methods) is logged and the
+// stream's subscribers resync: no event is lost silently, and the stream's
+// goroutine survives.
+func (d *delivery) deliver(r resource, it item) {
+	defer func() {
+		if p := recover(); p != nil {
+			d.log.Error("channelsapi: panic while delivering an event", "stream", r.name(), "panic", p, "stack", string(debug.Stack()))
+			d.resync(r.name(), reasonAuthorize)
+		}
+	}()
+	ch := it.ch
+	if it.decode != nil {
+		var err error
+		if ch, err = it.decode(); err != nil {
+			d.log.Error("channelsapi: undecodable change", "stream", r.name(), "err", err)
+			d.resync(r.name(), reasonUndecodable)
+			return
+		}
+	}
+	if ch.resync != "" {
+		d.resync(r.name(), ch.resync)
+		return
+	}
+	ev, err := newEvent(r, ch)
+	if err != nil {
+		d.log.Error("channelsapi: encode event", "stream", r.name(), "err", err)
+		d.resync(r.name(), reasonEncoding)
+		return
+	}
+	if !r.guarded() {
+		d.hub.Publish(ev)
+		return
+	}
+	auth, err := r.authorize(d.ctx, ch)
+	if err != nil {
+		d.log.Error("channelsapi: authorize event", "stream", r.name(), "err", err)
+		for _, s := range auth.candidates {
+			s.(*conn).resync(reasonAuthorize)
+		}
+		return
+	}
+	ev.Allow = auth.allow
+	d.hub.Publish(ev)
+	if auth.leave != nil {
+		// Those who saw the object and no longer may get its last state
+		// they could see, as a delete, on their update subscriptions.
+		gone, err := newEvent(r, change{action: actionDelete, pk: ch.pk, data: ch.before})
+		if err != nil {
+			d.log.Error("channelsapi: encode event", "stream", r.name(), "err", err)
+			d.resync(r.name(), reasonEncoding)
+			return
+		}
+		gone.Action, gone.Allow = actionUpdate, auth.leave
+		d.hub.Publish(gone)
+	}
+}
+
+// resync closes every subscriber of stream with 1013 and reason: it may
+// have missed events and must load its state again.
+func (d *delivery) resync(stream, reason string) {
+	for _, s := range d.hub.SubscribersOf(stream) {
+		s.(*conn).resync(reason)
+	}
+}
+
+// newEvent encodes ch for r's subscribers: the channels-api frame and the
+// two halves of the DCRF frame around the request_id.
+func newEvent(r resource, ch change) (*fanout.Event, error) {
+	pk, err := json.Marshal(ch.pk)
+	if err != nil {
+		return nil, err
+	}
+	stream := r.name()
+	group, err := encodeFrame(stream, groupEvent{Action: ch.action, PK: pk, Data: ch.data, Model: r.label()})
+	if err != nil {
+		return nil, err
+	}
+	ev := &fanout.Event{Stream: stream, Action: ch.action, PK: pkKey(ch.pk), Group: group}
+	if ch.action == actionCreate {
+		return ev, nil
+	}
+	data, status := ch.data, http.StatusOK
+	if ch.action == actionDelete {
+		data, status = json.RawMessage(`{"pk":`+string(pk)+`}`), http.StatusNoContent
+	}
+	whole, err := encodeFrame(stream, reply{Action: ch.action, Data: data, Errors: []any{}, ResponseStatus: status, RequestID: json.RawMessage(ridMark)})
+	if err != nil {
+		return nil, err
+	}
+	i := bytes.LastIndex(whole, []byte(ridMark))
+	ev.InstancePrefix, ev.InstanceSuffix = whole[:i], whole[i+len(ridMark):]
+	return ev, nil
+}
+
+// ridMark stands in for the request_id while an instance frame is encoded.
+const ridMark = `"\u0000rid\u0000"`
