@@ -24,7 +24,9 @@
 // transaction and in commit order for one row. Bulk updates and deletes
 // select the rows they touch first, up to a limit beyond which subscribers
 // are closed with 1013 to resync. A connection that cannot keep up is closed
-// with 1013 instead of losing events silently.
+// with 1013 instead of losing events silently; every 1013 names its cause.
+// Each event is authorized for each recipient on the state it carries: the
+// Permission and ObjectPermission on its object, the Scope on its row values.
 //
 // # Errors
 //
