@@ -5,12 +5,15 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/gin-gonic/gin"
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
 	"github.com/stretchr/testify/require"
@@ -230,4 +233,89 @@ func BenchmarkRetrieve(b *testing.B) {
 		b.ReportMetric(float64(restTime.Nanoseconds())/float64(b.N), "rest-ns/op")
 		b.ReportMetric(wsTime.Seconds()/restTime.Seconds(), "ws/rest")
 	})
+}
+
+// benchNote is a private note of its owner, for the benchmarks of scoped
+// streams.
+type benchNote struct {
+	ID    uint   `json:"id" gorm:"primaryKey"`
+	Owner string `json:"owner" gorm:"index"`
+	Text  string `json:"text"`
+}
+
+// benchOwner is the user of the scoped-stream benchmarks: a fresh value per
+// request, as an application that loads its user per request builds it.
+type benchOwner struct{ Name string }
+
+// newBenchNotesServer serves benchNote as "notes" with a Scope to the
+// owner's rows, and TestModel as the unguarded "testmodel". The user is a
+// fresh *benchOwner per request, named by the X-User header.
+func newBenchNotesServer(tb testing.TB) *testServer {
+	tb.Helper()
+	router := gin.New()
+	router.Use(func(c *gin.Context) {
+		if name := c.GetHeader("X-User"); name != "" {
+			c.Set("user", &benchOwner{Name: name})
+		}
+	})
+	db := openDB(tb, &benchNote{}, &TestModel{})
+	return serveAPI(tb, router, db, func(api *channelsapi.API, _ *gorm.DB) {
+		require.NoError(tb, channelsapi.Add(api, channelsapi.ViewSet[benchNote]{
+			Stream: "notes",
+			Scope: func(r *channelsapi.Request, db *gorm.DB) *gorm.DB {
+				u, _ := r.User.(*benchOwner)
+				if u == nil {
+					return db.Where("1 = 0")
+				}
+				return db.Where("owner = ?", u.Name)
+			},
+		}))
+		addTestModel(tb, api)
+	})
+}
+
+// BenchmarkUnguardedLatencyWithScopedSubscribers measures how long an event
+// of an unguarded stream takes to reach its subscriber while another user
+// writes a scoped stream, with no subscriber of the scoped stream and with
+// 200 idle subscribed connections of one account, alternating between the
+// two servers in the same run. It reports each p99 and their ratio.
+func BenchmarkUnguardedLatencyWithScopedSubscribers(b *testing.B) {
+	const idle = 200
+	servers := [2]*testServer{newBenchNotesServer(b), newBenchNotesServer(b)}
+	hdr := http.Header{"X-User": {"alice"}}
+	for range idle {
+		c := servers[1].dial(b, hdr)
+		for _, e := range []string{"create", "update", "delete"} {
+			got := c.request("notes", map[string]any{"action": "subscribe", "data": map[string]any{"action": e}, "request_id": e})
+			require.EqualValues(b, 200, got["response_status"], "%v", got)
+		}
+	}
+	var watchers [2]*wsClient
+	var bobs [2]benchNote
+	for i, s := range servers {
+		watchers[i] = s.dial(b, nil)
+		watchers[i].subscribe("create", nil)
+		bobs[i] = benchNote{Owner: "bob", Text: "0"}
+		require.NoError(b, s.DB.Create(&bobs[i]).Error)
+	}
+	var lat [2][]time.Duration
+	n := 0
+	for b.Loop() {
+		for i, s := range servers {
+			n++
+			require.NoError(b, s.DB.Model(&bobs[i]).Update("text", strconv.Itoa(n)).Error)
+			start := time.Now()
+			require.NoError(b, s.DB.Create(&TestModel{Name: "x"}).Error)
+			watchers[i].readPayload("testmodel")
+			lat[i] = append(lat[i], time.Since(start))
+		}
+	}
+	p99 := func(d []time.Duration) float64 {
+		slices.Sort(d)
+		return float64(d[len(d)*99/100].Microseconds())
+	}
+	without, with := p99(lat[0]), p99(lat[1])
+	b.ReportMetric(without, "p99-without-µs")
+	b.ReportMetric(with, "p99-with-200-µs")
+	b.ReportMetric(with/max(without, 1), "p99-ratio")
 }
