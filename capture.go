@@ -1,14 +1,10 @@
 package channelsapi
 
 import (
-	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"reflect"
 	"slices"
-	"strings"
-	"sync"
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
@@ -52,21 +48,22 @@ type change struct {
 	beforeObj any
 }
 
-// publisher is the GORM plugin. Its mutex is held from the commit of a
-// transaction with changes until they are handed to the hub, so that the
-// events of one row go out in commit order.
+// publisher is the GORM plugin.
 type publisher struct {
-	api *API
-	mu  sync.Mutex
+	api   *API
+	order *sequencer // commit order (capture_tx.go)
 }
 
-func newPublisher(a *API) *publisher { return &publisher{api: a} }
+func newPublisher(a *API) *publisher {
+	return &publisher{api: a, order: &sequencer{publish: func(c []change) { a.relay.publish(c) }}}
+}
 
 // Name implements gorm.Plugin.
 func (p *publisher) Name() string { return "channelsapi" }
 
 const (
-	keyBefore = "channelsapi:before"
+	keyBefore  = "channelsapi:before"
+	keyStarted = "channelsapi:started_transaction"
 )
 
 // Initialize implements gorm.Plugin: it wraps the connection pool and
@@ -80,6 +77,12 @@ func (p *publisher) Initialize(db *gorm.DB) error {
 		name string
 		err  error
 	}{
+		{"begin_create", cb.Create().After("gorm:begin_transaction").Before("gorm:before_create").Register("channelsapi:begin_create", p.beginTransaction)},
+		{"begin_update", cb.Update().After("gorm:begin_transaction").Before("gorm:before_update").Register("channelsapi:begin_update", p.beginTransaction)},
+		{"begin_delete", cb.Delete().After("gorm:begin_transaction").Before("gorm:before_delete").Register("channelsapi:begin_delete", p.beginTransaction)},
+		{"commit_create", cb.Create().After("gorm:commit_or_rollback_transaction").Register("channelsapi:commit_create", commitTransaction)},
+		{"commit_update", cb.Update().After("gorm:commit_or_rollback_transaction").Register("channelsapi:commit_update", commitTransaction)},
+		{"commit_delete", cb.Delete().After("gorm:commit_or_rollback_transaction").Register("channelsapi:commit_delete", commitTransaction)},
 		{"after_create", cb.Create().After("gorm:create").Before("gorm:after_create").Register("channelsapi:after_create", p.afterCreate)},
 		{"before_update", cb.Update().After("gorm:before_update").Before("gorm:update").Register("channelsapi:before_update", p.beforeUpdate)},
 		{"after_update", cb.Update().After("gorm:update").Before("gorm:after_update").Register("channelsapi:after_update", p.afterUpdate)},
@@ -92,6 +95,38 @@ func (p *publisher) Initialize(db *gorm.DB) error {
 		}
 	}
 	return nil
+}
+
+// beginTransaction runs a write of a registered model that GORM runs
+// outside a transaction (SkipDefaultTransaction) in a transaction of its
+// own, as GORM's default transaction would, so that its changes take their
+// place in commit order (capture_tx.go); commitTransaction ends it.
+func (p *publisher) beginTransaction(db *gorm.DB) {
+	if !db.SkipDefaultTransaction || db.Error != nil || db.DryRun || p.target(db) == nil {
+		return
+	}
+	if _, inTx := db.Statement.ConnPool.(gorm.TxCommitter); inTx {
+		return
+	}
+	if tx := db.Begin(); tx.Error == nil {
+		db.Statement.ConnPool = tx.Statement.ConnPool
+		db.InstanceSet(keyStarted, true)
+	} else if !errors.Is(tx.Error, gorm.ErrInvalidTransaction) {
+		db.AddError(tx.Error)
+	}
+}
+
+// commitTransaction commits or rolls back what beginTransaction began.
+func commitTransaction(db *gorm.DB) {
+	if _, ok := db.InstanceGet(keyStarted); !ok {
+		return
+	}
+	if db.Error != nil {
+		db.Rollback()
+	} else {
+		db.Commit() // a failed commit is the statement's error
+	}
+	db.Statement.ConnPool = db.ConnPool
 }
 
 // target is the registered model a statement writes, or nil.
@@ -268,9 +303,7 @@ func (p *publisher) record(db *gorm.DB, changes []change) {
 		p.api.log.Warn("channelsapi: a write in a transaction begun outside the registered *gorm.DB (db.Connection?) cannot be published; subscribers resync")
 		changes = []change{{typ: changes[0].typ, resync: reasonUntracked}}
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.api.relay.publish(changes)
+	p.order.reserve().fill(changes)
 }
 
 // rowsOf returns the addressable model structs in v (a struct, or a slice or
@@ -367,154 +400,4 @@ func (p *publisher) byKeys(db *gorm.DB, m *model, keys []any) ([]reflect.Value, 
 		return nil, err
 	}
 	return rowsOf(slice.Elem(), m), nil
-}
-
-// connPool wraps the database's pool so that transactions begun on it are
-// wrapped too. It deliberately does not implement gorm.TxCommitter.
-type connPool struct {
-	gorm.ConnPool
-	pub *publisher
-}
-
-// BeginTx implements gorm.ConnPoolBeginner.
-func (c *connPool) BeginTx(ctx context.Context, opts *sql.TxOptions) (gorm.ConnPool, error) {
-	var (
-		tx  gorm.ConnPool
-		err error
-	)
-	switch b := c.ConnPool.(type) {
-	case gorm.TxBeginner:
-		tx, err = b.BeginTx(ctx, opts)
-	case gorm.ConnPoolBeginner:
-		tx, err = b.BeginTx(ctx, opts)
-	default:
-		return nil, gorm.ErrInvalidTransaction
-	}
-	if err != nil {
-		return nil, err
-	}
-	committer, ok := tx.(gorm.TxCommitter)
-	if !ok {
-		return nil, gorm.ErrInvalidTransaction
-	}
-	return &txPool{ConnPool: tx, committer: committer, pub: c.pub}, nil
-}
-
-// GetDBConn implements gorm.GetDBConnector, so that db.DB() keeps working.
-func (c *connPool) GetDBConn() (*sql.DB, error) {
-	switch p := c.ConnPool.(type) {
-	case *sql.DB:
-		return p, nil
-	case gorm.GetDBConnector:
-		return p.GetDBConn()
-	}
-	return nil, gorm.ErrInvalidDB
-}
-
-// Ping lets gorm.Open-style health checks through.
-func (c *connPool) Ping() error {
-	if p, ok := c.ConnPool.(interface{ Ping() error }); ok {
-		return p.Ping()
-	}
-	return nil
-}
-
-// txPool is a transaction that holds its changes until it commits.
-type txPool struct {
-	gorm.ConnPool
-	committer gorm.TxCommitter
-	pub       *publisher
-
-	mu         sync.Mutex
-	changes    []change
-	savepoints []savepoint
-}
-
-type savepoint struct {
-	name string
-	n    int // len(changes) when it was made
-}
-
-func (t *txPool) add(changes []change) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.changes = append(t.changes, changes...)
-}
-
-// ExecContext runs the statement and follows the savepoints GORM makes for
-// nested transactions (SAVEPOINT, ROLLBACK TO SAVEPOINT, RELEASE SAVEPOINT).
-func (t *txPool) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	res, err := t.ConnPool.ExecContext(ctx, query, args...)
-	if err == nil {
-		t.track(query)
-	}
-	return res, err
-}
-
-func (t *txPool) track(query string) {
-	fields := strings.Fields(strings.ToUpper(query))
-	name := func() string { return strings.Fields(query)[len(fields)-1] }
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	switch {
-	case len(fields) == 2 && fields[0] == "SAVEPOINT":
-		t.savepoints = append(t.savepoints, savepoint{name: name(), n: len(t.changes)})
-	case len(fields) == 4 && fields[0] == "ROLLBACK" && fields[1] == "TO" && fields[2] == "SAVEPOINT",
-		len(fields) == 3 && fields[0] == "ROLLBACK" && fields[1] == "TO":
-		if i := t.savepointIndex(name()); i >= 0 {
-			t.changes = t.changes[:t.savepoints[i].n]
-			t.savepoints = t.savepoints[:i+1]
-		}
-	case len(fields) == 3 && fields[0] == "RELEASE" && fields[1] == "SAVEPOINT",
-		len(fields) == 2 && fields[0] == "RELEASE":
-		if i := t.savepointIndex(name()); i >= 0 {
-			t.savepoints = t.savepoints[:i]
-		}
-	}
-}
-
-func (t *txPool) savepointIndex(name string) int {
-	for i := len(t.savepoints) - 1; i >= 0; i-- {
-		if t.savepoints[i].name == name {
-			return i
-		}
-	}
-	return -1
-}
-
-// StmtContext lets GORM's prepared-statement mode use the transaction.
-func (t *txPool) StmtContext(ctx context.Context, stmt *sql.Stmt) *sql.Stmt {
-	if s, ok := t.ConnPool.(interface {
-		StmtContext(context.Context, *sql.Stmt) *sql.Stmt
-	}); ok {
-		return s.StmtContext(ctx, stmt)
-	}
-	return stmt
-}
-
-// Commit implements gorm.TxCommitter: the changes are published after the
-// database accepted the commit, under the publisher's lock.
-func (t *txPool) Commit() error {
-	t.mu.Lock()
-	changes := t.changes
-	t.changes, t.savepoints = nil, nil
-	t.mu.Unlock()
-	if len(changes) == 0 {
-		return t.committer.Commit()
-	}
-	t.pub.mu.Lock()
-	defer t.pub.mu.Unlock()
-	if err := t.committer.Commit(); err != nil {
-		return err
-	}
-	t.pub.api.relay.publish(changes)
-	return nil
-}
-
-// Rollback implements gorm.TxCommitter: the changes are forgotten.
-func (t *txPool) Rollback() error {
-	t.mu.Lock()
-	t.changes, t.savepoints = nil, nil
-	t.mu.Unlock()
-	return t.committer.Rollback()
 }

@@ -1,0 +1,208 @@
+package channelsapi
+
+import (
+	"context"
+	"database/sql"
+	"strings"
+	"sync"
+
+	"gorm.io/gorm"
+)
+
+// connPool wraps the database's pool so that transactions begun on it are
+// wrapped too. It deliberately does not implement gorm.TxCommitter.
+type connPool struct {
+	gorm.ConnPool
+	pub *publisher
+}
+
+// BeginTx implements gorm.ConnPoolBeginner.
+func (c *connPool) BeginTx(ctx context.Context, opts *sql.TxOptions) (gorm.ConnPool, error) {
+	var (
+		tx  gorm.ConnPool
+		err error
+	)
+	switch b := c.ConnPool.(type) {
+	case gorm.TxBeginner:
+		tx, err = b.BeginTx(ctx, opts)
+	case gorm.ConnPoolBeginner:
+		tx, err = b.BeginTx(ctx, opts)
+	default:
+		return nil, gorm.ErrInvalidTransaction
+	}
+	if err != nil {
+		return nil, err
+	}
+	committer, ok := tx.(gorm.TxCommitter)
+	if !ok {
+		return nil, gorm.ErrInvalidTransaction
+	}
+	return &txPool{ConnPool: tx, committer: committer, pub: c.pub}, nil
+}
+
+// GetDBConn implements gorm.GetDBConnector, so that db.DB() keeps working.
+func (c *connPool) GetDBConn() (*sql.DB, error) {
+	switch p := c.ConnPool.(type) {
+	case *sql.DB:
+		return p, nil
+	case gorm.GetDBConnector:
+		return p.GetDBConn()
+	}
+	return nil, gorm.ErrInvalidDB
+}
+
+// Ping lets gorm.Open-style health checks through.
+func (c *connPool) Ping() error {
+	if p, ok := c.ConnPool.(interface{ Ping() error }); ok {
+		return p.Ping()
+	}
+	return nil
+}
+
+// txPool is a transaction that holds its changes until it commits.
+type txPool struct {
+	gorm.ConnPool
+	committer gorm.TxCommitter
+	pub       *publisher
+
+	mu         sync.Mutex
+	changes    []change
+	savepoints []savepoint
+}
+
+type savepoint struct {
+	name string
+	n    int // len(changes) when it was made
+}
+
+func (t *txPool) add(changes []change) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.changes = append(t.changes, changes...)
+}
+
+// ExecContext runs the statement and follows the savepoints GORM makes for
+// nested transactions (SAVEPOINT, ROLLBACK TO SAVEPOINT, RELEASE SAVEPOINT).
+func (t *txPool) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	res, err := t.ConnPool.ExecContext(ctx, query, args...)
+	if err == nil {
+		t.track(query)
+	}
+	return res, err
+}
+
+func (t *txPool) track(query string) {
+	fields := strings.Fields(strings.ToUpper(query))
+	name := func() string { return strings.Fields(query)[len(fields)-1] }
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case len(fields) == 2 && fields[0] == "SAVEPOINT":
+		t.savepoints = append(t.savepoints, savepoint{name: name(), n: len(t.changes)})
+	case len(fields) == 4 && fields[0] == "ROLLBACK" && fields[1] == "TO" && fields[2] == "SAVEPOINT",
+		len(fields) == 3 && fields[0] == "ROLLBACK" && fields[1] == "TO":
+		if i := t.savepointIndex(name()); i >= 0 {
+			t.changes = t.changes[:t.savepoints[i].n]
+			t.savepoints = t.savepoints[:i+1]
+		}
+	case len(fields) == 3 && fields[0] == "RELEASE" && fields[1] == "SAVEPOINT",
+		len(fields) == 2 && fields[0] == "RELEASE":
+		if i := t.savepointIndex(name()); i >= 0 {
+			t.savepoints = t.savepoints[:i]
+		}
+	}
+}
+
+func (t *txPool) savepointIndex(name string) int {
+	for i := len(t.savepoints) - 1; i >= 0; i-- {
+		if t.savepoints[i].name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// StmtContext lets GORM's prepared-statement mode use the transaction.
+func (t *txPool) StmtContext(ctx context.Context, stmt *sql.Stmt) *sql.Stmt {
+	if s, ok := t.ConnPool.(interface {
+		StmtContext(context.Context, *sql.Stmt) *sql.Stmt
+	}); ok {
+		return s.StmtContext(ctx, stmt)
+	}
+	return stmt
+}
+
+// Commit implements gorm.TxCommitter. The transaction takes its place in
+// the order of changes just before COMMIT, under a short lock that no I/O
+// runs under, and fills it once the database has accepted the commit (or
+// gives it up): two transactions that write one row are serialized by the
+// database's row lock, so the later one reserves its place only after the
+// earlier one's COMMIT began, and the events of a row go out in commit
+// order while commits themselves run in parallel.
+func (t *txPool) Commit() error {
+	t.mu.Lock()
+	changes := t.changes
+	t.changes, t.savepoints = nil, nil
+	t.mu.Unlock()
+	if len(changes) == 0 {
+		return t.committer.Commit()
+	}
+	place := t.pub.order.reserve()
+	if err := t.committer.Commit(); err != nil {
+		place.fill(nil)
+		return err
+	}
+	place.fill(changes)
+	return nil
+}
+
+// Rollback implements gorm.TxCommitter: the changes are forgotten.
+func (t *txPool) Rollback() error {
+	t.mu.Lock()
+	t.changes, t.savepoints = nil, nil
+	t.mu.Unlock()
+	return t.committer.Rollback()
+}
+
+// sequencer hands committed changes to the relay in the order their
+// transactions reserved their places.
+type sequencer struct {
+	publish func([]change)
+
+	mu      sync.Mutex
+	pending []*place // reserved and not yet released, in order
+}
+
+// place is one transaction's place in the order of changes.
+type place struct {
+	s       *sequencer
+	filled  bool
+	changes []change
+}
+
+// reserve takes the next place. It never blocks on I/O.
+func (s *sequencer) reserve() *place {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := &place{s: s}
+	s.pending = append(s.pending, p)
+	return p
+}
+
+// fill gives the place its changes (none: the commit failed) and releases,
+// in order, every place that is filled from the head on.
+func (p *place) fill(changes []change) {
+	s := p.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p.filled, p.changes = true, changes
+	i := 0
+	for i < len(s.pending) && s.pending[i].filled {
+		if c := s.pending[i].changes; len(c) > 0 {
+			s.publish(c)
+		}
+		s.pending[i] = nil
+		i++
+	}
+	s.pending = s.pending[i:]
+}
