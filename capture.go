@@ -1,6 +1,7 @@
 package channelsapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"reflect"
@@ -8,6 +9,7 @@ import (
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
+	"gorm.io/gorm/schema"
 )
 
 // This file captures changes made through the *gorm.DB given to Register and
@@ -50,8 +52,9 @@ type change struct {
 
 // publisher is the GORM plugin.
 type publisher struct {
-	api   *API
-	order *sequencer // commit order (capture_tx.go)
+	api          *API
+	order        *sequencer // commit order (capture_tx.go)
+	hasReturning bool       // the dialect has RETURNING (returning.go)
 }
 
 func newPublisher(a *API) *publisher {
@@ -69,6 +72,10 @@ const (
 // Initialize implements gorm.Plugin: it wraps the connection pool and
 // registers the capture callbacks.
 func (p *publisher) Initialize(db *gorm.DB) error {
+	switch db.Dialector.Name() {
+	case "postgres", "sqlite":
+		p.hasReturning = true
+	}
 	pool := &connPool{ConnPool: db.ConnPool, pub: p}
 	db.ConnPool = pool
 	db.Statement.ConnPool = pool
@@ -84,9 +91,9 @@ func (p *publisher) Initialize(db *gorm.DB) error {
 		{"commit_update", cb.Update().After("gorm:commit_or_rollback_transaction").Register("channelsapi:commit_update", commitTransaction)},
 		{"commit_delete", cb.Delete().After("gorm:commit_or_rollback_transaction").Register("channelsapi:commit_delete", commitTransaction)},
 		{"after_create", cb.Create().After("gorm:create").Before("gorm:after_create").Register("channelsapi:after_create", p.afterCreate)},
-		{"before_update", cb.Update().After("gorm:before_update").Before("gorm:update").Register("channelsapi:before_update", p.beforeUpdate)},
-		{"after_update", cb.Update().After("gorm:update").Before("gorm:after_update").Register("channelsapi:after_update", p.afterUpdate)},
-		{"before_delete", cb.Delete().After("gorm:before_delete").Before("gorm:delete").Register("channelsapi:before_delete", p.beforeDelete)},
+		{"before_update", cb.Update().After("gorm:save_before_associations").Before("gorm:update").Register("channelsapi:before_update", p.beforeUpdate)},
+		{"after_update", cb.Update().After("gorm:update").Before("gorm:save_after_associations").Register("channelsapi:after_update", p.afterUpdate)},
+		{"before_delete", cb.Delete().After("gorm:delete_before_associations").Before("gorm:delete").Register("channelsapi:before_delete", p.beforeDelete)},
 		{"after_delete", cb.Delete().After("gorm:delete").Before("gorm:after_delete").Register("channelsapi:after_delete", p.afterDelete)},
 	}
 	for _, r := range regs {
@@ -162,9 +169,14 @@ func (p *publisher) afterCreate(db *gorm.DB) {
 // before is what a before-callback found for its after-callback.
 type before struct {
 	m      *model
-	rows   []reflect.Value // the rows as they were (always for a delete)
-	keys   []any           // the keys of the rows it touches
-	resync bool
+	ctx    context.Context // the statement's context before it was marked
+	ret    *returned       // the statement runs with RETURNING
+	read   bool            // rows holds the rows as they were
+	rows   []reflect.Value // the rows as they were, when read
+	keys   []any           // the keys of the rows it touches (without RETURNING)
+	resync bool            // more rows than the bulk event limit
+	pk     bool            // the statement assigns the primary key
+	undel  bool            // the statement assigns the soft-delete column
 }
 
 func (p *publisher) beforeUpdate(db *gorm.DB) {
@@ -174,21 +186,89 @@ func (p *publisher) beforeUpdate(db *gorm.DB) {
 	}
 	b := &before{m: m}
 	guarded := p.api.guarded(m.schema.ModelType)
+	if p.returning(db) {
+		b.pk = assigns(db, m.pk)
+		b.undel = m.softDelete != nil && assigns(db, m.softDelete)
+		if guarded || b.pk || b.undel {
+			if !p.readBefore(db, b) {
+				return
+			}
+		}
+		p.markReturning(db, b)
+		return
+	}
 	_, where := db.Statement.Clauses["WHERE"]
 	if keys := loadedKeys(db, m); len(keys) > 0 && !guarded && !where {
 		b.keys = keys
 	} else {
-		rows, resync, err := p.matching(db, m)
+		rows, resync, err := p.matching(db, m, false)
 		if err != nil {
 			db.AddError(err)
 			return
 		}
 		b.resync, b.keys = resync, keysOf(db, m, rows)
 		if guarded {
-			b.rows = rows
+			b.read, b.rows = true, rows
 		}
 	}
 	db.InstanceSet(keyBefore, b)
+}
+
+// readBefore reads the rows an update is about to touch, locked until the
+// transaction ends where the dialect can (FOR UPDATE), so that the rows it
+// then writes are the rows read.
+func (p *publisher) readBefore(db *gorm.DB, b *before) bool {
+	rows, resync, err := p.matching(db, b.m, true)
+	if err != nil {
+		db.AddError(err)
+		return false
+	}
+	b.read, b.rows, b.resync = true, rows, resync
+	return true
+}
+
+// markReturning has the statement run with RETURNING (returning.go).
+func (p *publisher) markReturning(db *gorm.DB, b *before) {
+	b.ctx = db.Statement.Context
+	b.ret = &returned{m: b.m, limit: p.api.cfg.bulkLimit}
+	db.Statement.Context = b.ret.mark(b.ctx)
+	db.InstanceSet(keyBefore, b)
+}
+
+// returning reports whether db's statement can be read with RETURNING: a
+// dialect that has it, in a transaction of the wrapped pool (not a
+// prepared-statement one, whose statements bypass the wrapper), and no
+// RETURNING of the application's own.
+func (p *publisher) returning(db *gorm.DB) bool {
+	if !p.hasReturning {
+		return false
+	}
+	if _, ok := db.Statement.ConnPool.(*txPool); !ok {
+		return false
+	}
+	_, own := db.Statement.Clauses["RETURNING"]
+	return !own
+}
+
+// assigns reports whether an update may set f: its destination is a map
+// naming it, or f is selected (Select("*") selects everything).
+func assigns(db *gorm.DB, f *schema.Field) bool {
+	named := func(k string) bool { return k == f.DBName || k == f.Name || k == "*" }
+	switch d := db.Statement.Dest.(type) {
+	case map[string]any:
+		for k := range d {
+			if named(k) {
+				return true
+			}
+		}
+	case *map[string]any:
+		for k := range *d {
+			if named(k) {
+				return true
+			}
+		}
+	}
+	return slices.ContainsFunc(db.Statement.Selects, named)
 }
 
 // keysOf returns the primary keys of rows.
@@ -201,13 +281,21 @@ func keysOf(db *gorm.DB, m *model, rows []reflect.Value) []any {
 }
 
 // found returns what the before-callback stored, or false when there is
-// nothing to publish: no registered model, a failed statement, no row.
+// nothing to publish: no registered model, a failed statement, no row. It
+// gives the statement back its own context.
 func found(db *gorm.DB) (*before, bool) {
 	v, ok := db.InstanceGet(keyBefore)
-	if !ok || db.Error != nil || db.Statement.RowsAffected == 0 {
+	if !ok {
 		return nil, false
 	}
-	return v.(*before), true
+	b := v.(*before)
+	if b.ret != nil {
+		db.Statement.Context = b.ctx
+	}
+	if db.Error != nil || db.Statement.RowsAffected == 0 || (b.ret != nil && !b.ret.ran) {
+		return nil, false
+	}
+	return b, true
 }
 
 func (p *publisher) afterUpdate(db *gorm.DB) {
@@ -215,28 +303,65 @@ func (p *publisher) afterUpdate(db *gorm.DB) {
 	if !ok {
 		return
 	}
-	if b.resync {
+	if b.resync || (b.ret != nil && b.ret.count > p.api.cfg.bulkLimit) {
 		p.record(db, []change{{typ: b.m.schema.ModelType, resync: reasonBulkChange}})
 		return
 	}
-	rows, err := p.byKeys(db, b.m, b.keys)
-	if err != nil {
-		db.AddError(err)
-		return
+	var rows []reflect.Value
+	if b.ret != nil {
+		rows = b.ret.sorted(db.Statement.Context)
+	} else {
+		var err error
+		if rows, err = p.byKeys(db, b.m, b.keys); err != nil {
+			db.AddError(err)
+			return
+		}
 	}
+	ctx := db.Statement.Context
 	old := map[string]reflect.Value{}
 	for _, r := range b.rows {
-		pk, _ := b.m.pkOf(db.Statement.Context, r)
+		pk, _ := b.m.pkOf(ctx, r)
 		old[pkKey(pk)] = r
 	}
 	var changes []change
-	for _, obj := range rows {
-		ch := p.changeOf(db, b.m, actionUpdate, obj)
-		if r, ok := old[pkKey(ch.pk)]; ok {
-			prev := p.changeOf(db, b.m, actionUpdate, r)
-			ch.before, ch.beforeObj = prev.data, prev.obj
+	if b.pk {
+		// The key changed: the rows whose old key is gone are deleted,
+		// those whose new key is new are created.
+		now := map[string]bool{}
+		for _, r := range rows {
+			pk, _ := b.m.pkOf(ctx, r)
+			now[pkKey(pk)] = true
 		}
-		changes = append(changes, ch)
+		for _, r := range b.rows {
+			if pk, _ := b.m.pkOf(ctx, r); !now[pkKey(pk)] && !b.m.deleted(ctx, r) {
+				changes = append(changes, p.changeOf(db, b.m, actionDelete, r))
+			}
+		}
+	}
+	for _, r := range rows {
+		pk, _ := b.m.pkOf(ctx, r)
+		prev, known := old[pkKey(pk)]
+		wasVisible := known && !b.m.deleted(ctx, prev)
+		switch {
+		case b.read && !known && !b.pk:
+			// Written by a transaction that committed between the read
+			// and the statement: what it was is unknown.
+			changes = append(changes, change{typ: b.m.schema.ModelType, resync: reasonConcurrent})
+		case b.m.deleted(ctx, r):
+			if b.read && wasVisible { // soft-deleted by this update
+				changes = append(changes, p.changeOf(db, b.m, actionDelete, r))
+			}
+		case b.read && !wasVisible:
+			// New to subscribers: undeleted, or given a new key.
+			changes = append(changes, p.changeOf(db, b.m, actionCreate, r))
+		default:
+			ch := p.changeOf(db, b.m, actionUpdate, r)
+			if known {
+				prevCh := p.changeOf(db, b.m, actionUpdate, prev)
+				ch.before, ch.beforeObj = prevCh.data, prevCh.obj
+			}
+			changes = append(changes, ch)
+		}
 	}
 	p.record(db, changes)
 }
@@ -246,12 +371,16 @@ func (p *publisher) beforeDelete(db *gorm.DB) {
 	if m == nil || db.Error != nil {
 		return
 	}
-	rows, resync, err := p.matching(db, m)
+	if p.returning(db) {
+		p.markReturning(db, &before{m: m})
+		return
+	}
+	rows, resync, err := p.matching(db, m, false)
 	if err != nil {
 		db.AddError(err)
 		return
 	}
-	db.InstanceSet(keyBefore, &before{m: m, rows: rows, resync: resync})
+	db.InstanceSet(keyBefore, &before{m: m, read: true, rows: rows, resync: resync})
 }
 
 func (p *publisher) afterDelete(db *gorm.DB) {
@@ -259,13 +388,21 @@ func (p *publisher) afterDelete(db *gorm.DB) {
 	if !ok {
 		return
 	}
-	if b.resync {
+	if b.resync || (b.ret != nil && b.ret.count > p.api.cfg.bulkLimit) {
 		p.record(db, []change{{typ: b.m.schema.ModelType, resync: reasonBulkChange}})
 		return
 	}
+	rows := b.rows
+	soft := b.m.softDelete != nil && !db.Statement.Unscoped
+	if b.ret != nil {
+		rows = b.ret.sorted(db.Statement.Context)
+	}
 	var changes []change
-	for _, obj := range b.rows {
-		changes = append(changes, p.changeOf(db, b.m, actionDelete, obj))
+	for _, r := range rows {
+		if b.ret != nil && !soft && b.m.deleted(db.Statement.Context, r) {
+			continue // soft-deleted before: its delete was published then
+		}
+		changes = append(changes, p.changeOf(db, b.m, actionDelete, r))
 	}
 	p.record(db, changes)
 }
@@ -351,6 +488,9 @@ func loadedKeys(db *gorm.DB, m *model) []any {
 func query(db *gorm.DB, m *model) *gorm.DB {
 	q := db.Session(&gorm.Session{NewDB: true, SkipHooks: true, Context: db.Statement.Context}).
 		Model(reflect.New(m.schema.ModelType).Interface())
+	if db.Statement.TableExpr != nil { // db.Table("items AS i"): its conditions name the alias
+		q.Statement.TableExpr, q.Statement.Table = db.Statement.TableExpr, db.Statement.Table
+	}
 	if db.Statement.Unscoped {
 		q = q.Unscoped()
 	}
@@ -359,9 +499,13 @@ func query(db *gorm.DB, m *model) *gorm.DB {
 
 // matching selects the rows an update or delete statement is about to touch:
 // those of its loaded objects' keys and its WHERE clause, at most the bulk
-// limit (resync reports that there were more).
-func (p *publisher) matching(db *gorm.DB, m *model) (rows []reflect.Value, resync bool, err error) {
+// limit (resync reports that there were more); lock locks them for the
+// transaction where the dialect can (FOR UPDATE).
+func (p *publisher) matching(db *gorm.DB, m *model, lock bool) (rows []reflect.Value, resync bool, err error) {
 	q := query(db, m)
+	if lock {
+		q = q.Clauses(clause.Locking{Strength: clause.LockingStrengthUpdate})
+	}
 	hasCond := false
 	if c, ok := db.Statement.Clauses["WHERE"]; ok {
 		if w, ok := c.Expression.(clause.Where); ok && len(w.Exprs) > 0 {

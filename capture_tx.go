@@ -84,6 +84,9 @@ func (t *txPool) add(changes []change) {
 // ExecContext runs the statement and follows the savepoints GORM makes for
 // nested transactions (SAVEPOINT, ROLLBACK TO SAVEPOINT, RELEASE SAVEPOINT).
 func (t *txPool) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if r, ok := markedStatement(ctx); ok {
+		return r.exec(ctx, t.ConnPool, query, args)
+	}
 	res, err := t.ConnPool.ExecContext(ctx, query, args...)
 	if err == nil {
 		t.track(query)

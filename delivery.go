@@ -32,6 +32,7 @@ const (
 	reasonSlowClient  = "slow client"
 	reasonBulkChange  = "bulk change"
 	reasonUntracked   = "untracked transaction"
+	reasonConcurrent  = "concurrent change"
 	reasonEncoding    = "encoding failed"
 	reasonAuthorize   = "authorization failed"
 	reasonQueueFull   = "delivery queue full"

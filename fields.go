@@ -35,6 +35,8 @@ type model struct {
 	ignored map[string]bool   // lower-cased names of protected fields and keys
 	byGo    map[string]*field // Go field name -> field, for validation errors
 	updated []string          // auto-update-time columns written on every update
+	// softDelete is the gorm.DeletedAt field, or nil.
+	softDelete *schema.Field
 }
 
 var deletedAtType = reflect.TypeFor[gorm.DeletedAt]()
@@ -63,6 +65,9 @@ func newModel(db *gorm.DB, typ reflect.Type, readOnly []string) (*model, error) 
 		return nil, fmt.Errorf("model %s: primary key type %s is not supported (use an integer, a string or an encoding.TextUnmarshaler)", typ, m.pk.FieldType)
 	}
 	for _, gf := range s.Fields {
+		if gf.FieldType == deletedAtType && gf.DBName != "" {
+			m.softDelete = gf
+		}
 		name, visible := jsonName(gf.StructField)
 		if gf.DBName == "" { // relations and ignored fields
 			if visible {
@@ -384,4 +389,13 @@ func (m *model) decodeObject(data, columns json.RawMessage) (any, error) {
 		}
 	}
 	return obj.Interface(), nil
+}
+
+// deleted reports whether row (a struct of m) is soft-deleted.
+func (m *model) deleted(ctx context.Context, row reflect.Value) bool {
+	if m.softDelete == nil {
+		return false
+	}
+	_, zero := m.softDelete.ValueOf(ctx, row)
+	return !zero
 }
