@@ -1,0 +1,154 @@
+package channelsapi_test
+
+// This file tests delivery.go: every 1013 names its cause, and a full
+// delivery queue resyncs its stream's subscribers after what was queued.
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"gorm.io/gorm"
+
+	"github.com/channelsapi/channelsapi"
+)
+
+// untilClose reads until the server closes the connection and returns the
+// payloads of the frames before the close, its code and its reason.
+func (c *wsClient) untilClose() (payloads []map[string]any, code int, reason string) {
+	c.tb.Helper()
+	for {
+		require.NoError(c.tb, c.conn.SetReadDeadline(time.Now().Add(readTimeout)))
+		var f struct{ Payload map[string]any }
+		err := c.conn.ReadJSON(&f)
+		if err == nil {
+			payloads = append(payloads, f.Payload)
+			continue
+		}
+		var ce *websocket.CloseError
+		require.ErrorAs(c.tb, err, &ce, "want a close frame, got %v", err)
+		return payloads, ce.Code, ce.Text
+	}
+}
+
+// closeFrame reads until the server closes the connection and returns the
+// close code and reason.
+func (c *wsClient) closeFrame() (code int, reason string) {
+	c.tb.Helper()
+	_, code, reason = c.untilClose()
+	return code, reason
+}
+
+// TestResyncReasonsNameTheCause provokes each cause of a 1013 and checks
+// that the close frame names it, so that a client (or its developer) can
+// tell a slow client from a change the server could not follow.
+func TestResyncReasonsNameTheCause(t *testing.T) {
+	tests := []struct {
+		name string
+		// provoke makes the server close a client it returns; first, when
+		// not nil, lists the texts of the events the client may receive
+		// before the close: a prefix of them, in order.
+		provoke func(t *testing.T) (c *wsClient, first []string)
+		want    string
+	}{
+		{"a client that does not read", func(t *testing.T) (*wsClient, []string) {
+			srv := testModelServer(t, channelsapi.WithQueueSize(1))
+			// A small receive buffer, so that the server's socket fills soon.
+			dialer := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+				if err == nil {
+					err = c.(*net.TCPConn).SetReadBuffer(64 << 10)
+				}
+				return c, err
+			}}
+			conn, resp, err := dialer.Dial(srv.WSURL, nil)
+			require.NoError(t, err)
+			_ = resp.Body.Close()
+			t.Cleanup(func() { _ = conn.Close() })
+			stalled := &wsClient{tb: t, conn: conn}
+			stalled.subscribe("create", nil)
+			body := strings.Repeat("x", 32<<10)
+			for i := range 400 { // ~13 MB: more than the sockets' buffers hold
+				require.NoError(t, srv.DB.Create(&TestModel{Name: fmt.Sprintf("%d-%s", i, body)}).Error)
+			}
+			return stalled, nil
+		}, "slow client"},
+		{"a bulk change beyond the event limit", func(t *testing.T) (*wsClient, []string) {
+			srv := testModelServer(t, channelsapi.WithBulkEventLimit(1))
+			seed(t, srv.DB, "a", "b")
+			ws := srv.dial(t, nil)
+			ws.subscribe("update", nil)
+			require.NoError(t, srv.DB.Model(&TestModel{}).Where("id > 0").Update("name", "x").Error)
+			return ws, nil
+		}, "bulk change"},
+		{"a transaction begun on db.Connection", func(t *testing.T) (*wsClient, []string) {
+			srv := testModelServer(t)
+			ws := srv.dial(t, nil)
+			ws.subscribe("create", nil)
+			require.NoError(t, srv.DB.Connection(func(conn *gorm.DB) error {
+				return conn.Transaction(func(tx *gorm.DB) error { return tx.Create(&TestModel{Name: "untracked"}).Error })
+			}))
+			return ws, nil
+		}, "untracked transaction"},
+		{"a permission that panics while an event is authorized", func(t *testing.T) (*wsClient, []string) {
+			srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) {
+				addTestModel(t, api, func(vs *channelsapi.ViewSet[TestModel]) {
+					vs.ObjectPermission = func(_ context.Context, r *channelsapi.Request, _ *TestModel) error {
+						_ = r.User.(string) // panics for an anonymous recipient
+						return nil
+					}
+				})
+			})
+			anonymous := srv.dial(t, nil)
+			anonymous.subscribe("create", nil)
+			status, _ := srv.doREST(t, http.MethodPost, "/testmodel", `{"name":"x"}`, "X-User", "alice")
+			require.Equal(t, http.StatusCreated, status)
+			return anonymous, nil
+		}, "authorization failed"},
+		{"more changes than the delivery queue holds", func(t *testing.T) (*wsClient, []string) {
+			gate := newDeliveryGate()
+			srv := newScopedServer(t, openDB(t, &scopedNote{}), func(api *channelsapi.API) {
+				require.NoError(t, channelsapi.Add(api, scopedNotes(false, gate)))
+			}, channelsapi.WithDeliveryQueueSize(4))
+			alice := srv.dialUser(t, "alice")
+			alice.subscribeTo("notes", "create")
+			release := stallDelivery(t, srv, gate)
+			var texts []string
+			for i := range 10 {
+				texts = append(texts, fmt.Sprintf("a-%d", i))
+				require.NoError(t, srv.DB.Create(&scopedNote{Owner: "alice", Text: texts[i]}).Error, "a write never waits for delivery")
+			}
+			release()
+			return alice, texts
+		}, "delivery queue full"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, first := tt.provoke(t)
+			if first == nil {
+				code, reason := c.closeFrame()
+				assert.Equal(t, 1013, code)
+				assert.Equal(t, tt.want, reason)
+				return
+			}
+			payloads, code, reason := c.untilClose()
+			assert.Equal(t, 1013, code)
+			assert.Equal(t, tt.want, reason)
+			var got []string
+			for _, p := range payloads {
+				data, _ := p["data"].(map[string]any)
+				text, _ := data["text"].(string)
+				got = append(got, text)
+			}
+			require.Less(t, len(got), len(first), "some events were not delivered: %v", got)
+			assert.Equal(t, first[:len(got)], got, "the events queued before the overflow, in order")
+		})
+	}
+}
