@@ -55,6 +55,7 @@ type publisher struct {
 	api          *API
 	order        *sequencer // commit order (capture_tx.go)
 	hasReturning bool       // the dialect has RETURNING (returning.go)
+	postgres     bool
 }
 
 func newPublisher(a *API) *publisher {
@@ -73,13 +74,19 @@ const (
 // registers the capture callbacks.
 func (p *publisher) Initialize(db *gorm.DB) error {
 	switch db.Dialector.Name() {
-	case "postgres", "sqlite":
+	case "postgres":
+		p.hasReturning, p.postgres = true, true
+	case "sqlite":
 		p.hasReturning = true
 	}
 	pool := &connPool{ConnPool: db.ConnPool, pub: p}
 	db.ConnPool = pool
 	db.Statement.ConnPool = pool
 	cb := db.Callback()
+	gormCreate := cb.Create().Get("gorm:create")
+	if gormCreate == nil {
+		return errors.New("GORM's create callback (gorm:create) is missing")
+	}
 	regs := []struct {
 		name string
 		err  error
@@ -90,7 +97,8 @@ func (p *publisher) Initialize(db *gorm.DB) error {
 		{"commit_create", cb.Create().After("gorm:commit_or_rollback_transaction").Register("channelsapi:commit_create", commitTransaction)},
 		{"commit_update", cb.Update().After("gorm:commit_or_rollback_transaction").Register("channelsapi:commit_update", commitTransaction)},
 		{"commit_delete", cb.Delete().After("gorm:commit_or_rollback_transaction").Register("channelsapi:commit_delete", commitTransaction)},
-		{"after_create", cb.Create().After("gorm:create").Before("gorm:after_create").Register("channelsapi:after_create", p.afterCreate)},
+		{"create", cb.Create().Replace("gorm:create", p.createCallback(gormCreate))},
+		{"after_create", cb.Create().After("gorm:create").Before("gorm:save_after_associations").Register("channelsapi:after_create", p.afterCreate)},
 		{"before_update", cb.Update().After("gorm:save_before_associations").Before("gorm:update").Register("channelsapi:before_update", p.beforeUpdate)},
 		{"after_update", cb.Update().After("gorm:update").Before("gorm:save_after_associations").Register("channelsapi:after_update", p.afterUpdate)},
 		{"before_delete", cb.Delete().After("gorm:delete_before_associations").Before("gorm:delete").Register("channelsapi:before_delete", p.beforeDelete)},
@@ -155,6 +163,20 @@ func (p *publisher) target(db *gorm.DB) *model {
 }
 
 func (p *publisher) afterCreate(db *gorm.DB) {
+	if v, ok := db.InstanceGet(keyCreated); ok {
+		if db.Error == nil {
+			p.recordCreated(db, v.(*created))
+		}
+		return
+	}
+	if b, ok := found(db); ok && b.ret != nil { // db.Table(...).Create, read with RETURNING
+		var changes []change
+		for _, r := range b.ret.rows {
+			changes = append(changes, p.changeOf(db, b.m, actionCreate, r))
+		}
+		p.record(db, changes)
+		return
+	}
 	m := p.target(db)
 	if m == nil || db.Error != nil || db.Statement.RowsAffected == 0 || db.Statement.Schema == nil {
 		return
@@ -162,6 +184,40 @@ func (p *publisher) afterCreate(db *gorm.DB) {
 	var changes []change
 	for _, obj := range rowsOf(db.Statement.ReflectValue, m) {
 		changes = append(changes, p.changeOf(db, m, actionCreate, obj))
+	}
+	p.record(db, changes)
+}
+
+// recordCreated records the rows a create returned: creates, and for an
+// upsert the rows it updated as updates.
+func (p *publisher) recordCreated(db *gorm.DB, c *created) {
+	ctx := db.Statement.Context
+	var changes []change
+	for i, r := range c.rows {
+		if c.m.deleted(ctx, r) {
+			continue // written soft-deleted: no subscriber sees it
+		}
+		if c.inserted == nil || c.inserted[i] {
+			changes = append(changes, p.changeOf(db, c.m, actionCreate, r))
+			continue
+		}
+		ch := p.changeOf(db, c.m, actionUpdate, r)
+		prev, ok := c.prior[conflictKeyOf(ctx, c, r)]
+		if !ok && c.prior != nil && p.api.guarded(c.m.schema.ModelType) {
+			// Updated, yet not found before: committed meanwhile by
+			// another transaction; what subscribers saw is unknown.
+			changes = append(changes, change{typ: c.m.schema.ModelType, resync: reasonConcurrent})
+			continue
+		}
+		if ok {
+			if c.m.deleted(ctx, prev) { // an upsert over a soft-deleted row brings it back
+				ch = p.changeOf(db, c.m, actionCreate, r)
+			} else {
+				prevCh := p.changeOf(db, c.m, actionUpdate, prev)
+				ch.before, ch.beforeObj = prevCh.data, prevCh.obj
+			}
+		}
+		changes = append(changes, ch)
 	}
 	p.record(db, changes)
 }
