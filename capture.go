@@ -6,6 +6,7 @@ import (
 	"errors"
 	"reflect"
 	"slices"
+	"strings"
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
@@ -144,18 +145,29 @@ func commitTransaction(db *gorm.DB) {
 	db.Statement.ConnPool = db.ConnPool
 }
 
-// target is the registered model a statement writes, or nil.
+// target is the registered model a statement writes, or nil: the model of
+// its struct type, or else the registered model of its table (a second
+// struct mapped on the same table, db.Table("items"), db.Table("items AS i")).
 func (p *publisher) target(db *gorm.DB) *model {
 	p.api.mu.RLock()
 	defer p.api.mu.RUnlock()
+	table := db.Statement.Table
 	if s := db.Statement.Schema; s != nil {
 		if rs := p.api.byType[s.ModelType]; len(rs) > 0 {
 			return rs[0].model()
 		}
+		table = s.Table
+	}
+	if e := db.Statement.TableExpr; e != nil {
+		if f := strings.Fields(e.SQL); len(f) > 0 {
+			table = strings.Trim(f[0], "`\"[]")
+		}
+	}
+	if table == "" {
 		return nil
 	}
 	for _, rs := range p.api.byType {
-		if db.Statement.Table != "" && rs[0].model().schema.Table == db.Statement.Table {
+		if rs[0].model().schema.Table == table {
 			return rs[0].model()
 		}
 	}
