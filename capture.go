@@ -51,20 +51,20 @@ type change struct {
 	beforeObj any
 }
 
-// publisher is the GORM plugin.
-type publisher struct {
+// capture is the GORM plugin: statements become changes.
+type capture struct {
 	api          *API
 	order        *sequencer // commit order (capture_tx.go)
 	hasReturning bool       // the dialect has RETURNING (returning.go)
 	postgres     bool
 }
 
-func newPublisher(a *API) *publisher {
-	return &publisher{api: a, order: &sequencer{publish: func(c []change) { a.relay.publish(c) }}}
+func newCapture(a *API) *capture {
+	return &capture{api: a, order: &sequencer{publish: func(c []change) { a.relay.publish(c) }}}
 }
 
 // Name implements gorm.Plugin.
-func (p *publisher) Name() string { return "channelsapi" }
+func (p *capture) Name() string { return "channelsapi" }
 
 const (
 	keyBefore  = "channelsapi:before"
@@ -73,14 +73,14 @@ const (
 
 // Initialize implements gorm.Plugin: it wraps the connection pool and
 // registers the capture callbacks.
-func (p *publisher) Initialize(db *gorm.DB) error {
+func (p *capture) Initialize(db *gorm.DB) error {
 	switch db.Dialector.Name() {
 	case "postgres":
 		p.hasReturning, p.postgres = true, true
 	case "sqlite":
 		p.hasReturning = true
 	}
-	pool := &connPool{ConnPool: db.ConnPool, pub: p}
+	pool := &connPool{ConnPool: db.ConnPool, capture: p}
 	db.ConnPool = pool
 	db.Statement.ConnPool = pool
 	cb := db.Callback()
@@ -117,7 +117,7 @@ func (p *publisher) Initialize(db *gorm.DB) error {
 // outside a transaction (SkipDefaultTransaction) in a transaction of its
 // own, as GORM's default transaction would, so that its changes take their
 // place in commit order (capture_tx.go); commitTransaction ends it.
-func (p *publisher) beginTransaction(db *gorm.DB) {
+func (p *capture) beginTransaction(db *gorm.DB) {
 	if !db.SkipDefaultTransaction || db.Error != nil || db.DryRun || p.target(db) == nil {
 		return
 	}
@@ -148,7 +148,7 @@ func commitTransaction(db *gorm.DB) {
 // target is the registered model a statement writes, or nil: the model of
 // its struct type, or else the registered model of its table (a second
 // struct mapped on the same table, db.Table("items"), db.Table("items AS i")).
-func (p *publisher) target(db *gorm.DB) *model {
+func (p *capture) target(db *gorm.DB) *model {
 	p.api.mu.RLock()
 	defer p.api.mu.RUnlock()
 	table := db.Statement.Table
@@ -174,7 +174,7 @@ func (p *publisher) target(db *gorm.DB) *model {
 	return nil
 }
 
-func (p *publisher) afterCreate(db *gorm.DB) {
+func (p *capture) afterCreate(db *gorm.DB) {
 	if v, ok := db.InstanceGet(keyCreated); ok {
 		if db.Error == nil {
 			p.recordCreated(db, v.(*created))
@@ -202,7 +202,7 @@ func (p *publisher) afterCreate(db *gorm.DB) {
 
 // recordCreated records the rows a create returned: creates, and for an
 // upsert the rows it updated as updates.
-func (p *publisher) recordCreated(db *gorm.DB, c *created) {
+func (p *capture) recordCreated(db *gorm.DB, c *created) {
 	ctx := db.Statement.Context
 	var changes []change
 	for i, r := range c.rows {
@@ -247,7 +247,7 @@ type before struct {
 	undel  bool            // the statement assigns the soft-delete column
 }
 
-func (p *publisher) beforeUpdate(db *gorm.DB) {
+func (p *capture) beforeUpdate(db *gorm.DB) {
 	m := p.target(db)
 	if m == nil || db.Error != nil {
 		return
@@ -285,7 +285,7 @@ func (p *publisher) beforeUpdate(db *gorm.DB) {
 // readBefore reads the rows an update is about to touch, locked until the
 // transaction ends where the dialect can (FOR UPDATE), so that the rows it
 // then writes are the rows read.
-func (p *publisher) readBefore(db *gorm.DB, b *before) bool {
+func (p *capture) readBefore(db *gorm.DB, b *before) bool {
 	rows, resync, err := p.matching(db, b.m, true)
 	if err != nil {
 		db.AddError(err)
@@ -296,7 +296,7 @@ func (p *publisher) readBefore(db *gorm.DB, b *before) bool {
 }
 
 // markReturning has the statement run with RETURNING (returning.go).
-func (p *publisher) markReturning(db *gorm.DB, b *before) {
+func (p *capture) markReturning(db *gorm.DB, b *before) {
 	b.ctx = db.Statement.Context
 	b.ret = &returned{m: b.m, limit: p.api.cfg.bulkLimit}
 	db.Statement.Context = b.ret.mark(b.ctx)
@@ -307,7 +307,7 @@ func (p *publisher) markReturning(db *gorm.DB, b *before) {
 // dialect that has it, in a transaction of the wrapped pool (not a
 // prepared-statement one, whose statements bypass the wrapper), and no
 // RETURNING of the application's own.
-func (p *publisher) returning(db *gorm.DB) bool {
+func (p *capture) returning(db *gorm.DB) bool {
 	if !p.hasReturning {
 		return false
 	}
@@ -366,7 +366,7 @@ func found(db *gorm.DB) (*before, bool) {
 	return b, true
 }
 
-func (p *publisher) afterUpdate(db *gorm.DB) {
+func (p *capture) afterUpdate(db *gorm.DB) {
 	b, ok := found(db)
 	if !ok {
 		return
@@ -434,7 +434,7 @@ func (p *publisher) afterUpdate(db *gorm.DB) {
 	p.record(db, changes)
 }
 
-func (p *publisher) beforeDelete(db *gorm.DB) {
+func (p *capture) beforeDelete(db *gorm.DB) {
 	m := p.target(db)
 	if m == nil || db.Error != nil {
 		return
@@ -451,7 +451,7 @@ func (p *publisher) beforeDelete(db *gorm.DB) {
 	db.InstanceSet(keyBefore, &before{m: m, read: true, rows: rows, resync: resync})
 }
 
-func (p *publisher) afterDelete(db *gorm.DB) {
+func (p *capture) afterDelete(db *gorm.DB) {
 	b, ok := found(db)
 	if !ok {
 		return
@@ -475,7 +475,7 @@ func (p *publisher) afterDelete(db *gorm.DB) {
 	p.record(db, changes)
 }
 
-func (p *publisher) changeOf(db *gorm.DB, m *model, action string, obj reflect.Value) change {
+func (p *capture) changeOf(db *gorm.DB, m *model, action string, obj reflect.Value) change {
 	pk, _ := m.pkOf(db.Statement.Context, obj)
 	data, err := json.Marshal(obj.Addr().Interface())
 	if err != nil {
@@ -489,7 +489,7 @@ func (p *publisher) changeOf(db *gorm.DB, m *model, action string, obj reflect.V
 
 // record keeps changes until the statement's transaction commits, or
 // publishes them at once when the statement ran outside a transaction.
-func (p *publisher) record(db *gorm.DB, changes []change) {
+func (p *capture) record(db *gorm.DB, changes []change) {
 	if len(changes) == 0 {
 		return
 	}
@@ -569,7 +569,7 @@ func query(db *gorm.DB, m *model) *gorm.DB {
 // those of its loaded objects' keys and its WHERE clause, at most the bulk
 // limit (resync reports that there were more); lock locks them for the
 // transaction where the dialect can (FOR UPDATE).
-func (p *publisher) matching(db *gorm.DB, m *model, lock bool) (rows []reflect.Value, resync bool, err error) {
+func (p *capture) matching(db *gorm.DB, m *model, lock bool) (rows []reflect.Value, resync bool, err error) {
 	q := query(db, m)
 	if lock {
 		q = q.Clauses(clause.Locking{Strength: clause.LockingStrengthUpdate})
@@ -601,7 +601,7 @@ func (p *publisher) matching(db *gorm.DB, m *model, lock bool) (rows []reflect.V
 }
 
 // byKeys reads rows back by primary key, in key order.
-func (p *publisher) byKeys(db *gorm.DB, m *model, keys []any) ([]reflect.Value, error) {
+func (p *capture) byKeys(db *gorm.DB, m *model, keys []any) ([]reflect.Value, error) {
 	if len(keys) == 0 {
 		return nil, nil
 	}

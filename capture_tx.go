@@ -13,7 +13,7 @@ import (
 // wrapped too. It deliberately does not implement gorm.TxCommitter.
 type connPool struct {
 	gorm.ConnPool
-	pub *publisher
+	capture *capture
 }
 
 // BeginTx implements gorm.ConnPoolBeginner.
@@ -37,7 +37,7 @@ func (c *connPool) BeginTx(ctx context.Context, opts *sql.TxOptions) (gorm.ConnP
 	if !ok {
 		return nil, gorm.ErrInvalidTransaction
 	}
-	return &txPool{ConnPool: tx, committer: committer, pub: c.pub}, nil
+	return &txPool{ConnPool: tx, committer: committer, capture: c.capture}, nil
 }
 
 // GetDBConn implements gorm.GetDBConnector, so that db.DB() keeps working.
@@ -63,7 +63,7 @@ func (c *connPool) Ping() error {
 type txPool struct {
 	gorm.ConnPool
 	committer gorm.TxCommitter
-	pub       *publisher
+	capture   *capture
 
 	mu         sync.Mutex
 	changes    []change
@@ -150,7 +150,7 @@ func (t *txPool) Commit() error {
 	if len(changes) == 0 {
 		return t.committer.Commit()
 	}
-	place := t.pub.order.reserve()
+	place := t.capture.order.reserve()
 	if err := t.committer.Commit(); err != nil {
 		place.fill(nil)
 		return err

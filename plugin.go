@@ -189,7 +189,7 @@ type API struct {
 	melody   *melody.Melody
 	hub      *fanout.Hub
 	log      *slog.Logger
-	pub      *publisher
+	capture  *capture
 	relay    relay // localRelay, or redisBroker with WithRedis
 	delivery *delivery
 
@@ -289,8 +289,8 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (*API, error) {
 	if err := a.startRelay(); err != nil {
 		return nil, err
 	}
-	a.pub = newPublisher(a)
-	if err := db.Use(a.pub); err != nil {
+	a.capture = newCapture(a)
+	if err := db.Use(a.capture); err != nil {
 		_ = a.relay.shutdown(context.Background())
 		_ = a.delivery.close(context.Background())
 		return nil, fmt.Errorf("channelsapi: install change capture: %w", err)

@@ -164,7 +164,7 @@ const insertedColumn = "channelsapi_inserted"
 // the wrapped pool, is run with RETURNING *: its events carry the rows as
 // the database wrote them, and an upsert tells the rows it inserted from
 // those it updated. Every other create is GORM's.
-func (p *publisher) createCallback(gormCreate func(*gorm.DB)) func(*gorm.DB) {
+func (p *capture) createCallback(gormCreate func(*gorm.DB)) func(*gorm.DB) {
 	return func(db *gorm.DB) {
 		m := p.target(db)
 		if m == nil || db.Error != nil || db.DryRun || db.Statement.SQL.Len() > 0 || !p.returning(db) {
@@ -200,7 +200,7 @@ const keyCreated = "channelsapi:created"
 
 // create is GORM's create with RETURNING * (callbacks.Create, with the
 // scanning of the returned rows done here).
-func (p *publisher) create(db *gorm.DB, m *model) {
+func (p *capture) create(db *gorm.DB, m *model) {
 	stmt := db.Statement
 	ctx := stmt.Context
 	if !stmt.Unscoped {
@@ -274,7 +274,7 @@ func (p *publisher) create(db *gorm.DB, m *model) {
 // conflicting reads the rows whose conflict columns hold the values about
 // to be inserted, by conflict key, locked for the transaction where the
 // dialect can.
-func (p *publisher) conflicting(db *gorm.DB, m *model, values clause.Values, columns []clause.Column) (map[string]reflect.Value, error) {
+func (p *capture) conflicting(db *gorm.DB, m *model, values clause.Values, columns []clause.Column) (map[string]reflect.Value, error) {
 	if len(columns) == 0 {
 		return nil, nil
 	}
