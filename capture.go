@@ -13,28 +13,27 @@ import (
 	"gorm.io/gorm/schema"
 )
 
-// This file captures changes made through the *gorm.DB given to Register and
-// publishes them after the transaction that made them commits.
+// This file captures changes made through the *gorm.DB given to Register.
 //
 // The plugin wraps the database's connection pool. A transaction begun on it
 // (GORM's implicit one around each write, db.Transaction, or Begin) is
-// wrapped too: the callbacks below append the transaction's changes to it, a
-// savepoint marks how many there were, a rollback to the savepoint forgets
-// the later ones, and Commit publishes them in statement order once the
-// database has accepted the commit. Rollback forgets them. A write outside
-// any transaction (SkipDefaultTransaction) is published as soon as its
-// statement succeeds.
+// wrapped too (capture_tx.go): the callbacks below append the statement's
+// changes to it, a savepoint marks how many there were, a rollback to the
+// savepoint forgets the later ones, and Commit hands them on in statement
+// order once the database has accepted the commit, in commit order across
+// transactions. Rollback forgets them. A write of a registered model that
+// GORM would run outside a transaction (SkipDefaultTransaction) is run in a
+// transaction of its own.
 //
-// Updates and deletes find the rows they touch by their loaded objects'
-// primary keys, or, for a bulk statement with only conditions, by running the
-// statement's WHERE clause as a SELECT in the same transaction first (up to
-// the bulk event limit). Updated rows are read back after the statement, so
-// events carry the state the row has in the database; deleted rows are read
-// before, so a delete event carries the object as it was. For models whose
-// events are authorized per recipient, updated rows are also read before the
-// statement, so that a subscriber who can no longer see a row is told
-// (authorize.go). Committed changes go to the relay (broker.go), which hands
-// them to delivery (delivery.go).
+// On dialects with RETURNING (PostgreSQL, SQLite) the rows come from the
+// statement itself (returning.go): a create is run with RETURNING *, an
+// update or delete is marked so that the transaction wrapper runs it with
+// RETURNING * and keeps the rows. The rows as they were are read first only
+// where something needs them: leave detection on guarded streams, an update
+// of the primary key or of the soft-delete column, an upsert on SQLite. On
+// other dialects updates and deletes find their rows by the loaded objects'
+// keys or by running the statement's WHERE clause as a SELECT first (up to
+// the bulk event limit), and updated rows are read back.
 
 // change is one captured row change, or a resync of the streams of typ.
 type change struct {
