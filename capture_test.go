@@ -1,0 +1,604 @@
+package channelsapi_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
+
+	"github.com/channelsapi/channelsapi"
+)
+
+// These tests pin down how writes are captured (PROTOCOL.md section 5): an
+// event is the row exactly as the database committed it, one per row the
+// statement touched, with the action the row's change is for subscribers
+// (it appeared: create; it changed: update; it went: delete). Each case ends
+// with a sentinel write whose event must be the next frame after the
+// expected ones, so that nothing else was published.
+
+// captureItem is the registered model of the capture tests, on "items". Its
+// name is unique (for the upsert cases), text and votes have column
+// defaults, and owner_id makes it the child of captureOwner, which is not
+// registered.
+type captureItem struct {
+	ID      uint   `json:"id" gorm:"primaryKey"`
+	Name    string `json:"name" gorm:"uniqueIndex"`
+	Text    string `json:"text" gorm:"not null;default:dflt"`
+	Votes   int    `json:"votes" gorm:"not null;default:0"`
+	OwnerID *uint  `json:"owner_id"`
+}
+
+// captureItemsTable is captureItem's table.
+const captureItemsTable = "capture_items"
+
+// captureOwner has many captureItems; it is not registered.
+type captureOwner struct {
+	ID    uint
+	Name  string
+	Items []captureItem `gorm:"foreignKey:OwnerID"`
+}
+
+// captureItemName is a second struct type on captureItem's table, mapping
+// only some of its columns.
+type captureItemName struct {
+	ID   uint
+	Name string
+}
+
+func (captureItemName) TableName() string { return captureItemsTable }
+
+// captureSoftItem is soft-deleted, on "softitems".
+type captureSoftItem struct {
+	ID        uint           `json:"id"`
+	Name      string         `json:"name"`
+	DeletedAt gorm.DeletedAt `json:"-"`
+}
+
+// capture is a server with captureItem and captureSoftItem added, on a
+// fresh database (openDB), each with a sentinel row.
+type capture struct {
+	srv  *testServer
+	db   *gorm.DB
+	item captureStream
+	soft captureStream
+}
+
+// captureStream is what a listener needs of a stream: its name and label,
+// and how to write its sentinel change.
+type captureStream struct {
+	name, label string
+	sentinelPK  uint
+	sentinel    func(tb testing.TB, name string) // renames the sentinel row
+}
+
+func newCapture(t *testing.T) *capture {
+	t.Helper()
+	db := openDB(t, &captureOwner{}, &captureItem{}, &captureSoftItem{})
+	srv := newServerOn(t, db, func(api *channelsapi.API, _ *gorm.DB) {
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[captureItem]{Stream: "items", Label: "tests.item"}))
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[captureSoftItem]{Stream: "softitems", Label: "tests.softitem"}))
+	})
+	// The sentinel rows are made first: the rows of a case come after them.
+	item := captureItem{Name: "sentinel", Text: "sentinel"}
+	require.NoError(t, db.Create(&item).Error)
+	soft := captureSoftItem{Name: "sentinel"}
+	require.NoError(t, db.Create(&soft).Error)
+	return &capture{
+		srv: srv,
+		db:  db,
+		item: captureStream{name: "items", label: "tests.item", sentinelPK: item.ID, sentinel: func(tb testing.TB, name string) {
+			require.NoError(tb, db.Model(&captureItem{ID: item.ID}).Update("name", name).Error)
+		}},
+		soft: captureStream{name: "softitems", label: "tests.softitem", sentinelPK: soft.ID, sentinel: func(tb testing.TB, name string) {
+			require.NoError(tb, db.Model(&captureSoftItem{ID: soft.ID}).Update("name", name).Error)
+		}},
+	}
+}
+
+// seed creates items one by one and returns them with their keys.
+func (c *capture) seed(tb testing.TB, items ...captureItem) []captureItem {
+	tb.Helper()
+	for i := range items {
+		require.NoError(tb, c.db.Create(&items[i]).Error)
+	}
+	return items
+}
+
+// listener is two clients of one stream: group is subscribed to create,
+// update and delete of every object, instance subscribes with
+// subscribe_instance to the sentinel (request_id "sentinel") and to the
+// objects a case names (request_id "pk-<pk>").
+type listener struct {
+	s               captureStream
+	group, instance *wsClient
+	n               int // sentinel writes so far
+}
+
+// listen connects a listener to s, subscribed to the objects pks (which
+// must exist) besides the sentinel.
+func (c *capture) listen(t *testing.T, s captureStream, pks ...uint) *listener {
+	t.Helper()
+	l := &listener{s: s, group: c.srv.dial(t, nil), instance: c.srv.dial(t, nil)}
+	for _, e := range []string{"create", "update", "delete"} {
+		got := l.group.request(s.name, map[string]any{"action": "subscribe", "data": map[string]any{"action": e}, "request_id": e})
+		require.EqualValues(t, 200, got["response_status"], "%v", got)
+	}
+	subscribe := func(pk uint, rid string) {
+		got := l.instance.request(s.name, map[string]any{"action": "subscribe_instance", "pk": pk, "request_id": rid})
+		require.EqualValues(t, 201, got["response_status"], "%v", got)
+	}
+	subscribe(s.sentinelPK, "sentinel")
+	for _, pk := range pks {
+		subscribe(pk, fmt.Sprintf("pk-%d", pk))
+	}
+	// The events of changes committed before the subscriptions may still
+	// arrive after them: they are read and dropped here.
+	l.next(t)
+	return l
+}
+
+// next writes the sentinel change and returns the payloads each client
+// received before the sentinel's event: everything published since the
+// last call.
+func (l *listener) next(t *testing.T) (group, instance []map[string]any) {
+	t.Helper()
+	l.n++
+	name := fmt.Sprintf("sentinel-%d", l.n)
+	l.s.sentinel(t, name)
+	for {
+		p := l.group.readPayload(l.s.name)
+		if p["pk"] == float64(l.s.sentinelPK) && p["action"] == "update" && dataOf(p)["name"] == name {
+			break
+		}
+		group = append(group, p)
+	}
+	for {
+		p := l.instance.readPayload(l.s.name)
+		if p["request_id"] == "sentinel" && dataOf(p)["name"] == name {
+			break
+		}
+		instance = append(instance, p)
+	}
+	return group, instance
+}
+
+// expect checks that the clients received exactly the events given before
+// the sentinel, in any order (a statement touching several rows has no
+// order of its own).
+func (l *listener) expect(t *testing.T, group, instance []map[string]any) {
+	t.Helper()
+	gotGroup, gotInstance := l.next(t)
+	assert.ElementsMatch(t, texts(t, group), texts(t, gotGroup), "create/update/delete subscriber")
+	assert.ElementsMatch(t, texts(t, instance), texts(t, gotInstance), "subscribe_instance subscriber")
+}
+
+// texts encodes payloads as JSON texts, one a line in a failure message.
+func texts(tb testing.TB, payloads []map[string]any) []string {
+	tb.Helper()
+	out := make([]string, len(payloads))
+	for i, p := range payloads {
+		b, err := json.Marshal(p)
+		require.NoError(tb, err)
+		out[i] = string(b)
+	}
+	return out
+}
+
+func dataOf(p map[string]any) map[string]any {
+	d, _ := p["data"].(map[string]any)
+	return d
+}
+
+// event is the channels-api event of a change of row (as JSON) on l's stream.
+func (l *listener) event(action string, row map[string]any) map[string]any {
+	return map[string]any{"action": action, "pk": row["id"], "model": l.s.label, "data": row}
+}
+
+// instanceEvent is the event of a change of row for its subscribe_instance
+// subscriber ("pk-<pk>").
+func instanceEvent(action string, row map[string]any) map[string]any {
+	data, status := any(row), 200.0
+	if action == "delete" {
+		data, status = map[string]any{"pk": row["id"]}, 204.0
+	}
+	return map[string]any{"action": action, "data": data, "errors": []any{}, "response_status": status,
+		"request_id": fmt.Sprintf("pk-%v", row["id"])}
+}
+
+// rowOf reads one row of T (soft-deleted ones too) as the database holds
+// it, as JSON: conds are First's conditions.
+func rowOf[T any](tb testing.TB, db *gorm.DB, conds ...any) map[string]any {
+	tb.Helper()
+	var v T
+	require.NoError(tb, db.Unscoped().First(&v, conds...).Error)
+	return jsonOf(tb, v).(map[string]any)
+}
+
+// TestCaptureUpserts: an upsert that updates an existing row publishes an
+// update carrying the row as committed (heard by update and
+// subscribe_instance subscribers), not a create carrying the Go value; a
+// row an upsert really inserts is a create.
+func TestCaptureUpserts(t *testing.T) {
+	tests := []struct {
+		name string
+		run  func(t *testing.T, c *capture)
+	}{
+		{"OnConflict UpdateAll of an existing row", func(t *testing.T, c *capture) {
+			old := c.seed(t, captureItem{Name: "a", Text: "old", Votes: 3})[0]
+			l := c.listen(t, c.item, old.ID)
+			require.NoError(t, c.db.Clauses(clause.OnConflict{UpdateAll: true}).
+				Create(&captureItem{ID: old.ID, Name: "a2", Text: "new", Votes: 4}).Error)
+			row := rowOf[captureItem](t, c.db, old.ID)
+			require.Equal(t, "new", row["text"])
+			l.expect(t, []map[string]any{l.event("update", row)}, []map[string]any{instanceEvent("update", row)})
+		}},
+		{"OnConflict updating some columns carries the committed row", func(t *testing.T, c *capture) {
+			old := c.seed(t, captureItem{Name: "a", Text: "old", Votes: 3})[0]
+			l := c.listen(t, c.item, old.ID)
+			require.NoError(t, c.db.Clauses(clause.OnConflict{Columns: []clause.Column{{Name: "id"}}, DoUpdates: clause.AssignmentColumns([]string{"name"})}).
+				Create(&captureItem{ID: old.ID, Name: "a2", Text: "never written", Votes: 99}).Error)
+			row := rowOf[captureItem](t, c.db, old.ID)
+			require.Equal(t, map[string]any{"id": float64(old.ID), "name": "a2", "text": "old", "votes": 3.0, "owner_id": nil}, row)
+			l.expect(t, []map[string]any{l.event("update", row)}, []map[string]any{instanceEvent("update", row)})
+		}},
+		{"batch upsert of an existing and a new row", func(t *testing.T, c *capture) {
+			old := c.seed(t, captureItem{Name: "a", Text: "old"})[0]
+			l := c.listen(t, c.item, old.ID)
+			// The new row has a key of its own: in a batch where some keys
+			// are set GORM writes the zero key of the others as 0.
+			rows := []captureItem{{ID: old.ID, Name: "a2", Text: "new"}, {ID: 500, Name: "inserted", Text: "new row"}}
+			res := c.db.Clauses(clause.OnConflict{UpdateAll: true}).Create(&rows)
+			require.NoError(t, res.Error)
+			updated, inserted := rowOf[captureItem](t, c.db, old.ID), rowOf[captureItem](t, c.db, 500)
+			l.expect(t, []map[string]any{l.event("update", updated), l.event("create", inserted)},
+				[]map[string]any{instanceEvent("update", updated)})
+		}},
+		{"Save of a slice of existing rows", func(t *testing.T, c *capture) {
+			seeded := c.seed(t, captureItem{Name: "a", Text: "ta"}, captureItem{Name: "b", Text: "tb"})
+			l := c.listen(t, c.item, seeded[0].ID, seeded[1].ID)
+			var rows []captureItem
+			require.NoError(t, c.db.Order("id").Find(&rows, []uint{seeded[0].ID, seeded[1].ID}).Error)
+			rows[0].Name, rows[1].Text = "a2", "tb2"
+			require.NoError(t, c.db.Save(&rows).Error) // GORM saves a slice with INSERT ... ON CONFLICT DO UPDATE
+			a, b := rowOf[captureItem](t, c.db, seeded[0].ID), rowOf[captureItem](t, c.db, seeded[1].ID)
+			require.Equal(t, "a2", a["name"])
+			l.expect(t, []map[string]any{l.event("update", a), l.event("update", b)},
+				[]map[string]any{instanceEvent("update", a), instanceEvent("update", b)})
+		}},
+		{"Association Append of an existing child", func(t *testing.T, c *capture) {
+			owner := captureOwner{Name: "o"}
+			require.NoError(t, c.db.Create(&owner).Error)
+			child := c.seed(t, captureItem{Name: "child", Text: "c"})[0]
+			l := c.listen(t, c.item, child.ID)
+			// GORM upserts the child: INSERT ... ON CONFLICT (id) DO UPDATE SET owner_id.
+			require.NoError(t, c.db.Model(&owner).Association("Items").Append(&child))
+			row := rowOf[captureItem](t, c.db, child.ID)
+			require.Equal(t, float64(owner.ID), row["owner_id"])
+			l.expect(t, []map[string]any{l.event("update", row)}, []map[string]any{instanceEvent("update", row)})
+		}},
+		{"Save of a parent with loaded children", func(t *testing.T, c *capture) {
+			created := captureOwner{Name: "o", Items: []captureItem{{Name: "c1", Text: "t1"}, {Name: "c2", Text: "t2"}}}
+			require.NoError(t, c.db.Create(&created).Error)
+			var owner captureOwner
+			require.NoError(t, c.db.Preload("Items", func(db *gorm.DB) *gorm.DB { return db.Order("id") }).First(&owner, created.ID).Error)
+			require.Len(t, owner.Items, 2)
+			l := c.listen(t, c.item, owner.Items[0].ID, owner.Items[1].ID)
+			owner.Name = "o2"
+			// Without FullSaveAssociations GORM writes only the children's
+			// owner_id (ON CONFLICT (id) DO UPDATE SET owner_id): this name
+			// is never written, and no event may carry it.
+			owner.Items[0].Name = "never written"
+			require.NoError(t, c.db.Save(&owner).Error)
+			c1, c2 := rowOf[captureItem](t, c.db, owner.Items[0].ID), rowOf[captureItem](t, c.db, owner.Items[1].ID)
+			require.Equal(t, "c1", c1["name"])
+			l.expect(t, []map[string]any{l.event("update", c1), l.event("update", c2)},
+				[]map[string]any{instanceEvent("update", c1), instanceEvent("update", c2)})
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { tt.run(t, newCapture(t)) })
+	}
+}
+
+// TestCaptureOnConflictDoNothing: a batch insert that skips a conflicting
+// row publishes one create, for the row inserted, with its real key and its
+// own data, and nothing for the row that conflicted.
+func TestCaptureOnConflictDoNothing(t *testing.T) {
+	c := newCapture(t)
+	taken := c.seed(t, captureItem{Name: "taken", Text: "kept"})[0]
+	l := c.listen(t, c.item, taken.ID)
+	rows := []captureItem{{Name: "taken", Text: "conflicts"}, {Name: "fresh", Text: "inserted"}}
+	res := c.db.Clauses(clause.OnConflict{DoNothing: true}).Create(&rows)
+	require.NoError(t, res.Error)
+	require.EqualValues(t, 1, res.RowsAffected)
+	fresh := rowOf[captureItem](t, c.db, "name = ?", "fresh")
+	require.Equal(t, "inserted", fresh["text"])
+	require.Equal(t, "kept", rowOf[captureItem](t, c.db, taken.ID)["text"])
+	l.expect(t, []map[string]any{l.event("create", fresh)}, nil)
+}
+
+// TestCaptureCreateOfSomeColumns: a create that writes only some columns
+// publishes what was written (the column defaults for the others), not the
+// values the Go struct holds in the columns left out.
+func TestCaptureCreateOfSomeColumns(t *testing.T) {
+	tests := []struct {
+		name string
+		give func(db *gorm.DB) *gorm.DB
+		want map[string]any // of the row, without its id
+	}{
+		{"Omit", func(db *gorm.DB) *gorm.DB { return db.Omit("text") }, map[string]any{"name": "n", "text": "dflt", "votes": 7.0, "owner_id": nil}},
+		{"Select", func(db *gorm.DB) *gorm.DB { return db.Select("name") }, map[string]any{"name": "n", "text": "dflt", "votes": 0.0, "owner_id": nil}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCapture(t)
+			l := c.listen(t, c.item)
+			item := captureItem{Name: "n", Text: "in the struct only", Votes: 7}
+			require.NoError(t, tt.give(c.db).Create(&item).Error)
+			row := rowOf[captureItem](t, c.db, item.ID)
+			want := map[string]any{"id": float64(item.ID)}
+			for k, v := range tt.want {
+				want[k] = v
+			}
+			require.Equal(t, want, row)
+			l.expect(t, []map[string]any{l.event("create", row)}, nil)
+		})
+	}
+}
+
+// TestCaptureCreateFromMap: a create from a map, on the model or on its
+// table, publishes a create with the row.
+func TestCaptureCreateFromMap(t *testing.T) {
+	tests := []struct {
+		name string
+		give func(db *gorm.DB) *gorm.DB
+	}{
+		{"Model", func(db *gorm.DB) *gorm.DB { return db.Model(&captureItem{}) }},
+		{"Table", func(db *gorm.DB) *gorm.DB { return db.Table(captureItemsTable) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCapture(t)
+			l := c.listen(t, c.item)
+			require.NoError(t, tt.give(c.db).Create(map[string]any{"name": "from a map", "text": "m"}).Error)
+			row := rowOf[captureItem](t, c.db, "name = ?", "from a map")
+			l.expect(t, []map[string]any{l.event("create", row)}, nil)
+		})
+	}
+}
+
+// TestCaptureSecondTypeOnTheTable: writes through another struct type
+// mapped on the registered model's table are changes of the registered
+// stream.
+func TestCaptureSecondTypeOnTheTable(t *testing.T) {
+	t.Run("create", func(t *testing.T) {
+		c := newCapture(t)
+		l := c.listen(t, c.item)
+		other := captureItemName{Name: "through another type"}
+		require.NoError(t, c.db.Create(&other).Error)
+		row := rowOf[captureItem](t, c.db, other.ID)
+		require.Equal(t, "dflt", row["text"])
+		l.expect(t, []map[string]any{l.event("create", row)}, nil)
+	})
+	t.Run("update", func(t *testing.T) {
+		c := newCapture(t)
+		item := c.seed(t, captureItem{Name: "a", Text: "t", Votes: 2})[0]
+		l := c.listen(t, c.item, item.ID)
+		require.NoError(t, c.db.Model(&captureItemName{ID: item.ID}).Update("name", "renamed").Error)
+		row := rowOf[captureItem](t, c.db, item.ID)
+		require.Equal(t, "renamed", row["name"])
+		l.expect(t, []map[string]any{l.event("update", row)}, []map[string]any{instanceEvent("update", row)})
+	})
+	t.Run("delete", func(t *testing.T) {
+		c := newCapture(t)
+		item := c.seed(t, captureItem{Name: "a", Text: "t", Votes: 2})[0]
+		before := rowOf[captureItem](t, c.db, item.ID)
+		l := c.listen(t, c.item, item.ID)
+		res := c.db.Delete(&captureItemName{ID: item.ID})
+		require.NoError(t, res.Error)
+		require.EqualValues(t, 1, res.RowsAffected)
+		l.expect(t, []map[string]any{l.event("delete", before)}, []map[string]any{instanceEvent("delete", before)})
+	})
+}
+
+// TestCaptureAliasedTable: bulk writes on the registered table under an
+// alias publish one event per row touched.
+func TestCaptureAliasedTable(t *testing.T) {
+	aliased := captureItemsTable + " AS i"
+	setup := func(t *testing.T) (*capture, *listener, []captureItem) {
+		c := newCapture(t)
+		items := c.seed(t, captureItem{Name: "a", Text: "tagged"}, captureItem{Name: "b", Text: "other"}, captureItem{Name: "c", Text: "tagged"})
+		return c, c.listen(t, c.item, items[0].ID, items[1].ID, items[2].ID), items
+	}
+	t.Run("update", func(t *testing.T) {
+		c, l, items := setup(t)
+		res := c.db.Table(aliased).Where("i.text = ?", "tagged").Updates(map[string]any{"votes": 5})
+		require.NoError(t, res.Error)
+		require.EqualValues(t, 2, res.RowsAffected)
+		a, cc := rowOf[captureItem](t, c.db, items[0].ID), rowOf[captureItem](t, c.db, items[2].ID)
+		require.Equal(t, 5.0, a["votes"])
+		l.expect(t, []map[string]any{l.event("update", a), l.event("update", cc)},
+			[]map[string]any{instanceEvent("update", a), instanceEvent("update", cc)})
+	})
+	t.Run("delete", func(t *testing.T) {
+		c, l, items := setup(t)
+		a, cc := rowOf[captureItem](t, c.db, items[0].ID), rowOf[captureItem](t, c.db, items[2].ID)
+		res := c.db.Table(aliased).Where("i.text = ?", "tagged").Delete(&captureItem{})
+		require.NoError(t, res.Error)
+		require.EqualValues(t, 2, res.RowsAffected)
+		l.expect(t, []map[string]any{l.event("delete", a), l.event("delete", cc)},
+			[]map[string]any{instanceEvent("delete", a), instanceEvent("delete", cc)})
+	})
+}
+
+// TestCapturePrimaryKeyChange: an update that changes a row's primary key
+// is, by our definition, the delete of the object with the old key followed
+// by the create of an object with the new one. A subscriber holds objects
+// by key: an update event could only say which key it is about, not which
+// it was.
+func TestCapturePrimaryKeyChange(t *testing.T) {
+	c := newCapture(t)
+	item := c.seed(t, captureItem{Name: "a", Text: "t"})[0]
+	before := rowOf[captureItem](t, c.db, item.ID)
+	l := c.listen(t, c.item, item.ID)
+	const newPK = 50
+	res := c.db.Model(&captureItem{}).Where("id = ?", item.ID).Update("id", newPK)
+	require.NoError(t, res.Error)
+	require.EqualValues(t, 1, res.RowsAffected)
+	after := rowOf[captureItem](t, c.db, newPK)
+	group, instance := l.next(t)
+	assert.Equal(t, texts(t, []map[string]any{l.event("delete", before), l.event("create", after)}), texts(t, group),
+		"the old key goes, then the new one comes")
+	assert.Equal(t, texts(t, []map[string]any{instanceEvent("delete", before)}), texts(t, instance), "the object subscribed to is gone")
+}
+
+// TestCaptureOrderWithoutDefaultTransaction: with SkipDefaultTransaction,
+// concurrent increments of one row are published in commit order, each
+// once.
+func TestCaptureOrderWithoutDefaultTransaction(t *testing.T) {
+	c := newCapture(t)
+	item := c.seed(t, captureItem{Name: "counter", Text: "c"})[0]
+	l := c.listen(t, c.item)
+	db := c.db.Session(&gorm.Session{SkipDefaultTransaction: true})
+	// 200 events and the sentinel's fit in a connection's queue (256)
+	// while the listener reads only after the writes.
+	const writers, each = 8, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, writers*each)
+	for range writers {
+		wg.Go(func() {
+			for range each {
+				errs <- db.Model(&captureItem{ID: item.ID}).Update("votes", gorm.Expr("votes + 1")).Error
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	group, _ := l.next(t)
+	want, got := make([]any, writers*each), make([]any, len(group))
+	for i := range want {
+		want[i] = fmt.Sprintf("update %d votes=%d", item.ID, i+1)
+	}
+	for i, p := range group {
+		got[i] = fmt.Sprintf("%v %v votes=%v", p["action"], p["pk"], dataOf(p)["votes"])
+	}
+	assert.Equal(t, want, got, "votes 1..%d, each once, in commit order", writers*each)
+}
+
+// TestCaptureRowCommittedDuringBulkStatement: under READ COMMITTED each
+// statement sees the rows committed before it starts, so a bulk UPDATE or
+// DELETE may touch a row another transaction committed after anything the
+// writing transaction ran before it. That row gets its event too. A
+// callback registered just before GORM's statement (after Register, so it
+// runs after whatever the plugin runs before the statement) commits such a
+// row from another connection, through the same *gorm.DB: its create is
+// published too.
+func TestCaptureRowCommittedDuringBulkStatement(t *testing.T) {
+	if postgresDSN() == "" {
+		t.Skip("SKIP: PostgreSQL only: SQLite runs one write transaction at a time, so no row can be committed while a statement's transaction is open")
+	}
+	tests := []struct {
+		action string
+		// hook registers fn on GORM's chain of the statement, just before
+		// GORM's callback that runs it.
+		hook func(db *gorm.DB, fn func(*gorm.DB)) error
+		run  func(tx *gorm.DB) *gorm.DB
+	}{
+		{"update",
+			func(db *gorm.DB, fn func(*gorm.DB)) error {
+				return db.Callback().Update().Before("gorm:update").Register("test:commit_meanwhile", fn)
+			},
+			func(tx *gorm.DB) *gorm.DB {
+				return tx.Model(&captureItem{}).Where("name LIKE ?", "x%").Updates(map[string]any{"text": "bulk"})
+			}},
+		{"delete",
+			func(db *gorm.DB, fn func(*gorm.DB)) error {
+				return db.Callback().Delete().Before("gorm:delete").Register("test:commit_meanwhile", fn)
+			},
+			func(tx *gorm.DB) *gorm.DB { return tx.Where("name LIKE ?", "x%").Delete(&captureItem{}) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.action, func(t *testing.T) {
+			c := newCapture(t)
+			items := c.seed(t, captureItem{Name: "x1", Text: "t"}, captureItem{Name: "y", Text: "t"}, captureItem{Name: "x2", Text: "t"})
+			l := c.listen(t, c.item)
+			late := captureItem{Name: "x-late", Text: "committed meanwhile"}
+			var lateRow map[string]any // as committed by the other connection
+			var armed atomic.Bool
+			require.NoError(t, tt.hook(c.db, func(tx *gorm.DB) {
+				if tx.Statement.Table == captureItemsTable && armed.CompareAndSwap(true, false) {
+					require.NoError(t, c.db.Create(&late).Error, "another connection commits a matching row")
+					lateRow = rowOf[captureItem](t, c.db, late.ID)
+				}
+			}))
+			before := []map[string]any{rowOf[captureItem](t, c.db, items[0].ID), rowOf[captureItem](t, c.db, items[2].ID)}
+			var res *gorm.DB
+			require.NoError(t, c.db.Transaction(func(tx *gorm.DB) error {
+				armed.Store(true)
+				res = tt.run(tx)
+				return res.Error
+			}))
+			require.False(t, armed.Load(), "the callback ran")
+			require.EqualValues(t, 3, res.RowsAffected, "the statement touched the row committed meanwhile")
+			want := []map[string]any{l.event("create", lateRow)}
+			if tt.action == "update" {
+				for _, id := range []uint{items[0].ID, items[2].ID, late.ID} {
+					want = append(want, l.event("update", rowOf[captureItem](t, c.db, id)))
+				}
+			} else {
+				want = append(want, l.event("delete", before[0]), l.event("delete", before[1]), l.event("delete", lateRow))
+			}
+			l.expect(t, want, nil)
+		})
+	}
+}
+
+// TestCaptureSoftDeletedRows: a row that is soft-deleted is gone for
+// subscribers: deleting it for good publishes nothing more, and restoring
+// it is a create.
+func TestCaptureSoftDeletedRows(t *testing.T) {
+	t.Run("hard delete of a soft-deleted row", func(t *testing.T) {
+		c := newCapture(t)
+		item := captureSoftItem{Name: "soft"}
+		require.NoError(t, c.db.Create(&item).Error)
+		row := rowOf[captureSoftItem](t, c.db, item.ID)
+		l := c.listen(t, c.soft)
+		require.NoError(t, c.db.Delete(&item).Error)
+		l.expect(t, []map[string]any{l.event("delete", row)}, nil)
+		res := c.db.Unscoped().Delete(&item)
+		require.NoError(t, res.Error)
+		require.EqualValues(t, 1, res.RowsAffected)
+		l.expect(t, nil, nil)
+	})
+	t.Run("undelete", func(t *testing.T) {
+		c := newCapture(t)
+		item := captureSoftItem{Name: "soft"}
+		require.NoError(t, c.db.Create(&item).Error)
+		require.NoError(t, c.db.Delete(&item).Error)
+		l := c.listen(t, c.soft)
+		res := c.db.Unscoped().Model(&item).Update("deleted_at", nil)
+		require.NoError(t, res.Error)
+		require.EqualValues(t, 1, res.RowsAffected)
+		l.expect(t, []map[string]any{l.event("create", rowOf[captureSoftItem](t, c.db, item.ID))}, nil)
+	})
+	t.Run("update of a soft-deleted row", func(t *testing.T) {
+		c := newCapture(t)
+		item := captureSoftItem{Name: "soft"}
+		require.NoError(t, c.db.Create(&item).Error)
+		require.NoError(t, c.db.Delete(&item).Error)
+		l := c.listen(t, c.soft)
+		res := c.db.Unscoped().Model(&item).Update("name", "still deleted")
+		require.NoError(t, res.Error)
+		require.EqualValues(t, 1, res.RowsAffected)
+		l.expect(t, nil, nil) // subscribers were told it is gone
+	})
+}
