@@ -203,6 +203,10 @@ func (p *capture) afterCreate(db *gorm.DB) {
 // upsert the rows it updated as updates.
 func (p *capture) recordCreated(db *gorm.DB, c *created) {
 	ctx := db.Statement.Context
+	if c.unknown {
+		p.record(db, []change{{typ: c.m.schema.ModelType, resync: reasonUpsert}})
+		return
+	}
 	var changes []change
 	for i, r := range c.rows {
 		if c.m.deleted(ctx, r) {

@@ -602,3 +602,20 @@ func TestCaptureSoftDeletedRows(t *testing.T) {
 		l.expect(t, nil, nil) // subscribers were told it is gone
 	})
 }
+
+// TestCaptureUpsertWithoutConflictColumns: on SQLite an upsert that names
+// no conflict target cannot tell the rows it inserted from those it
+// updated, so the stream's subscribers resync rather than be told a guess.
+func TestCaptureUpsertWithoutConflictColumns(t *testing.T) {
+	if postgresDSN() != "" {
+		t.Skip("SKIP: SQLite only: PostgreSQL refuses ON CONFLICT DO UPDATE without a conflict target, and tells inserted rows by xmax")
+	}
+	c := newCapture(t)
+	old := c.seed(t, captureItem{Name: "a", Text: "old"})[0]
+	l := c.listen(t, c.item)
+	require.NoError(t, c.db.Clauses(clause.OnConflict{DoUpdates: clause.AssignmentColumns([]string{"text"})}).
+		Create(&captureItem{ID: old.ID, Name: "a", Text: "new"}).Error)
+	code, reason := l.group.closeFrame()
+	assert.Equal(t, 1013, code)
+	assert.Equal(t, "upsert without conflict columns", reason)
+}

@@ -33,6 +33,7 @@ const (
 	reasonBulkChange  = "bulk change"
 	reasonUntracked   = "untracked transaction"
 	reasonConcurrent  = "concurrent change"
+	reasonUpsert      = "upsert without conflict columns"
 	reasonEncoding    = "encoding failed"
 	reasonAuthorize   = "authorization failed"
 	reasonQueueFull   = "delivery queue full"

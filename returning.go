@@ -188,6 +188,7 @@ type created struct {
 	m        *model
 	rows     []reflect.Value
 	inserted []bool                   // per row; nil: every row was inserted
+	unknown  bool                     // an upsert whose inserted rows cannot be told apart
 	columns  []clause.Column          // the upsert's conflict columns
 	prior    map[string]reflect.Value // the rows it may update, as they were, by conflictKey
 }
@@ -256,13 +257,13 @@ func (p *capture) create(db *gorm.DB, m *model) {
 	c.rows = ret.rows
 	if updates {
 		c.inserted = ret.inserted
-		if c.inserted == nil { // SQLite: a row found before was updated
+		if c.inserted == nil && len(onConflict.Columns) == 0 {
+			// SQLite, no conflict target named: which rows were inserted
+			// is unknown, so the subscribers resync.
+			c.unknown = true
+		} else if c.inserted == nil { // SQLite: a row found before was updated
 			c.inserted = make([]bool, len(c.rows))
 			for i, r := range c.rows {
-				if len(onConflict.Columns) == 0 {
-					db.AddError(errors.New("channelsapi: an upsert of a registered model needs its conflict columns (clause.OnConflict.Columns)"))
-					return
-				}
 				_, found := c.prior[conflictKey(ctx, m, onConflict.Columns, r)]
 				c.inserted[i] = !found
 			}
