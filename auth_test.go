@@ -447,8 +447,15 @@ func plainJSON(v any) any {
 func TestEventsPerRecipient(t *testing.T) {
 	srv := newNotesServer(t)
 	db := srv.DB
+	// The event of a change committed before a subscription may still reach
+	// it: the watcher waits for noteA's, so that the clients below start
+	// from a clean slate.
+	watcher := srv.dialAs(t, userAdmin)
+	got := watcher.request("notes", map[string]any{"action": "subscribe", "data": map[string]any{"action": "create"}, "request_id": "w"})
+	require.EqualValues(t, 200, got["response_status"], "%v", got)
 	noteA := authNote{OwnerID: userA.ID, Text: "watched by alice"}
 	require.NoError(t, db.Create(&noteA).Error)
+	require.Equal(t, "create", watcher.readPayload("notes")["action"])
 	clients := map[*authUser]*wsClient{}
 	for _, u := range []*authUser{userA, userB, userAdmin} {
 		c := srv.dialAs(t, u)
@@ -458,7 +465,7 @@ func TestEventsPerRecipient(t *testing.T) {
 		}
 		clients[u] = c
 	}
-	got := clients[userA].request("notes", map[string]any{"action": "subscribe_instance", "pk": noteA.ID, "request_id": "inst"})
+	got = clients[userA].request("notes", map[string]any{"action": "subscribe_instance", "pk": noteA.ID, "request_id": "inst"})
 	require.EqualValues(t, 201, got["response_status"], "%v", got)
 	got = clients[userB].request("notes", map[string]any{"action": "subscribe_instance", "pk": noteA.ID, "request_id": "inst"})
 	require.EqualValues(t, 404, got["response_status"], "bob may not subscribe to alice's note: %v", got)
