@@ -136,9 +136,9 @@ func (b *redisBroker) publish(changes []change) {
 		}
 		var msg []byte
 		if ch.resync == "" {
+			err := ch.encode()
 			w := wireChange{Action: ch.action, Key: pkKey(ch.pk), Data: ch.data}
-			var err error
-			if b.api.guarded(ch.typ) {
+			if err == nil && b.api.guarded(ch.typ) {
 				m := rs[0].model()
 				w.Before = ch.before
 				if w.Row, err = m.columns(ch.obj); err == nil {

@@ -40,14 +40,28 @@ type change struct {
 	typ    reflect.Type
 	action string
 	pk     any
-	data   json.RawMessage // the object, serialized once
-	obj    any             // the object, a *T of its own, for authorization
+	obj    any             // the object, a *T of its own
+	data   json.RawMessage // obj serialized, once; nil until encode
 	resync string          // not empty: no event, the subscribers resync for this reason
 
 	// For an update of a model whose events are authorized per recipient:
 	// the row before the statement, for leave detection (authorize.go).
-	before    json.RawMessage
 	beforeObj any
+	before    json.RawMessage // beforeObj serialized; nil until encode
+}
+
+// encode serializes the objects of ch that are not yet.
+func (ch *change) encode() error {
+	var err error
+	if ch.data == nil && ch.obj != nil {
+		if ch.data, err = json.Marshal(ch.obj); err != nil {
+			return err
+		}
+	}
+	if ch.before == nil && ch.beforeObj != nil {
+		ch.before, err = json.Marshal(ch.beforeObj)
+	}
+	return err
 }
 
 // capture is the GORM plugin: statements become changes.
@@ -65,10 +79,7 @@ func newCapture(a *API) *capture {
 // Name implements gorm.Plugin.
 func (p *capture) Name() string { return "channelsapi" }
 
-const (
-	keyBefore  = "channelsapi:before"
-	keyStarted = "channelsapi:started_transaction"
-)
+const keyStarted = "channelsapi:started_transaction"
 
 // Initialize implements gorm.Plugin: it wraps the connection pool and
 // registers the capture callbacks.
@@ -174,13 +185,12 @@ func (p *capture) target(db *gorm.DB) *model {
 }
 
 func (p *capture) afterCreate(db *gorm.DB) {
-	if v, ok := db.InstanceGet(keyCreated); ok {
-		if db.Error == nil {
-			p.recordCreated(db, v.(*created))
-		}
+	b, ok := found(db)
+	if ok && b.created != nil {
+		p.recordCreated(db, b.created)
 		return
 	}
-	if b, ok := found(db); ok && b.ret != nil { // db.Table(...).Create, read with RETURNING
+	if ok && b.ret != nil { // db.Table(...).Create, read with RETURNING
 		var changes []change
 		for _, r := range b.ret.rows {
 			changes = append(changes, p.changeOf(db, b.m, actionCreate, r))
@@ -189,12 +199,12 @@ func (p *capture) afterCreate(db *gorm.DB) {
 		return
 	}
 	m := p.target(db)
-	if m == nil || db.Error != nil || db.Statement.RowsAffected == 0 || db.Statement.Schema == nil {
+	if ok || m == nil || db.Error != nil || db.Statement.RowsAffected == 0 || db.Statement.Schema == nil {
 		return
 	}
 	var changes []change
 	for _, obj := range rowsOf(db.Statement.ReflectValue, m) {
-		changes = append(changes, p.changeOf(db, m, actionCreate, obj))
+		changes = append(changes, p.changeOfValue(db, m, actionCreate, obj))
 	}
 	p.record(db, changes)
 }
@@ -228,8 +238,7 @@ func (p *capture) recordCreated(db *gorm.DB, c *created) {
 			if c.m.deleted(ctx, prev) { // an upsert over a soft-deleted row brings it back
 				ch = p.changeOf(db, c.m, actionCreate, r)
 			} else {
-				prevCh := p.changeOf(db, c.m, actionUpdate, prev)
-				ch.before, ch.beforeObj = prevCh.data, prevCh.obj
+				ch.beforeObj = prev.Addr().Interface()
 			}
 		}
 		changes = append(changes, ch)
@@ -239,15 +248,16 @@ func (p *capture) recordCreated(db *gorm.DB, c *created) {
 
 // before is what a before-callback found for its after-callback.
 type before struct {
-	m      *model
-	ctx    context.Context // the statement's context before it was marked
-	ret    *returned       // the statement runs with RETURNING
-	read   bool            // rows holds the rows as they were
-	rows   []reflect.Value // the rows as they were, when read
-	keys   []any           // the keys of the rows it touches (without RETURNING)
-	resync bool            // more rows than the bulk event limit
-	pk     bool            // the statement assigns the primary key
-	undel  bool            // the statement assigns the soft-delete column
+	m       *model
+	ctx     context.Context // the statement's context before keep
+	ret     *returned       // the statement runs with RETURNING
+	created *created        // a create run with RETURNING (returning.go)
+	read    bool            // rows holds the rows as they were
+	rows    []reflect.Value // the rows as they were, when read
+	keys    []any           // the keys of the rows it touches (without RETURNING)
+	resync  bool            // more rows than the bulk event limit
+	pk      bool            // the statement assigns the primary key
+	undel   bool            // the statement assigns the soft-delete column
 }
 
 func (p *capture) beforeUpdate(db *gorm.DB) {
@@ -282,7 +292,7 @@ func (p *capture) beforeUpdate(db *gorm.DB) {
 			b.read, b.rows = true, rows
 		}
 	}
-	db.InstanceSet(keyBefore, b)
+	keep(db, b)
 }
 
 // readBefore reads the rows an update is about to touch, locked until the
@@ -300,10 +310,18 @@ func (p *capture) readBefore(db *gorm.DB, b *before) bool {
 
 // markReturning has the statement run with RETURNING (returning.go).
 func (p *capture) markReturning(db *gorm.DB, b *before) {
-	b.ctx = db.Statement.Context
 	b.ret = &returned{m: b.m, limit: p.api.cfg.bulkLimit}
-	db.Statement.Context = b.ret.mark(b.ctx)
-	db.InstanceSet(keyBefore, b)
+	keep(db, b)
+}
+
+type beforeKey struct{}
+
+// keep gives b to the after-callback through the statement's context; only
+// GORM's own statement runs between the two. (GORM's InstanceSet costs a
+// fmt.Sprintf per call.)
+func keep(db *gorm.DB, b *before) {
+	b.ctx = db.Statement.Context
+	db.Statement.Context = context.WithValue(b.ctx, beforeKey{}, b)
 }
 
 // returning reports whether db's statement can be read with RETURNING: a
@@ -355,14 +373,11 @@ func keysOf(db *gorm.DB, m *model, rows []reflect.Value) []any {
 // nothing to publish: no registered model, a failed statement, no row. It
 // gives the statement back its own context.
 func found(db *gorm.DB) (*before, bool) {
-	v, ok := db.InstanceGet(keyBefore)
+	b, ok := db.Statement.Context.Value(beforeKey{}).(*before)
 	if !ok {
 		return nil, false
 	}
-	b := v.(*before)
-	if b.ret != nil {
-		db.Statement.Context = b.ctx
-	}
+	db.Statement.Context = b.ctx
 	if db.Error != nil || db.Statement.RowsAffected == 0 || (b.ret != nil && !b.ret.ran) {
 		return nil, false
 	}
@@ -428,8 +443,7 @@ func (p *capture) afterUpdate(db *gorm.DB) {
 		default:
 			ch := p.changeOf(db, b.m, actionUpdate, r)
 			if known {
-				prevCh := p.changeOf(db, b.m, actionUpdate, prev)
-				ch.before, ch.beforeObj = prevCh.data, prevCh.obj
+				ch.beforeObj = prev.Addr().Interface()
 			}
 			changes = append(changes, ch)
 		}
@@ -451,7 +465,7 @@ func (p *capture) beforeDelete(db *gorm.DB) {
 		db.AddError(err)
 		return
 	}
-	db.InstanceSet(keyBefore, &before{m: m, read: true, rows: rows, resync: resync})
+	keep(db, &before{m: m, read: true, rows: rows, resync: resync})
 }
 
 func (p *capture) afterDelete(db *gorm.DB) {
@@ -478,7 +492,17 @@ func (p *capture) afterDelete(db *gorm.DB) {
 	p.record(db, changes)
 }
 
-func (p *capture) changeOf(db *gorm.DB, m *model, action string, obj reflect.Value) change {
+// changeOf is the change of row, a struct the capture read itself (from
+// RETURNING or a query of its own), which it keeps: the event is encoded
+// later, where someone is subscribed.
+func (p *capture) changeOf(db *gorm.DB, m *model, action string, row reflect.Value) change {
+	pk, _ := m.pkOf(db.Statement.Context, row)
+	return change{typ: m.schema.ModelType, action: action, pk: pk, obj: row.Addr().Interface()}
+}
+
+// changeOfValue is the change of obj, a struct of the application's, which
+// it may change after the statement: the event is encoded now, from a copy.
+func (p *capture) changeOfValue(db *gorm.DB, m *model, action string, obj reflect.Value) change {
 	pk, _ := m.pkOf(db.Statement.Context, obj)
 	data, err := json.Marshal(obj.Addr().Interface())
 	if err != nil {

@@ -108,7 +108,11 @@ func (d *delivery) committed(changes []change) {
 	defer d.mu.RUnlock()
 	for _, ch := range changes {
 		for _, q := range d.byType[ch.typ] {
-			d.enqueue(q, item{ch: ch})
+			// A stream nobody listens to is skipped: whoever subscribes
+			// from now on subscribed after the commit.
+			if ch.resync != "" || d.hub.Active(q.r.name()) {
+				d.enqueue(q, item{ch: ch})
+			}
 		}
 	}
 }
@@ -220,6 +224,13 @@ func (d *delivery) deliver(r resource, it item) {
 		}
 	}()
 	ch := it.ch
+	if ch.resync != "" {
+		d.resync(r.name(), ch.resync)
+		return
+	}
+	if !d.hub.Active(r.name()) {
+		return // nobody here listens: nothing to decode, encode or authorize
+	}
 	if it.decode != nil {
 		var err error
 		if ch, err = it.decode(); err != nil {
@@ -228,8 +239,9 @@ func (d *delivery) deliver(r resource, it item) {
 			return
 		}
 	}
-	if ch.resync != "" {
-		d.resync(r.name(), ch.resync)
+	if err := ch.encode(); err != nil {
+		d.log.Error("channelsapi: encode event", "stream", r.name(), "err", err)
+		d.resync(r.name(), reasonEncoding)
 		return
 	}
 	ev, err := newEvent(r, ch)
@@ -252,7 +264,7 @@ func (d *delivery) deliver(r resource, it item) {
 	}
 	ev.Allow = auth.allow
 	d.hub.Publish(ev)
-	if auth.leave != nil {
+	if auth.leave != nil && ch.before != nil {
 		// Those who saw the object and no longer may get its last state
 		// they could see, as a delete, on their update subscriptions.
 		gone, err := newEvent(r, change{action: actionDelete, pk: ch.pk, data: ch.before})

@@ -38,20 +38,13 @@ type returned struct {
 	count    int
 }
 
-type returnedKey struct{}
-
-// mark returns ctx marked so that the next statement run on it is run by r.
-func (r *returned) mark(ctx context.Context) context.Context {
-	return context.WithValue(ctx, returnedKey{}, r)
-}
-
-// markedStatement returns the mark of ctx, once.
+// markedStatement returns the mark of ctx (markReturning), once.
 func markedStatement(ctx context.Context) (*returned, bool) {
-	r, ok := ctx.Value(returnedKey{}).(*returned)
-	if !ok || r.taken.Swap(true) {
+	b, ok := ctx.Value(beforeKey{}).(*before)
+	if !ok || b.ret == nil || b.ret.taken.Swap(true) {
 		return nil, false
 	}
-	return r, true
+	return b.ret, true
 }
 
 // exec runs query with RETURNING * on pool and keeps the rows.
@@ -197,8 +190,6 @@ func conflictKeyOf(ctx context.Context, c *created, row reflect.Value) string {
 	return conflictKey(ctx, c.m, c.columns, row)
 }
 
-const keyCreated = "channelsapi:created"
-
 // create is GORM's create with RETURNING * (callbacks.Create, with the
 // scanning of the returned rows done here).
 func (p *capture) create(db *gorm.DB, m *model) {
@@ -269,7 +260,7 @@ func (p *capture) create(db *gorm.DB, m *model) {
 			}
 		}
 	}
-	db.InstanceSet(keyCreated, c)
+	keep(db, &before{m: m, created: c})
 }
 
 // conflicting reads the rows whose conflict columns hold the values about

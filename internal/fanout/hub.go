@@ -204,6 +204,16 @@ func (h *Hub) Stats() (keys, subscribers int) {
 	return len(h.groups) + len(h.instances), len(h.subs)
 }
 
+// Active reports whether stream has at least one subscription of either
+// kind.
+//
+// Active is safe for concurrent use.
+func (h *Hub) Active(stream string) bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.streams[stream] > 0
+}
+
 // Matching returns the subscribers an event of stream, action and pk would
 // be routed to (group and instance subscribers, each once), without
 // delivering anything. It costs what routing costs.
