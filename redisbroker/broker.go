@@ -1,5 +1,14 @@
 // Package redisbroker carries messages between the instances of one
-// application through Redis pub/sub.
+// application through Redis pub/sub. It is the broker of channelsapi for
+// applications that run several instances: give it to
+// channelsapi.WithBroker. It imports nothing of channelsapi, so that
+// applications that do not use Redis do not link a Redis client.
+//
+//	b, err := redisbroker.New(redisbroker.Config{URL: "redis://redis.internal:6379/0"})
+//	if err != nil {
+//		return err // an invalid URL, not an unreachable server
+//	}
+//	api, err := channelsapi.Register(router, db, channelsapi.WithBroker(b))
 //
 // Every topic (for channelsapi, a stream) is one Redis channel, the topic
 // behind a prefix. An instance subscribes to the channel of a topic while it
@@ -17,9 +26,9 @@
 // subscription connection drops (or a health check finds it dead), when the
 // outbound queue is full, when a publish fails, when a subscribe is not
 // confirmed in time. The broker never lets that pass silently: it reports
-// the topics whose messages may have been lost to [Config.Lost] on every
-// instance that may have missed something, at the point of the topic's order
-// where the loss happened:
+// the topics whose messages may have been lost to the lost handler given to
+// [Broker.Run] on every instance that may have missed something, at the
+// point of the topic's order where the loss happened:
 //
 //   - A dropped subscription: at once on this instance, for every topic it
 //     watches; and again, after reconnecting with backoff, for the topics that
@@ -42,6 +51,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -66,26 +76,27 @@ const (
 	publishTimeout = 5 * time.Second
 )
 
-// Config configures a Broker. Client, Deliver and Lost are required; every
+// Config configures a Broker. One of URL and Client is required; every
 // other zero field takes its default.
 type Config struct {
-	// Client is the Redis connection pool. The broker does not close it.
+	// URL is the Redis server, redis://[[user]:password@]host[:port][/db]
+	// (rediss:// for TLS). The broker opens its own connections and closes
+	// them on Close.
+	URL string
+	// Client is a connection pool the application configured instead of
+	// URL (Sentinel, Cluster, TLS, pool sizes). The broker does not close
+	// it.
 	Client redis.UniversalClient
-	// Prefix is put before each topic to name its Redis channel; instances
-	// of one application use the same. Empty means DefaultPrefix.
+	// Prefix is put before each topic to name its Redis channel. Every
+	// instance of an application must use the same; applications sharing a
+	// Redis server must use different ones, as pub/sub channels are not
+	// scoped by database number. Empty means DefaultPrefix.
 	Prefix string
-	// QueueSize is how many messages may wait to be sent to Redis. 0 means
+	// QueueSize is how many messages may wait to be sent to Redis. Beyond
+	// it a message is dropped and its topic reported lost on every
+	// instance, after the messages queued before it. 0 means
 	// DefaultQueueSize.
 	QueueSize int
-	// Deliver receives each message of a watched topic, on one goroutine,
-	// in the order Redis delivers them. It must not call the broker's
-	// Close.
-	Deliver func(topic string, payload []byte)
-	// Lost is told the topics whose messages this instance's listeners may
-	// have missed; they must load their state again. It is called from the
-	// broker's goroutines and from Publish, never with a lock of the broker
-	// held; it must not block and must not call the broker's Close.
-	Lost func(topics []string)
 	// Logger receives connection failures. Nil means slog.Default().
 	Logger *slog.Logger
 	// MinBackoff and MaxBackoff bound the wait between attempts to
@@ -140,9 +151,15 @@ type marker struct {
 // concurrent use.
 type Broker struct {
 	cfg    Config
+	client redis.UniversalClient
+	own    bool // New opened client; Close closes it
 	log    *slog.Logger
 	origin string            // random id of this broker, idLen hex digits
 	last   map[string]uint64 // per origin, the last sequence number received
+
+	// message and lost are the handlers given to Run.
+	message func(topic string, payload []byte)
+	lost    func(topics []string)
 
 	// ctx ends the subscription side at Close; sendCtx ends the publishing
 	// side when Close gives up flushing.
@@ -156,6 +173,7 @@ type Broker struct {
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	done      chan struct{}
+	closeErr  error // of closing client; read after done is closed
 
 	qmu     sync.Mutex // orders enqueueing; taken before mu
 	seq     uint64     // of the last item offered
@@ -163,6 +181,7 @@ type Broker struct {
 	qclosed bool
 
 	mu      sync.Mutex
+	running bool // Run was called
 	closed  bool
 	markers map[string]marker
 	want    map[string]bool // topics with local interest
@@ -179,15 +198,28 @@ type Broker struct {
 	changed    chan struct{}   // closed and replaced when the state changes
 }
 
-// New starts a broker: it connects to Redis in the background, so that a
-// Redis that is down does not fail the caller, and keeps reconnecting until
-// Close.
+// New returns a broker. It starts nothing: Run connects to Redis, in the
+// background. A Redis that is down is no error; a configuration that cannot
+// work (no URL and no Client, both, a URL that does not parse, a negative
+// size or duration) is.
 func New(cfg Config) (*Broker, error) {
-	if cfg.Client == nil || cfg.Deliver == nil || cfg.Lost == nil {
-		return nil, errors.New("redisbroker: Client, Deliver and Lost are required")
+	switch {
+	case cfg.URL == "" && cfg.Client == nil:
+		return nil, errors.New("redisbroker: a URL or a Client is required")
+	case cfg.URL != "" && cfg.Client != nil:
+		return nil, errors.New("redisbroker: URL and Client exclude each other")
+	case cfg.QueueSize < 0:
+		return nil, fmt.Errorf("redisbroker: queue size must not be negative, got %d", cfg.QueueSize)
+	case cfg.MinBackoff < 0 || cfg.MaxBackoff < 0 || cfg.HealthCheck < 0 || cfg.ReadyTimeout < 0:
+		return nil, errors.New("redisbroker: durations must not be negative")
 	}
-	if cfg.QueueSize < 0 {
-		return nil, errors.New("redisbroker: negative queue size")
+	client, own := cfg.Client, false
+	if client == nil {
+		opts, err := parseURL(cfg.URL)
+		if err != nil {
+			return nil, err
+		}
+		client, own = redis.NewClient(opts), true
 	}
 	cfg.Prefix = cmp.Or(cfg.Prefix, DefaultPrefix)
 	cfg.QueueSize = cmp.Or(cfg.QueueSize, DefaultQueueSize)
@@ -199,6 +231,8 @@ func New(cfg Config) (*Broker, error) {
 	_, _ = rand.Read(id)
 	b := &Broker{
 		cfg:       cfg,
+		client:    client,
+		own:       own,
 		log:       cmp.Or(cfg.Logger, slog.Default()),
 		origin:    hex.EncodeToString(id),
 		queue:     make(chan item, cfg.QueueSize),
@@ -218,21 +252,65 @@ func New(cfg Config) (*Broker, error) {
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.sendCtx, b.cancelSend = context.WithCancel(context.Background())
+	return b, nil
+}
+
+// parseURL parses a Redis URL. Its errors never repeat the URL, which may
+// hold a password.
+func parseURL(raw string) (*redis.Options, error) {
+	opts, err := redis.ParseURL(raw)
+	if err == nil {
+		return opts, nil
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err // url.Error quotes the whole URL
+	}
+	msg := err.Error()
+	if u, perr := url.Parse(raw); perr == nil {
+		if pw, ok := u.User.Password(); ok && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		}
+	}
+	return nil, fmt.Errorf("redisbroker: invalid Redis URL: %s", msg)
+}
+
+// Run starts the broker: it connects to Redis in the background, and keeps
+// reconnecting until Close. From then on it hands every message of a
+// watched topic to message, on one goroutine, in the order Redis delivers
+// them, and the topics whose messages this instance's listeners may have
+// missed to lost, from any of its goroutines. Both must only queue: they
+// must not block and must not call the broker. Run may be called once; it
+// fails after Close.
+func (b *Broker) Run(message func(topic string, payload []byte), lost func(topics []string)) error {
+	if message == nil || lost == nil {
+		return errors.New("redisbroker: Run needs a message and a lost handler")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return errors.New("redisbroker: Run after Close")
+	case b.running:
+		return errors.New("redisbroker: Run called twice")
+	}
+	b.running = true
+	b.message, b.lost = message, lost
 	b.wg.Add(3)
 	go b.receive()
 	go b.manage()
 	go b.send()
-	return b, nil
+	return nil
 }
 
 // Channel is the Redis channel of topic.
 func (b *Broker) Channel(topic string) string { return b.cfg.Prefix + topic }
 
-// Publish queues message for every instance watching topic, this one
-// included; message must not be modified afterwards. It never blocks: when
+// Publish queues payload for every instance watching topic, this one
+// included; payload must not be modified afterwards. It never blocks: when
 // the queue is full the message is dropped and a resync marker takes its
-// place.
-func (b *Broker) Publish(topic string, message []byte) { b.enqueue(topic, kindMessage, message) }
+// place. What is published before Run is sent once Run starts.
+func (b *Broker) Publish(topic string, payload []byte) { b.enqueue(topic, kindMessage, payload) }
 
 // Resync tells the listeners of topic on every instance, this one included,
 // to load their state again, in order with the topic's messages.
@@ -319,8 +397,10 @@ func (b *Broker) Ready(ctx context.Context, topic string) bool {
 }
 
 // Close stops the broker: it sends what is queued (until ctx ends), closes
-// the subscription and waits for its goroutines, or until ctx ends. It may be
-// called more than once. Publish after Close drops the message.
+// the subscription and waits for its goroutines, or until ctx ends; then it
+// closes the connections it opened from URL. After Close returns nil, the
+// handlers are not called again. It may be called more than once, also
+// before Run or instead of it. Publish after Close drops the message.
 func (b *Broker) Close(ctx context.Context) error {
 	b.closeOnce.Do(func() {
 		b.qmu.Lock()
@@ -339,12 +419,17 @@ func (b *Broker) Close(ctx context.Context) error {
 		go func() {
 			b.wg.Wait()
 			b.cancelSend()
+			if b.own {
+				if err := b.client.Close(); err != nil && !errors.Is(err, redis.ErrClosed) {
+					b.closeErr = fmt.Errorf("redisbroker: close Redis client: %w", err)
+				}
+			}
 			close(b.done)
 		}()
 	})
 	select {
 	case <-b.done:
-		return nil
+		return b.closeErr
 	case <-ctx.Done():
 		b.cancelSend()
 		return ctx.Err()
@@ -387,9 +472,9 @@ func (b *Broker) receive() {
 		}
 		if wasUp {
 			backoff = b.cfg.MinBackoff
-			b.log.Warn("channelsapi: Redis subscription lost; reconnecting", "err", err)
+			b.log.Warn("redisbroker: Redis subscription lost; reconnecting", "err", err)
 		} else {
-			b.log.Warn("channelsapi: cannot subscribe on Redis; retrying", "err", err, "backoff", backoff)
+			b.log.Warn("redisbroker: cannot subscribe on Redis; retrying", "err", err, "backoff", backoff)
 		}
 		if !b.sleep(backoff) {
 			return
@@ -410,7 +495,7 @@ func (b *Broker) stopped() bool {
 // session runs one subscription connection until it fails or the broker
 // stops, and reports whether it got established.
 func (b *Broker) session() (wasUp bool, err error) {
-	ps := b.cfg.Client.Subscribe(b.ctx) // connects on first use
+	ps := b.client.Subscribe(b.ctx) // connects on first use
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -441,7 +526,7 @@ func (b *Broker) session() (wasUp bool, err error) {
 		b.mu.Unlock()
 		_ = ps.Close()
 		if wasUp && len(lost) > 0 {
-			b.cfg.Lost(lost)
+			b.lost(lost)
 		}
 	}()
 
@@ -545,14 +630,15 @@ func (b *Broker) afterUp(upNow bool, lost []string) {
 	if !upNow {
 		return
 	}
-	b.log.Info("channelsapi: subscribed on Redis")
+	b.log.Info("redisbroker: subscribed on Redis")
 	if len(lost) > 0 {
-		b.cfg.Lost(lost)
+		b.lost(lost)
 	}
 	kick(b.kickWatch) // interest that changed while connecting
 }
 
-// dispatch hands a message to Deliver or reports a resync marker.
+// dispatch hands a message to the message handler or reports a resync
+// marker.
 func (b *Broker) dispatch(m *redis.Message) {
 	topic, ok := strings.CutPrefix(m.Channel, b.cfg.Prefix)
 	if !ok || m.Payload == "" {
@@ -560,32 +646,32 @@ func (b *Broker) dispatch(m *redis.Message) {
 	}
 	p := m.Payload
 	if len(p) < 1+idLen {
-		b.cfg.Lost([]string{topic})
+		b.lost([]string{topic})
 		return
 	}
 	origin := p[1 : 1+idLen]
 	switch p[0] {
 	case kindMessage:
 		if len(p) < 1+2*idLen {
-			b.cfg.Lost([]string{topic})
+			b.lost([]string{topic})
 			return
 		}
 		seq, err := strconv.ParseUint(p[1+idLen:1+2*idLen], 16, 64)
 		if err != nil {
-			b.cfg.Lost([]string{topic})
+			b.lost([]string{topic})
 			return
 		}
 		if seq <= b.last[origin] {
 			return // published twice
 		}
 		b.last[origin] = seq
-		b.cfg.Deliver(topic, []byte(p[1+2*idLen:]))
+		b.message(topic, []byte(p[1+2*idLen:]))
 	case kindResyncO:
 		if origin != b.origin {
-			b.cfg.Lost([]string{topic})
+			b.lost([]string{topic})
 		}
 	default: // kindResync, or a kind from a newer version
-		b.cfg.Lost([]string{topic})
+		b.lost([]string{topic})
 	}
 }
 
@@ -599,7 +685,7 @@ func (b *Broker) fail(gen uint64, err error) {
 		return
 	}
 	b.mu.Unlock()
-	b.log.Warn("channelsapi: Redis subscription failed", "err", err)
+	b.log.Warn("redisbroker: Redis subscription failed", "err", err)
 	_ = ps.Close()
 }
 
@@ -743,7 +829,7 @@ func (b *Broker) publish(batch []item, last *uint64) bool {
 	slices.SortFunc(markers, func(x, y due) int { return cmp.Compare(x.after, y.after) })
 	ctx, cancel := context.WithTimeout(b.sendCtx, publishTimeout)
 	defer cancel()
-	pipe := b.cfg.Client.Pipeline()
+	pipe := b.client.Pipeline()
 	i := 0
 	addMarkers := func(upTo uint64) {
 		for ; i < len(markers) && markers[i].after <= upTo; i++ {
@@ -792,9 +878,9 @@ func (b *Broker) publish(batch []item, last *uint64) bool {
 		b.markers[t] = marker{after: hi, local: true}
 	}
 	b.mu.Unlock()
-	b.log.Warn("channelsapi: publish to Redis failed; subscribers resync", "err", err, "messages", len(batch))
+	b.log.Warn("redisbroker: publish to Redis failed; subscribers resync", "err", err, "messages", len(batch))
 	if len(lost) > 0 {
-		b.cfg.Lost(slices.Sorted(maps.Keys(lost)))
+		b.lost(slices.Sorted(maps.Keys(lost)))
 	}
 	return false
 }
