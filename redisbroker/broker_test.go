@@ -18,6 +18,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(envPeer) != "" {
+		os.Exit(runPeer()) // a peer process of peers_test.go
+	}
 	goleak.VerifyTestMain(m)
 }
 
