@@ -385,6 +385,28 @@ func receivesAgain(t *testing.T, reader, writer *testServer, stream, field strin
 	}
 }
 
+// TestRedisPeerShutdownIsNoGap shuts an instance down cleanly: its broker
+// publishes what it queued, then a farewell, so the other instance's
+// subscribers are not closed, well past the time after which a silent
+// instance counts as dead.
+func TestRedisPeerShutdownIsNoGap(t *testing.T) {
+	const heartbeat = 100 * time.Millisecond
+	a, b := redisPair(t, redisURL(t), func(c *redisbroker.Config) { c.Heartbeat = heartbeat })
+	ca := a.dial(t, nil)
+	ca.subscribe("create", nil)
+	status, _ := b.doREST(t, http.MethodPost, "/testmodel", `{"name":"from b"}`)
+	require.Equal(t, http.StatusCreated, status)
+	assert.Equal(t, event("create", 1, "from b"), ca.readPayload("testmodel"), "a has heard b")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, b.API.Shutdown(ctx))
+	<-time.After(2 * 4 * heartbeat) // what is tested is that nothing happens
+	status, _ = a.doREST(t, http.MethodPost, "/testmodel", `{"name":"after"}`)
+	require.Equal(t, http.StatusCreated, status)
+	assert.Equal(t, event("create", 2, "after"), ca.readPayload("testmodel"), "a's subscriber was not closed")
+}
+
 // TestRedisDownAtStartup registers an API while Redis is down: it starts,
 // writes succeed, a subscriber that misses events is closed with 1013, and
 // once Redis is up events flow again.
