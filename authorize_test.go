@@ -412,9 +412,9 @@ func TestScopeQueriesDoNotGrowWithConnections(t *testing.T) {
 func TestScopeOnlyStreamAcrossInstances(t *testing.T) {
 	url := redisURL(t)
 	dbs := openShared(t, 2, &scopedNote{})
-	opts := []channelsapi.Option{channelsapi.WithRedis(url), channelsapi.WithRedisPrefix(testPrefix())}
+	prefix := testPrefix()
 	setup := func(api *channelsapi.API) { require.NoError(t, channelsapi.Add(api, scopedNotes(false, nil))) }
-	a, b := newScopedServer(t, dbs[0], setup, opts...), newScopedServer(t, dbs[1], setup, opts...)
+	a, b := newScopedServer(t, dbs[0], setup, withRedis(t, url, prefix)), newScopedServer(t, dbs[1], setup, withRedis(t, url, prefix))
 	alices, bobs := scopedNote{Owner: "alice", Text: "a0"}, scopedNote{Owner: "bob", Text: "b0"}
 	require.NoError(t, a.DB.Create(&alices).Error)
 	require.NoError(t, a.DB.Create(&bobs).Error)

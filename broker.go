@@ -1,12 +1,77 @@
 package channelsapi
 
-import "context"
+import (
+	"context"
+	"fmt"
+)
+
+// Broker carries changes between the instances of an application, so that
+// a client of any instance receives the events of the writes made on every
+// instance. It moves opaque payloads on topics (a topic is a stream's name)
+// and knows nothing of the API. The package redisbroker is one, through
+// Redis pub/sub.
+//
+// Every instance hands each change it commits to Publish and delivers the
+// changes of every instance, its own included, as the broker hands them
+// back: each message once, and the messages of a topic in the same order
+// on every instance. Whenever that cannot be kept (a connection dropped, a
+// queue overflowed, a peer vanished), the broker reports the topics
+// concerned lost, and their subscribers are closed with 1013, reason
+// "broker gap", after the events received before: they must load their
+// state again. A broker must never lose a message silently.
+//
+// The API calls Publish, Resync, Watch and Ready concurrently.
+type Broker interface {
+	// Run is called once, by Register, before the API serves. From then
+	// on the broker hands every message of a watched topic to message, on
+	// one goroutine, in the order of the topic, and the topics whose
+	// messages may have been lost on the way to this instance to lost, in
+	// order with message for the same topic. Both only queue: they never
+	// block, and the broker must not call them from within its own
+	// methods. An error fails Register.
+	Run(message func(topic string, payload []byte), lost func(topics []string)) error
+	// Publish sends payload to every instance watching topic, this one
+	// included. It is called in commit order, with the capture's lock
+	// held: it must not block. payload is not modified afterwards.
+	Publish(topic string, payload []byte)
+	// Resync makes every instance watching topic, this one included,
+	// report it lost, after the messages published on topic before.
+	Resync(topic string)
+	// Watch says that this instance's clients gained their first
+	// subscription to topic (active) or lost their last: the broker need
+	// only hand over the messages of watched topics. It is called with the
+	// API's locks held: it must not block.
+	Watch(topic string, active bool)
+	// Ready waits, boundedly, after Watch(topic, true), until the messages
+	// of topic published from now on, by any instance, will reach message;
+	// a subscribe is answered after it. When it cannot promise that, it
+	// reports false, and must report topic lost once it can.
+	Ready(ctx context.Context, topic string) bool
+	// Close sends what Publish queued, stops calling the handlers and
+	// releases what the broker holds, or gives up when ctx is done. It is
+	// called by Shutdown (and by a Register that fails), maybe more than
+	// once, and maybe without Run.
+	Close(ctx context.Context) error
+}
+
+// WithBroker connects the instances of an application through b, for
+// example a broker of the package redisbroker, so that a client of any
+// instance receives the events of the writes made on every instance. Each
+// instance needs a broker of its own. From Register on the API owns b:
+// Register runs it, Shutdown closes it (after it has closed the sockets and
+// before it waits for the delivery goroutines), and a Register that fails
+// closes it too.
+//
+// A database write never waits for the broker and never fails because of
+// it. Nil, the default, means no broker: events reach only the clients of
+// this process.
+func WithBroker(b Broker) Option { return func(c *config) { c.broker = b } }
 
 // relay carries committed changes from this instance's capture to the
 // delivery of every instance of the application. The default, localRelay,
-// serves one process; redisBroker (broker_redis.go) serves several through
-// Redis and hands what it receives, this instance's own changes included,
-// to delivery.received.
+// serves one process; brokerRelay serves several through a Broker and
+// hands what it receives, this instance's own changes included, to
+// delivery.received.
 type relay interface {
 	// publish takes committed changes in commit order. It runs under the
 	// capture's lock: it must not block.
@@ -32,3 +97,83 @@ func (r localRelay) publish(changes []change)     { r.d.committed(changes) }
 func (localRelay) interest(string, bool)          {}
 func (localRelay) ready(context.Context, string)  {}
 func (localRelay) shutdown(context.Context) error { return nil }
+
+// brokerRelay publishes changes through a Broker and hands what it sends
+// back, this instance's own changes included, to delivery: every instance
+// delivers the changes of a stream in the same order, each once. What the
+// broker hands over is only queued here; decoding and authorizing run on
+// the stream's delivery goroutine.
+type brokerRelay struct {
+	api *API
+	b   Broker
+}
+
+// startRelay sets the relay: the broker of WithBroker, run now, else the
+// local one.
+func (a *API) startRelay() error {
+	if a.cfg.broker == nil {
+		a.relay = localRelay{a.delivery}
+		return nil
+	}
+	r := &brokerRelay{api: a, b: a.cfg.broker}
+	if err := r.b.Run(r.receive, r.lost); err != nil {
+		return fmt.Errorf("channelsapi: run broker: %w", err)
+	}
+	a.relay = r
+	a.hub.OnInterest(r.interest)
+	return nil
+}
+
+func (r *brokerRelay) publish(changes []change) {
+	for _, ch := range changes {
+		r.api.mu.RLock()
+		rs := r.api.byType[ch.typ]
+		r.api.mu.RUnlock()
+		if len(rs) == 0 {
+			continue
+		}
+		var msg []byte
+		if ch.resync == "" {
+			var err error
+			if msg, err = encodeWireChange(rs[0], r.api.guarded(ch.typ), ch); err != nil {
+				r.api.log.Error("channelsapi: encode change for the broker", "err", err)
+			}
+		}
+		for _, res := range rs {
+			if msg == nil {
+				r.b.Resync(res.name())
+			} else {
+				r.b.Publish(res.name(), msg)
+			}
+		}
+	}
+}
+
+// receive queues a change from the broker for this instance's subscribers
+// of stream. It runs on the broker's reader goroutine: it only queues.
+func (r *brokerRelay) receive(stream string, payload []byte) {
+	res, ok := r.api.resource(stream)
+	if !ok {
+		return // a stream this instance does not serve
+	}
+	r.api.delivery.received(stream, func() (change, error) { return decodeWireChange(res, payload) })
+}
+
+// lost resyncs the subscribers of streams whose events may have been lost,
+// after what was received before.
+func (r *brokerRelay) lost(streams []string) {
+	for _, s := range streams {
+		r.api.delivery.lost(s, reasonBrokerGap)
+	}
+}
+
+func (r *brokerRelay) interest(stream string, active bool) { r.b.Watch(stream, active) }
+
+func (r *brokerRelay) ready(ctx context.Context, stream string) { r.b.Ready(ctx, stream) }
+
+func (r *brokerRelay) shutdown(ctx context.Context) error {
+	if err := r.b.Close(ctx); err != nil {
+		return fmt.Errorf("channelsapi: close broker: %w", err)
+	}
+	return nil
+}

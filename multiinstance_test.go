@@ -183,3 +183,48 @@ func TestMultiInstance(t *testing.T) {
 	receivesAgain(t, b.testServer, a.testServer, "questions", "question_text")
 	receivesAgain(t, a.testServer, a.testServer, "questions", "question_text")
 }
+
+// TestMultiInstancePeerKilled runs two processes of the example app and
+// kills one with SIGKILL, as a crash would: it may have died with changes
+// committed and still queued for Redis, so the other instance closes its
+// subscribers with 1013, reason "broker gap", once the dead instance missed
+// three heartbeats (one second each, the default): 2 to 3 seconds after the
+// kill. They load their state again.
+func TestMultiInstancePeerKilled(t *testing.T) {
+	if os.Getenv(envRedis) == "" {
+		t.Skip("SKIP: set CHANNELSAPI_TEST_REDIS to run the multi-instance tests (example processes on Redis)")
+	}
+	if testing.Short() {
+		t.Skip("SKIP: -short")
+	}
+	r := startRedis(t) // of its own: the example uses the default prefix
+	bin := filepath.Join(t.TempDir(), "example")
+	build := exec.Command("go", "build", "-o", bin, "./example")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "build the example: %s", out)
+	db := filepath.Join(t.TempDir(), "polls.db")
+	if pg := postgresDSN(); pg != "" {
+		db = postgresSchema(t, pg)
+	}
+	args := []string{"-db", db, "-redis", r.URL}
+	a := startInstance(t, bin, args...) // migrates the schema first
+	b := startInstance(t, bin, args...)
+
+	c := a.dial(t, nil)
+	got := c.request("questions", map[string]any{"action": "subscribe", "data": map[string]any{"action": "create"}, "request_id": 1})
+	require.EqualValues(t, 200, got["response_status"], "%v", got)
+	// a has heard b: b's first heartbeat went out before its first change.
+	id := restWriter(t, b.testServer, "questions", "question_text").create("from b")
+	assert.Equal(t, fmt.Sprintf("create %v from b", id), summary(c.readPayload("questions")))
+
+	killed := time.Now()
+	require.NoError(t, b.cmd.Process.Kill())
+	code, reason := c.closeFrame()
+	elapsed := time.Since(killed)
+	t.Logf("a's subscriber closed %v after b was killed", elapsed.Round(time.Millisecond))
+	assert.Equal(t, 1013, code)
+	assert.Equal(t, "broker gap", reason)
+	assert.Greater(t, elapsed, 2*time.Second, "not before b missed its heartbeats")
+	assert.Less(t, elapsed, 5*time.Second, "within three heartbeats of b, and some slack")
+	receivesAgain(t, a.testServer, a.testServer, "questions", "question_text")
+}

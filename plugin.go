@@ -62,7 +62,7 @@ type config struct {
 	pingPeriod     time.Duration
 	pongWait       time.Duration
 	debugPath      string
-	redis          redisConfig // broker_redis.go
+	broker         Broker // broker.go
 }
 
 // WithPath sets the WebSocket endpoint's path, relative to the router given
@@ -190,7 +190,7 @@ type API struct {
 	hub      *fanout.Hub
 	log      *slog.Logger
 	capture  *capture
-	relay    relay // localRelay, or redisBroker with WithRedis
+	relay    relay // localRelay, or brokerRelay with WithBroker
 	delivery *delivery
 
 	mu        sync.RWMutex
@@ -206,11 +206,9 @@ type API struct {
 // Register mounts the WebSocket endpoint on router, installs the change
 // capture plugin on db, and returns the API on which models are added with
 // Add. Use db (or sessions derived from it after Register) for writes that
-// should reach subscribers.
-func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (*API, error) {
-	if router == nil || db == nil {
-		return nil, errors.New("channelsapi: Register needs a router and a *gorm.DB")
-	}
+// should reach subscribers. When it fails, it closes the broker of
+// WithBroker.
+func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err error) {
 	cfg := config{
 		path:           DefaultPath,
 		origins:        map[string]bool{},
@@ -232,7 +230,16 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (*API, error) {
 	for _, opt := range opts {
 		opt(&cfg)
 	}
+	if cfg.broker != nil {
+		defer func() {
+			if err != nil {
+				_ = cfg.broker.Close(context.Background())
+			}
+		}()
+	}
 	switch {
+	case router == nil || db == nil:
+		return nil, errors.New("channelsapi: Register needs a router and a *gorm.DB")
 	case cfg.maxMessageSize <= 0:
 		return nil, fmt.Errorf("channelsapi: max message size must be positive, got %d", cfg.maxMessageSize)
 	case cfg.queueSize <= 0:
@@ -396,12 +403,12 @@ func (a *API) run(ctx context.Context, r resource, req *Request, c *conn) (res r
 // Shutdown closes every WebSocket with 1001, answers new upgrades with 503
 // and waits until the connection handlers and the goroutines the API started
 // have returned, or ctx is done. In order: the sockets are closed; with
-// WithRedis, what is still queued for Redis is published and the Redis
-// connections are closed; the delivery goroutines finish what is queued
-// (when ctx ends first, the queries and checks they run are cancelled);
-// then it waits for the connection handlers. It may be called more than
-// once. It does not stop the HTTP server; call http.Server.Shutdown for
-// that.
+// WithBroker, the broker is closed (it sends what is still queued for the
+// other instances and stops receiving); the delivery goroutines finish
+// what is queued (when ctx ends first, the queries and checks they run are
+// cancelled); then it waits for the connection handlers. It may be called
+// more than once. It does not stop the HTTP server; call
+// http.Server.Shutdown for that.
 func (a *API) Shutdown(ctx context.Context) error {
 	a.closeOnce.Do(func() {
 		a.mu.Lock()

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/gin-gonic/gin"
 	"net"
 	"net/http"
 	"os"
@@ -28,6 +27,7 @@ import (
 	"gorm.io/gorm/logger"
 
 	"github.com/channelsapi/channelsapi"
+	"github.com/channelsapi/channelsapi/redisbroker"
 )
 
 // envRedis names the environment variable holding the URL of a Redis server
@@ -78,14 +78,30 @@ func openShared(tb testing.TB, n int, models ...any) []*gorm.DB {
 	return dbs
 }
 
+// withRedis is the option of one instance connected through the Redis
+// server at url, with channel prefix: a broker of its own, which the API
+// runs and closes. mutate may change the broker's configuration.
+func withRedis(tb testing.TB, url, prefix string, mutate ...func(*redisbroker.Config)) channelsapi.Option {
+	tb.Helper()
+	cfg := redisbroker.Config{URL: url, Prefix: prefix}
+	for _, m := range mutate {
+		m(&cfg)
+	}
+	b, err := redisbroker.New(cfg)
+	require.NoError(tb, err)
+	return channelsapi.WithBroker(b)
+}
+
 // redisPair starts two instances of the conformance app on one database and
-// one Redis server, with a channel prefix of their own.
-func redisPair(tb testing.TB, url string, opts ...channelsapi.Option) (a, b *testServer) {
+// one Redis server, with a channel prefix of their own; mutate may change
+// the configuration of their brokers.
+func redisPair(tb testing.TB, url string, mutate ...func(*redisbroker.Config)) (a, b *testServer) {
 	tb.Helper()
 	dbs := openShared(tb, 2, &TestModel{})
-	opts = append([]channelsapi.Option{channelsapi.WithRedis(url), channelsapi.WithRedisPrefix(testPrefix())}, opts...)
+	prefix := testPrefix()
 	setup := func(api *channelsapi.API, _ *gorm.DB) { addTestModel(tb, api) }
-	return newServerOn(tb, dbs[0], setup, opts...), newServerOn(tb, dbs[1], setup, opts...)
+	return newServerOn(tb, dbs[0], setup, withRedis(tb, url, prefix, mutate...)),
+		newServerOn(tb, dbs[1], setup, withRedis(tb, url, prefix, mutate...))
 }
 
 // redisServer is a redis-server process of the test's own, for tests that
@@ -263,8 +279,7 @@ func TestRedisSubscribesOnlyWhatLocalClientsWatch(t *testing.T) {
 	prefix := testPrefix()
 	dbs := openShared(t, 2, &TestModel{})
 	setup := func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }
-	opts := []channelsapi.Option{channelsapi.WithRedis(url), channelsapi.WithRedisPrefix(prefix)}
-	a, b := newServerOn(t, dbs[0], setup, opts...), newServerOn(t, dbs[1], setup, opts...)
+	a, b := newServerOn(t, dbs[0], setup, withRedis(t, url, prefix)), newServerOn(t, dbs[1], setup, withRedis(t, url, prefix))
 	seed(t, a.DB, "one")
 	rdb := redisClient(t, url)
 	channel := prefix + "testmodel"
@@ -309,7 +324,7 @@ func TestRedisSubscribesOnlyWhatLocalClientsWatch(t *testing.T) {
 // outbound queue holds: the subscribers of the stream on both instances are
 // closed with 1013, and new subscribers receive events again.
 func TestRedisQueueOverflowResyncs(t *testing.T) {
-	a, b := redisPair(t, redisURL(t), channelsapi.WithRedisQueueSize(1))
+	a, b := redisPair(t, redisURL(t), func(c *redisbroker.Config) { c.QueueSize = 1 })
 	ca, cb := a.dial(t, nil), b.dial(t, nil)
 	ca.subscribe("create", nil)
 	cb.subscribe("create", nil)
@@ -370,6 +385,28 @@ func receivesAgain(t *testing.T, reader, writer *testServer, stream, field strin
 	}
 }
 
+// TestRedisPeerShutdownIsNoGap shuts an instance down cleanly: its broker
+// publishes what it queued, then a farewell, so the other instance's
+// subscribers are not closed, well past the time after which a silent
+// instance counts as dead.
+func TestRedisPeerShutdownIsNoGap(t *testing.T) {
+	const heartbeat = 100 * time.Millisecond
+	a, b := redisPair(t, redisURL(t), func(c *redisbroker.Config) { c.Heartbeat = heartbeat })
+	ca := a.dial(t, nil)
+	ca.subscribe("create", nil)
+	status, _ := b.doREST(t, http.MethodPost, "/testmodel", `{"name":"from b"}`)
+	require.Equal(t, http.StatusCreated, status)
+	assert.Equal(t, event("create", 1, "from b"), ca.readPayload("testmodel"), "a has heard b")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, b.API.Shutdown(ctx))
+	<-time.After(2 * 4 * heartbeat) // what is tested is that nothing happens
+	status, _ = a.doREST(t, http.MethodPost, "/testmodel", `{"name":"after"}`)
+	require.Equal(t, http.StatusCreated, status)
+	assert.Equal(t, event("create", 2, "after"), ca.readPayload("testmodel"), "a's subscriber was not closed")
+}
+
 // TestRedisDownAtStartup registers an API while Redis is down: it starts,
 // writes succeed, a subscriber that misses events is closed with 1013, and
 // once Redis is up events flow again.
@@ -377,7 +414,7 @@ func TestRedisDownAtStartup(t *testing.T) {
 	r := startRedis(t)
 	r.stop()
 	srv := newServerOn(t, openDB(t, &TestModel{}), func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) },
-		channelsapi.WithRedis(r.URL), channelsapi.WithRedisPrefix(testPrefix()))
+		withRedis(t, r.URL, testPrefix()))
 	c := srv.dial(t, nil)
 	c.subscribe("create", nil)
 	status, _ := srv.doREST(t, http.MethodPost, "/testmodel", `{"name":"while down"}`)
@@ -422,8 +459,7 @@ func TestRedisEventsPerRecipient(t *testing.T) {
 	prefix := testPrefix()
 	dbs := openShared(t, 2, &authNote{})
 	setup := func(api *channelsapi.API) { require.NoError(t, channelsapi.Add(api, notesViewSet())) }
-	opts := []channelsapi.Option{channelsapi.WithRedis(url), channelsapi.WithRedisPrefix(prefix)}
-	a, b := newAuthServer(t, dbs[0], setup, opts...), newAuthServer(t, dbs[1], setup, opts...)
+	a, b := newAuthServer(t, dbs[0], setup, withRedis(t, url, prefix)), newAuthServer(t, dbs[1], setup, withRedis(t, url, prefix))
 	type client struct {
 		name string
 		user *authUser
@@ -494,27 +530,4 @@ func TestRedisEventsPerRecipient(t *testing.T) {
 			assert.Equal(t, groupNoteEvent("delete", note2), describeNoteEvent(f.Payload), cl.name)
 		}
 	})
-}
-
-// TestRedisOptionErrors checks that Register refuses an invalid Redis
-// configuration, without repeating a password, and starts nothing then.
-func TestRedisOptionErrors(t *testing.T) {
-	unused := redis.NewClient(&redis.Options{})
-	t.Cleanup(func() { _ = unused.Close() })
-	tests := []struct {
-		name string
-		give []channelsapi.Option
-	}{
-		{"not a Redis URL", []channelsapi.Option{channelsapi.WithRedis("http://:s3cret@127.0.0.1:6379")}},
-		{"bad database number", []channelsapi.Option{channelsapi.WithRedis("redis://:s3cret@127.0.0.1:6379/x")}},
-		{"URL and client", []channelsapi.Option{channelsapi.WithRedis("redis://127.0.0.1:6379"), channelsapi.WithRedisClient(unused)}},
-		{"negative queue", []channelsapi.Option{channelsapi.WithRedis("redis://127.0.0.1:6379"), channelsapi.WithRedisQueueSize(-1)}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := channelsapi.Register(gin.New(), openDB(t, &TestModel{}), tt.give...)
-			require.Error(t, err)
-			assert.NotContains(t, err.Error(), "s3cret")
-		})
-	}
 }

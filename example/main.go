@@ -26,6 +26,7 @@ import (
 	"gorm.io/gorm/logger"
 
 	"github.com/channelsapi/channelsapi"
+	"github.com/channelsapi/channelsapi/redisbroker"
 )
 
 // Question is a poll question.
@@ -91,7 +92,11 @@ func run(addr, dsn, redisURL string, debug bool) error {
 		opts = append(opts, channelsapi.WithDebugPage(""))
 	}
 	if redisURL != "" {
-		opts = append(opts, channelsapi.WithRedis(redisURL))
+		broker, err := redisbroker.New(redisbroker.Config{URL: redisURL})
+		if err != nil {
+			return err
+		}
+		opts = append(opts, channelsapi.WithBroker(broker))
 	}
 	api, err := channelsapi.Register(router, db, opts...)
 	if err != nil {

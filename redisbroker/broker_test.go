@@ -14,10 +14,13 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	"github.com/channelsapi/channelsapi/internal/redisbroker"
+	"github.com/channelsapi/channelsapi/redisbroker"
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(envPeer) != "" {
+		os.Exit(runPeer()) // a peer process of peers_test.go
+	}
 	goleak.VerifyTestMain(m)
 }
 
@@ -85,10 +88,13 @@ func prefix() string {
 	return "redisbroker-test-" + hex.EncodeToString(b) + ":"
 }
 
-func start(t *testing.T, cfg redisbroker.Config) *redisbroker.Broker {
+// start creates a broker, runs it with the handlers of rec and closes it at
+// cleanup.
+func start(t *testing.T, cfg redisbroker.Config, rec *recorder) *redisbroker.Broker {
 	t.Helper()
 	b, err := redisbroker.New(cfg)
 	require.NoError(t, err)
+	require.NoError(t, b.Run(rec.deliver, rec.lostTopics))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -103,7 +109,7 @@ func TestPublishedTwiceDeliveredOnce(t *testing.T) {
 	rdb := client(t)
 	p := prefix()
 	rec := newRecorder()
-	b := start(t, redisbroker.Config{Client: rdb, Prefix: p, Deliver: rec.deliver, Lost: rec.lostTopics})
+	b := start(t, redisbroker.Config{Client: rdb, Prefix: p}, rec)
 
 	// A spy subscribed to the channel sees the raw payloads.
 	spy := rdb.Subscribe(context.Background(), p+"t")
@@ -130,19 +136,26 @@ func TestResyncMarkerInOrder(t *testing.T) {
 	rec := newRecorder()
 	var order []string
 	var mu sync.Mutex
-	b := start(t, redisbroker.Config{Client: rdb, Prefix: prefix(),
-		Deliver: func(topic string, msg []byte) {
+	b, err := redisbroker.New(redisbroker.Config{Client: rdb, Prefix: prefix()})
+	require.NoError(t, err)
+	require.NoError(t, b.Run(
+		func(topic string, msg []byte) {
 			mu.Lock()
 			order = append(order, string(msg))
 			mu.Unlock()
 			rec.deliver(topic, msg)
 		},
-		Lost: func(topics []string) {
+		func(topics []string) {
 			mu.Lock()
 			order = append(order, "LOST")
 			mu.Unlock()
 			rec.lostTopics(topics)
 		},
+	))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		require.NoError(t, b.Close(ctx))
 	})
 	b.Watch("t", true)
 	require.True(t, b.Ready(context.Background(), "t"))
@@ -162,7 +175,7 @@ func TestUnwatchedTopicNotReceived(t *testing.T) {
 	rdb := client(t)
 	p := prefix()
 	rec := newRecorder()
-	b := start(t, redisbroker.Config{Client: rdb, Prefix: p, Deliver: rec.deliver, Lost: rec.lostTopics})
+	b := start(t, redisbroker.Config{Client: rdb, Prefix: p}, rec)
 	b.Watch("watched", true)
 	require.True(t, b.Ready(context.Background(), "watched"))
 	n, err := rdb.PubSubNumSub(context.Background(), p+"watched", p+"other").Result()
@@ -176,7 +189,7 @@ func TestUnwatchedTopicNotReceived(t *testing.T) {
 	down := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialerRetries: 1})
 	t.Cleanup(func() { _ = down.Close() })
 	rec2 := newRecorder()
-	b2 := start(t, redisbroker.Config{Client: down, Deliver: rec2.deliver, Lost: rec2.lostTopics})
+	b2 := start(t, redisbroker.Config{Client: down}, rec2)
 	b2.Watch("t", true)
 	assert.False(t, b2.Ready(context.Background(), "t"), "Redis is unreachable")
 	b2.Publish("t", []byte("lost"))
@@ -184,7 +197,50 @@ func TestUnwatchedTopicNotReceived(t *testing.T) {
 	assert.Equal(t, "t", rec2.lost[0], "a failed publish is reported lost here")
 }
 
-func TestConfigRequired(t *testing.T) {
-	_, err := redisbroker.New(redisbroker.Config{})
-	assert.Error(t, err)
+// TestNewErrors checks that New refuses a configuration that cannot work,
+// without repeating a password, and opens nothing then.
+func TestNewErrors(t *testing.T) {
+	unused := redis.NewClient(&redis.Options{})
+	t.Cleanup(func() { _ = unused.Close() })
+	tests := []struct {
+		name string
+		give redisbroker.Config
+	}{
+		{"no URL nor client", redisbroker.Config{}},
+		{"not a Redis URL", redisbroker.Config{URL: "http://:s3cret@127.0.0.1:6379"}},
+		{"bad database number", redisbroker.Config{URL: "redis://:s3cret@127.0.0.1:6379/x"}},
+		{"bad port", redisbroker.Config{URL: "redis://:s3cret@127.0.0.1:port/0"}},
+		{"URL and client", redisbroker.Config{URL: "redis://127.0.0.1:6379", Client: unused}},
+		{"negative queue", redisbroker.Config{URL: "redis://127.0.0.1:6379", QueueSize: -1}},
+		{"negative duration", redisbroker.Config{URL: "redis://127.0.0.1:6379", HealthCheck: -time.Second}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := redisbroker.New(tt.give)
+			require.Error(t, err)
+			assert.Nil(t, b)
+			assert.NotContains(t, err.Error(), "s3cret")
+		})
+	}
+}
+
+// TestRunOnce checks the life cycle: Run needs both handlers and runs once,
+// Close may come before Run or instead of it, and twice, and Run after Close
+// fails.
+func TestRunOnce(t *testing.T) {
+	b, err := redisbroker.New(redisbroker.Config{URL: "redis://127.0.0.1:1/0"})
+	require.NoError(t, err)
+	rec := newRecorder()
+	assert.Error(t, b.Run(nil, rec.lostTopics))
+	require.NoError(t, b.Run(rec.deliver, rec.lostTopics))
+	assert.Error(t, b.Run(rec.deliver, rec.lostTopics), "Run twice")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, b.Close(ctx))
+	require.NoError(t, b.Close(ctx), "Close twice")
+
+	never, err := redisbroker.New(redisbroker.Config{URL: "redis://127.0.0.1:1/0"})
+	require.NoError(t, err)
+	require.NoError(t, never.Close(ctx), "Close without Run")
+	assert.Error(t, never.Run(rec.deliver, rec.lostTopics), "Run after Close")
 }

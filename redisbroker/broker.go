@@ -1,5 +1,14 @@
 // Package redisbroker carries messages between the instances of one
-// application through Redis pub/sub.
+// application through Redis pub/sub. It is the broker of channelsapi for
+// applications that run several instances: give it to
+// channelsapi.WithBroker. It imports nothing of channelsapi, so that
+// applications that do not use Redis do not link a Redis client.
+//
+//	b, err := redisbroker.New(redisbroker.Config{URL: "redis://redis.internal:6379/0"})
+//	if err != nil {
+//		return err // an invalid URL, not an unreachable server
+//	}
+//	api, err := channelsapi.Register(router, db, channelsapi.WithBroker(b))
 //
 // Every topic (for channelsapi, a stream) is one Redis channel, the topic
 // behind a prefix. An instance subscribes to the channel of a topic while it
@@ -17,9 +26,9 @@
 // subscription connection drops (or a health check finds it dead), when the
 // outbound queue is full, when a publish fails, when a subscribe is not
 // confirmed in time. The broker never lets that pass silently: it reports
-// the topics whose messages may have been lost to [Config.Lost] on every
-// instance that may have missed something, at the point of the topic's order
-// where the loss happened:
+// the topics whose messages may have been lost to the lost handler given to
+// [Broker.Run] on every instance that may have missed something, at the
+// point of the topic's order where the loss happened:
 //
 //   - A dropped subscription: at once on this instance, for every topic it
 //     watches; and again, after reconnecting with backoff, for the topics that
@@ -30,6 +39,31 @@
 //   - A failed publish: the batch and everything still queued is dropped and
 //     reported at once on this instance; a resync marker follows for the
 //     others as soon as Redis takes it.
+//   - A peer that vanished: an instance that dies (killed, crashed, cut off
+//     from Redis) may have had messages queued that never reached Redis.
+//     Every broker publishes a heartbeat on the control channel of its
+//     prefix, Prefix+"#peers", every [Config.Heartbeat], and a farewell when
+//     Close has sent everything it queued; every broker is always
+//     subscribed to that channel. A broker that hears nothing from a peer
+//     for three of the peer's heartbeat intervals, and got no farewell from
+//     it, reports every topic it watches lost.
+//
+// A peer counts as silent only against this broker's own heartbeats, which
+// Redis sends back behind everything it received before them: when one
+// that was sent after a peer's deadline comes back with nothing of the peer
+// before it, the peer missed its heartbeats. So a broker whose own reading
+// is slow never mistakes a peer for dead, and one whose own heartbeats do
+// not get through declares no peer dead until they do. A heartbeat goes
+// out at the earliest deadline, so a dead peer is found two to three of its
+// heartbeat intervals after it died, plus a round trip to Redis.
+//
+// What a broker knows of its peers is forgotten whenever its subscription
+// connection is (re)established; it then asks every peer for a heartbeat at
+// once. A broker's first heartbeat goes out before anything else it
+// publishes. So a broker misses the death of a peer only when the peer dies
+// before this broker heard from it: before anything the peer published
+// reached Redis, or in the round trip in which the peers answer a broker
+// that just (re)subscribed.
 package redisbroker
 
 import (
@@ -42,11 +76,13 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -60,32 +96,42 @@ const (
 	DefaultMaxBackoff   = 2 * time.Second
 	DefaultHealthCheck  = 5 * time.Second
 	DefaultReadyTimeout = 5 * time.Second
+	DefaultHeartbeat    = time.Second
+	// peersChannel, after the prefix, names the control channel. A topic
+	// never starts with '#'.
+	peersChannel = "#peers"
+	// missedBeats is how many of its heartbeats a peer may miss before it
+	// counts as dead.
+	missedBeats = 3
+	// maxInterval bounds the heartbeat interval a peer announces.
+	maxInterval = time.Hour
 	// maxBatch is the most messages sent to Redis in one round trip.
 	maxBatch = 256
 	// publishTimeout bounds one round trip of PUBLISH commands.
 	publishTimeout = 5 * time.Second
 )
 
-// Config configures a Broker. Client, Deliver and Lost are required; every
+// Config configures a Broker. One of URL and Client is required; every
 // other zero field takes its default.
 type Config struct {
-	// Client is the Redis connection pool. The broker does not close it.
+	// URL is the Redis server, redis://[[user]:password@]host[:port][/db]
+	// (rediss:// for TLS). The broker opens its own connections and closes
+	// them on Close.
+	URL string
+	// Client is a connection pool the application configured instead of
+	// URL (Sentinel, Cluster, TLS, pool sizes). The broker does not close
+	// it.
 	Client redis.UniversalClient
-	// Prefix is put before each topic to name its Redis channel; instances
-	// of one application use the same. Empty means DefaultPrefix.
+	// Prefix is put before each topic to name its Redis channel. Every
+	// instance of an application must use the same; applications sharing a
+	// Redis server must use different ones, as pub/sub channels are not
+	// scoped by database number. Empty means DefaultPrefix.
 	Prefix string
-	// QueueSize is how many messages may wait to be sent to Redis. 0 means
+	// QueueSize is how many messages may wait to be sent to Redis. Beyond
+	// it a message is dropped and its topic reported lost on every
+	// instance, after the messages queued before it. 0 means
 	// DefaultQueueSize.
 	QueueSize int
-	// Deliver receives each message of a watched topic, on one goroutine,
-	// in the order Redis delivers them. It must not call the broker's
-	// Close.
-	Deliver func(topic string, payload []byte)
-	// Lost is told the topics whose messages this instance's listeners may
-	// have missed; they must load their state again. It is called from the
-	// broker's goroutines and from Publish, never with a lock of the broker
-	// held; it must not block and must not call the broker's Close.
-	Lost func(topics []string)
 	// Logger receives connection failures. Nil means slog.Default().
 	Logger *slog.Logger
 	// MinBackoff and MaxBackoff bound the wait between attempts to
@@ -98,6 +144,13 @@ type Config struct {
 	HealthCheck time.Duration
 	// ReadyTimeout bounds Ready. 0 means DefaultReadyTimeout.
 	ReadyTimeout time.Duration
+	// Heartbeat is how often the broker tells its peers, on the channel
+	// Prefix+"#peers", that it is alive. A peer that misses three of its
+	// heartbeats without saying farewell counts as dead: every instance
+	// that heard from it reports all the topics it watches lost. The
+	// instances of an application may use different intervals: each
+	// heartbeat carries its own. 0 means DefaultHeartbeat.
+	Heartbeat time.Duration
 }
 
 // A payload on a channel is a kind byte, the publishing broker's id (16 hex
@@ -105,11 +158,18 @@ type Config struct {
 // message. A receiver drops a message whose sequence number is not above
 // the last it had from that broker: a pipeline retried after a lost reply
 // publishes nothing twice.
+//
+// On the control channel a payload is a kind byte and the broker's id; a
+// heartbeat goes on with the sender's interval and the sender's clock (time
+// since New), in nanoseconds, 16 hex digits each.
 const (
-	kindMessage = 'm' // a message
-	kindResync  = 'r' // every instance reports the topic lost
-	kindResyncO = 'o' // the same, except the publishing instance
-	idLen       = 16
+	kindMessage  = 'm' // a message
+	kindResync   = 'r' // every instance reports the topic lost
+	kindResyncO  = 'o' // the same, except the publishing instance
+	kindBeat     = 'h' // a heartbeat
+	kindHello    = 'q' // a heartbeat that asks every peer for one at once
+	kindFarewell = 'f' // the sender closed after publishing all it queued
+	idLen        = 16
 )
 
 // item is one queued message or resync marker; seq numbers the items in
@@ -139,10 +199,18 @@ type marker struct {
 // Broker connects one instance to the others. Its methods are safe for
 // concurrent use.
 type Broker struct {
-	cfg    Config
-	log    *slog.Logger
-	origin string            // random id of this broker, idLen hex digits
-	last   map[string]uint64 // per origin, the last sequence number received
+	cfg     Config
+	client  redis.UniversalClient
+	own     bool // New opened client; Close closes it
+	log     *slog.Logger
+	origin  string            // random id of this broker, idLen hex digits
+	last    map[string]uint64 // per origin, the last sequence number received
+	control string            // the control channel, Prefix+peersChannel
+	start   time.Time         // the origin of the broker's clock
+
+	// message and lost are the handlers given to Run.
+	message func(topic string, payload []byte)
+	lost    func(topics []string)
 
 	// ctx ends the subscription side at Close; sendCtx ends the publishing
 	// side when Close gives up flushing.
@@ -152,10 +220,17 @@ type Broker struct {
 	queue     chan item
 	kickSend  chan struct{}
 	kickWatch chan struct{}
+	kickBeat  chan struct{} // a heartbeat now
+	hello     atomic.Bool   // the next heartbeat asks for the peers' at once
 	stop      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	done      chan struct{}
+	closeErr  error // of closing client; read after done is closed
+
+	// Of the send goroutine: a heartbeat reached Redis once; the last
+	// round trip to Redis succeeded.
+	announced, sendOK bool
 
 	qmu     sync.Mutex // orders enqueueing; taken before mu
 	seq     uint64     // of the last item offered
@@ -163,6 +238,7 @@ type Broker struct {
 	qclosed bool
 
 	mu      sync.Mutex
+	running bool // Run was called
 	closed  bool
 	markers map[string]marker
 	want    map[string]bool // topics with local interest
@@ -172,22 +248,34 @@ type Broker struct {
 	connecting bool            // establishing it
 	up         bool            // established: watched topics are subscribed
 	initLeft   int             // confirmations missing before up
-	initPing   bool            // the first command was a PING, not a SUBSCRIBE
 	sent       map[string]bool // topics SUBSCRIBEd (and not UNSUBSCRIBEd) on it
 	pending    map[string]int  // topics' commands not confirmed yet
 	stale      map[string]bool // topics that gained listeners while not up
 	changed    chan struct{}   // closed and replaced when the state changes
 }
 
-// New starts a broker: it connects to Redis in the background, so that a
-// Redis that is down does not fail the caller, and keeps reconnecting until
-// Close.
+// New returns a broker. It starts nothing: Run connects to Redis, in the
+// background. A Redis that is down is no error; a configuration that cannot
+// work (no URL and no Client, both, a URL that does not parse, a negative
+// size or duration) is.
 func New(cfg Config) (*Broker, error) {
-	if cfg.Client == nil || cfg.Deliver == nil || cfg.Lost == nil {
-		return nil, errors.New("redisbroker: Client, Deliver and Lost are required")
+	switch {
+	case cfg.URL == "" && cfg.Client == nil:
+		return nil, errors.New("redisbroker: a URL or a Client is required")
+	case cfg.URL != "" && cfg.Client != nil:
+		return nil, errors.New("redisbroker: URL and Client exclude each other")
+	case cfg.QueueSize < 0:
+		return nil, fmt.Errorf("redisbroker: queue size must not be negative, got %d", cfg.QueueSize)
+	case cfg.MinBackoff < 0 || cfg.MaxBackoff < 0 || cfg.HealthCheck < 0 || cfg.ReadyTimeout < 0 || cfg.Heartbeat < 0:
+		return nil, errors.New("redisbroker: durations must not be negative")
 	}
-	if cfg.QueueSize < 0 {
-		return nil, errors.New("redisbroker: negative queue size")
+	client, own := cfg.Client, false
+	if client == nil {
+		opts, err := parseURL(cfg.URL)
+		if err != nil {
+			return nil, err
+		}
+		client, own = redis.NewClient(opts), true
 	}
 	cfg.Prefix = cmp.Or(cfg.Prefix, DefaultPrefix)
 	cfg.QueueSize = cmp.Or(cfg.QueueSize, DefaultQueueSize)
@@ -195,15 +283,21 @@ func New(cfg Config) (*Broker, error) {
 	cfg.MaxBackoff = max(cmp.Or(cfg.MaxBackoff, DefaultMaxBackoff), cfg.MinBackoff)
 	cfg.HealthCheck = cmp.Or(cfg.HealthCheck, DefaultHealthCheck)
 	cfg.ReadyTimeout = cmp.Or(cfg.ReadyTimeout, DefaultReadyTimeout)
+	cfg.Heartbeat = min(cmp.Or(cfg.Heartbeat, DefaultHeartbeat), maxInterval)
 	id := make([]byte, 8)
 	_, _ = rand.Read(id)
 	b := &Broker{
 		cfg:       cfg,
+		client:    client,
+		own:       own,
 		log:       cmp.Or(cfg.Logger, slog.Default()),
 		origin:    hex.EncodeToString(id),
+		control:   cfg.Prefix + peersChannel,
+		start:     time.Now(),
 		queue:     make(chan item, cfg.QueueSize),
 		kickSend:  make(chan struct{}, 1),
 		kickWatch: make(chan struct{}, 1),
+		kickBeat:  make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 		markers:   map[string]marker{},
@@ -218,21 +312,65 @@ func New(cfg Config) (*Broker, error) {
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.sendCtx, b.cancelSend = context.WithCancel(context.Background())
+	return b, nil
+}
+
+// parseURL parses a Redis URL. Its errors never repeat the URL, which may
+// hold a password.
+func parseURL(raw string) (*redis.Options, error) {
+	opts, err := redis.ParseURL(raw)
+	if err == nil {
+		return opts, nil
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err // url.Error quotes the whole URL
+	}
+	msg := err.Error()
+	if u, perr := url.Parse(raw); perr == nil {
+		if pw, ok := u.User.Password(); ok && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		}
+	}
+	return nil, fmt.Errorf("redisbroker: invalid Redis URL: %s", msg)
+}
+
+// Run starts the broker: it connects to Redis in the background, and keeps
+// reconnecting until Close. From then on it hands every message of a
+// watched topic to message, on one goroutine, in the order Redis delivers
+// them, and the topics whose messages this instance's listeners may have
+// missed to lost, from any of its goroutines. Both must only queue: they
+// must not block and must not call the broker. Run may be called once; it
+// fails after Close.
+func (b *Broker) Run(message func(topic string, payload []byte), lost func(topics []string)) error {
+	if message == nil || lost == nil {
+		return errors.New("redisbroker: Run needs a message and a lost handler")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return errors.New("redisbroker: Run after Close")
+	case b.running:
+		return errors.New("redisbroker: Run called twice")
+	}
+	b.running = true
+	b.message, b.lost = message, lost
 	b.wg.Add(3)
 	go b.receive()
 	go b.manage()
 	go b.send()
-	return b, nil
+	return nil
 }
 
 // Channel is the Redis channel of topic.
 func (b *Broker) Channel(topic string) string { return b.cfg.Prefix + topic }
 
-// Publish queues message for every instance watching topic, this one
-// included; message must not be modified afterwards. It never blocks: when
+// Publish queues payload for every instance watching topic, this one
+// included; payload must not be modified afterwards. It never blocks: when
 // the queue is full the message is dropped and a resync marker takes its
-// place.
-func (b *Broker) Publish(topic string, message []byte) { b.enqueue(topic, kindMessage, message) }
+// place. What is published before Run is sent once Run starts.
+func (b *Broker) Publish(topic string, payload []byte) { b.enqueue(topic, kindMessage, payload) }
 
 // Resync tells the listeners of topic on every instance, this one included,
 // to load their state again, in order with the topic's messages.
@@ -263,8 +401,13 @@ func (b *Broker) enqueue(topic string, kind byte, data []byte) {
 // Watch records whether this instance has listeners of topic: the broker
 // subscribes to the topic's channel when it gains its first and
 // unsubscribes when it loses its last. It never blocks, so it may be called
-// with the caller's locks held.
+// with the caller's locks held. Topics that start with '#' name the
+// broker's own channels: Watch ignores them.
 func (b *Broker) Watch(topic string, active bool) {
+	if strings.HasPrefix(topic, "#") {
+		b.log.Error("redisbroker: a topic must not start with '#'", "topic", topic)
+		return
+	}
 	b.mu.Lock()
 	if active {
 		b.want[topic] = true
@@ -319,8 +462,10 @@ func (b *Broker) Ready(ctx context.Context, topic string) bool {
 }
 
 // Close stops the broker: it sends what is queued (until ctx ends), closes
-// the subscription and waits for its goroutines, or until ctx ends. It may be
-// called more than once. Publish after Close drops the message.
+// the subscription and waits for its goroutines, or until ctx ends; then it
+// closes the connections it opened from URL. After Close returns nil, the
+// handlers are not called again. It may be called more than once, also
+// before Run or instead of it. Publish after Close drops the message.
 func (b *Broker) Close(ctx context.Context) error {
 	b.closeOnce.Do(func() {
 		b.qmu.Lock()
@@ -339,12 +484,17 @@ func (b *Broker) Close(ctx context.Context) error {
 		go func() {
 			b.wg.Wait()
 			b.cancelSend()
+			if b.own {
+				if err := b.client.Close(); err != nil && !errors.Is(err, redis.ErrClosed) {
+					b.closeErr = fmt.Errorf("redisbroker: close Redis client: %w", err)
+				}
+			}
 			close(b.done)
 		}()
 	})
 	select {
 	case <-b.done:
-		return nil
+		return b.closeErr
 	case <-ctx.Done():
 		b.cancelSend()
 		return ctx.Err()
@@ -387,9 +537,9 @@ func (b *Broker) receive() {
 		}
 		if wasUp {
 			backoff = b.cfg.MinBackoff
-			b.log.Warn("channelsapi: Redis subscription lost; reconnecting", "err", err)
+			b.log.Warn("redisbroker: Redis subscription lost; reconnecting", "err", err)
 		} else {
-			b.log.Warn("channelsapi: cannot subscribe on Redis; retrying", "err", err, "backoff", backoff)
+			b.log.Warn("redisbroker: cannot subscribe on Redis; retrying", "err", err, "backoff", backoff)
 		}
 		if !b.sleep(backoff) {
 			return
@@ -408,9 +558,10 @@ func (b *Broker) stopped() bool {
 }
 
 // session runs one subscription connection until it fails or the broker
-// stops, and reports whether it got established.
+// stops, and reports whether it got established. It subscribes to the
+// control channel and to the watched topics' channels.
 func (b *Broker) session() (wasUp bool, err error) {
-	ps := b.cfg.Client.Subscribe(b.ctx) // connects on first use
+	ps := b.client.Subscribe(b.ctx) // connects on first use
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -427,8 +578,7 @@ func (b *Broker) session() (wasUp bool, err error) {
 		b.sent[t] = true
 		b.pending[t] = 1
 	}
-	ping := len(topics) == 0
-	b.initLeft, b.initPing = max(len(topics), 1), ping
+	b.initLeft = len(topics) + 1
 	b.broadcast()
 	b.mu.Unlock()
 
@@ -441,18 +591,18 @@ func (b *Broker) session() (wasUp bool, err error) {
 		b.mu.Unlock()
 		_ = ps.Close()
 		if wasUp && len(lost) > 0 {
-			b.cfg.Lost(lost)
+			b.lost(lost)
 		}
 	}()
 
-	if ping {
-		err = ps.Ping(b.ctx)
-	} else {
-		err = ps.Subscribe(b.ctx, b.channels(topics)...)
-	}
-	if err != nil {
+	if err := ps.Subscribe(b.ctx, append([]string{b.control}, b.channels(topics)...)...); err != nil {
 		return false, err
 	}
+	// What was known of the peers before this connection is stale: a
+	// peer heard again is known again.
+	peers := &peerSet{deadline: map[string]time.Duration{}, probe: time.AfterFunc(time.Hour, func() { kick(b.kickBeat) })}
+	peers.probe.Stop()
+	defer peers.probe.Stop()
 	pinged := false
 	for {
 		msg, err := ps.ReceiveTimeout(b.ctx, b.cfg.HealthCheck)
@@ -470,10 +620,12 @@ func (b *Broker) session() (wasUp bool, err error) {
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			b.confirm(gen, m)
-		case *redis.Pong:
-			b.pong(gen)
 		case *redis.Message:
-			b.dispatch(m)
+			if m.Channel == b.control {
+				b.heard(m.Payload, peers)
+			} else {
+				b.dispatch(m)
+			}
 		}
 	}
 }
@@ -502,14 +654,16 @@ func (b *Broker) confirm(gen uint64, m *redis.Subscription) {
 		b.mu.Unlock()
 		return
 	}
-	if b.pending[topic] > 1 {
-		b.pending[topic]--
-	} else {
-		delete(b.pending, topic)
+	if m.Channel != b.control {
+		if b.pending[topic] > 1 {
+			b.pending[topic]--
+		} else {
+			delete(b.pending, topic)
+		}
 	}
 	var lost []string
 	var upNow bool
-	if !b.up && !b.initPing {
+	if !b.up {
 		if b.initLeft--; b.initLeft == 0 {
 			lost, upNow = b.goUp(), true
 		}
@@ -517,19 +671,6 @@ func (b *Broker) confirm(gen uint64, m *redis.Subscription) {
 	b.broadcast()
 	b.mu.Unlock()
 	b.afterUp(upNow, lost)
-}
-
-// pong establishes a connection that started with a PING.
-func (b *Broker) pong(gen uint64) {
-	b.mu.Lock()
-	if gen != b.gen || b.up || !b.initPing {
-		b.mu.Unlock()
-		return
-	}
-	lost := b.goUp()
-	b.broadcast()
-	b.mu.Unlock()
-	b.afterUp(true, lost)
 }
 
 // goUp marks the connection established and returns the topics that gained
@@ -545,14 +686,124 @@ func (b *Broker) afterUp(upNow bool, lost []string) {
 	if !upNow {
 		return
 	}
-	b.log.Info("channelsapi: subscribed on Redis")
+	b.log.Info("redisbroker: subscribed on Redis")
 	if len(lost) > 0 {
-		b.cfg.Lost(lost)
+		b.lost(lost)
 	}
 	kick(b.kickWatch) // interest that changed while connecting
+	// Learn the peers at once, rather than in a heartbeat interval.
+	b.hello.Store(true)
+	kick(b.kickBeat)
 }
 
-// dispatch hands a message to Deliver or reports a resync marker.
+// peerSet is what the receive goroutine knows of the peers it heard on the
+// current connection.
+type peerSet struct {
+	// deadline is, per peer, the time of this broker's clock after which
+	// it counts as dead.
+	deadline map[string]time.Duration
+	// probe sends a heartbeat of this broker at the earliest deadline
+	// (armed), so that a dead peer is found then, not up to a heartbeat
+	// interval later.
+	probe *time.Timer
+	armed time.Duration // 0: not armed
+}
+
+// arm sets the probe to fire just after deadline d, unless it fires before.
+func (ps *peerSet) arm(d, now time.Duration) {
+	if ps.armed != 0 && ps.armed <= d {
+		return
+	}
+	ps.armed = d
+	ps.probe.Reset(d - now + time.Millisecond)
+}
+
+// heard handles a payload of the control channel.
+func (b *Broker) heard(p string, peers *peerSet) {
+	if len(p) < 1+idLen {
+		return
+	}
+	kind, origin := p[0], p[1:1+idLen]
+	switch kind {
+	case kindBeat, kindHello:
+		interval, clock, ok := parseBeat(p[1+idLen:])
+		if !ok {
+			return
+		}
+		if origin == b.origin {
+			b.checkPeers(clock, peers)
+			return
+		}
+		now := b.clock()
+		d := now + missedBeats*interval
+		peers.deadline[origin] = d
+		peers.arm(d, now)
+		if kind == kindHello {
+			kick(b.kickBeat)
+		}
+	case kindFarewell:
+		if origin != b.origin {
+			delete(peers.deadline, origin)
+			delete(b.last, origin) // it publishes nothing more
+		}
+	}
+}
+
+// checkPeers runs when this broker's own heartbeat, sent at sent on its
+// clock, comes back from Redis. Redis sends what it receives in one order:
+// a peer whose deadline passed before sent and that was alive would have
+// had its heartbeats through before this one. Such a peer is dead, and
+// every watched topic may have lost what it had queued.
+func (b *Broker) checkPeers(sent time.Duration, peers *peerSet) {
+	var dead []string
+	peers.armed = 0
+	now := b.clock()
+	for origin, d := range peers.deadline {
+		if sent > d {
+			delete(peers.deadline, origin)
+			dead = append(dead, origin)
+		} else {
+			peers.arm(d, now)
+		}
+	}
+	if peers.armed == 0 {
+		peers.probe.Stop()
+	}
+	if len(dead) == 0 {
+		return
+	}
+	b.mu.Lock()
+	topics := slices.Sorted(maps.Keys(b.want))
+	b.mu.Unlock()
+	b.log.Warn("redisbroker: peers fell silent; the listeners of every watched topic resync", "peers", dead, "topics", len(topics))
+	if len(topics) > 0 {
+		b.lost(topics)
+	}
+}
+
+// clock is the time since New, on the monotonic clock.
+func (b *Broker) clock() time.Duration { return time.Since(b.start) }
+
+// beat encodes a heartbeat of kind.
+func (b *Broker) beat(kind byte) string {
+	return fmt.Sprintf("%c%s%016x%016x", kind, b.origin, uint64(b.cfg.Heartbeat), uint64(b.clock()))
+}
+
+// parseBeat decodes the interval and the clock of a heartbeat.
+func parseBeat(p string) (interval, clock time.Duration, ok bool) {
+	if len(p) < 2*idLen {
+		return 0, 0, false
+	}
+	i, err1 := strconv.ParseUint(p[:idLen], 16, 63)
+	c, err2 := strconv.ParseUint(p[idLen:2*idLen], 16, 63)
+	if err1 != nil || err2 != nil || i == 0 {
+		return 0, 0, false
+	}
+	return min(time.Duration(i), maxInterval), time.Duration(c), true
+}
+
+// dispatch hands a message to the message handler or reports a resync
+// marker.
 func (b *Broker) dispatch(m *redis.Message) {
 	topic, ok := strings.CutPrefix(m.Channel, b.cfg.Prefix)
 	if !ok || m.Payload == "" {
@@ -560,32 +811,32 @@ func (b *Broker) dispatch(m *redis.Message) {
 	}
 	p := m.Payload
 	if len(p) < 1+idLen {
-		b.cfg.Lost([]string{topic})
+		b.lost([]string{topic})
 		return
 	}
 	origin := p[1 : 1+idLen]
 	switch p[0] {
 	case kindMessage:
 		if len(p) < 1+2*idLen {
-			b.cfg.Lost([]string{topic})
+			b.lost([]string{topic})
 			return
 		}
 		seq, err := strconv.ParseUint(p[1+idLen:1+2*idLen], 16, 64)
 		if err != nil {
-			b.cfg.Lost([]string{topic})
+			b.lost([]string{topic})
 			return
 		}
 		if seq <= b.last[origin] {
 			return // published twice
 		}
 		b.last[origin] = seq
-		b.cfg.Deliver(topic, []byte(p[1+2*idLen:]))
+		b.message(topic, []byte(p[1+2*idLen:]))
 	case kindResyncO:
 		if origin != b.origin {
-			b.cfg.Lost([]string{topic})
+			b.lost([]string{topic})
 		}
 	default: // kindResync, or a kind from a newer version
-		b.cfg.Lost([]string{topic})
+		b.lost([]string{topic})
 	}
 }
 
@@ -599,7 +850,7 @@ func (b *Broker) fail(gen uint64, err error) {
 		return
 	}
 	b.mu.Unlock()
-	b.log.Warn("channelsapi: Redis subscription failed", "err", err)
+	b.log.Warn("redisbroker: Redis subscription failed", "err", err)
 	_ = ps.Close()
 }
 
@@ -651,28 +902,43 @@ func (b *Broker) apply() {
 	}
 }
 
-// send publishes the queue to Redis, in order, a batch per round trip.
+// send publishes the queue to Redis, in order, a batch per round trip, and
+// the heartbeats, the first before anything else. When the broker stops it
+// sends what is queued and, when all of it went out, the farewell.
 func (b *Broker) send() {
 	defer b.wg.Done()
+	tick := time.NewTicker(b.cfg.Heartbeat)
+	defer tick.Stop()
 	var last uint64 // seq of the last item sent or dropped
 	backoff := b.cfg.MinBackoff
+	beat := byte(kindBeat)
 	for {
 		var batch []item
-		select {
-		case it := <-b.queue:
-			batch = b.fill(append(batch, it))
-		case <-b.kickSend:
-		case <-b.stop:
-			b.flush(last)
-			return
+		if beat == 0 {
+			select {
+			case it := <-b.queue:
+				batch = b.fill(append(batch, it))
+			case <-b.kickSend:
+			case <-tick.C:
+				beat = kindBeat
+			case <-b.kickBeat:
+				beat = kindBeat
+			case <-b.stop:
+				b.stopSending(last, tick.C)
+				return
+			}
 		}
-		ok := b.publish(batch, &last)
+		if beat != 0 && b.hello.Swap(false) {
+			beat = kindHello
+		}
+		ok := b.publish(batch, &last, beat)
+		beat = 0
 		if ok {
 			backoff = b.cfg.MinBackoff
 			continue
 		}
 		if !b.sleep(backoff) {
-			b.flush(last)
+			b.stopSending(last, tick.C)
 			return
 		}
 		backoff = min(2*backoff, b.cfg.MaxBackoff)
@@ -682,6 +948,20 @@ func (b *Broker) send() {
 		if more {
 			kick(b.kickSend)
 		}
+	}
+}
+
+// stopSending flushes the queue and says farewell when all of it went out:
+// the peers then know that nothing of this broker is missing. Otherwise
+// they find out from the heartbeats that stop.
+func (b *Broker) stopSending(last uint64, tick <-chan time.Time) {
+	if !b.flush(last, tick) || !b.announced || !b.sendOK {
+		return // no peer knows it, or Redis is not reachable
+	}
+	ctx, cancel := context.WithTimeout(b.sendCtx, publishTimeout)
+	defer cancel()
+	if err := b.client.Publish(ctx, b.control, string(kindFarewell)+b.origin).Err(); err != nil {
+		b.log.Warn("redisbroker: farewell not published; peers will resync", "err", err)
 	}
 }
 
@@ -698,29 +978,40 @@ func (b *Broker) fill(batch []item) []item {
 	return batch
 }
 
-// flush sends what is queued when the broker stops, one attempt per batch.
-func (b *Broker) flush(last uint64) {
+// flush sends what is queued when the broker stops, one attempt per batch,
+// with a heartbeat when one is due. It reports whether everything went out.
+func (b *Broker) flush(last uint64, tick <-chan time.Time) bool {
 	for {
 		batch := b.fill(nil)
 		b.mu.Lock()
 		markers := len(b.markers)
 		b.mu.Unlock()
 		if len(batch) == 0 && markers == 0 {
-			return
+			return true
 		}
-		if !b.publish(batch, &last) {
-			return
+		var beat byte
+		select {
+		case <-tick:
+			beat = kindBeat
+		default:
+		}
+		if !b.publish(batch, &last, beat) {
+			return false
 		}
 		if len(batch) == 0 {
-			return // markers that are not due yet stay unsent
+			// Markers that are not due yet stay unsent.
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			return len(b.markers) == 0
 		}
 	}
 }
 
-// publish sends batch and the markers due with it in one round trip. On
-// failure it drops the batch and the rest of the queue, reports them lost
-// here and leaves markers for the others; it reports false then.
-func (b *Broker) publish(batch []item, last *uint64) bool {
+// publish sends a heartbeat of kind beat (none when 0, unless no heartbeat
+// got through yet), batch and the markers due with it in one round trip. On failure it drops the batch and
+// the rest of the queue, reports them lost here and leaves markers for the
+// others; it reports false then. A heartbeat alone that fails is no loss.
+func (b *Broker) publish(batch []item, last *uint64, beat byte) bool {
 	hi := *last
 	if len(batch) > 0 {
 		hi = batch[len(batch)-1].seq
@@ -738,12 +1029,30 @@ func (b *Broker) publish(batch []item, last *uint64) bool {
 	}
 	b.mu.Unlock()
 	if len(batch) == 0 && len(markers) == 0 {
+		if beat != 0 {
+			// Close ends a heartbeat at once: it says nothing then.
+			ctx, cancel := context.WithTimeout(b.ctx, publishTimeout)
+			defer cancel()
+			switch err := b.client.Publish(ctx, b.control, b.beat(beat)).Err(); {
+			case err == nil:
+				b.sendOK, b.announced = true, true
+			case b.ctx.Err() == nil: // not ended by Close
+				b.sendOK = false
+				b.log.Debug("redisbroker: heartbeat not published", "err", err)
+			}
+		}
 		return true
 	}
 	slices.SortFunc(markers, func(x, y due) int { return cmp.Compare(x.after, y.after) })
 	ctx, cancel := context.WithTimeout(b.sendCtx, publishTimeout)
 	defer cancel()
-	pipe := b.cfg.Client.Pipeline()
+	pipe := b.client.Pipeline()
+	if beat == 0 && !b.announced {
+		beat = kindBeat // no peer may hear a message of a broker it never heard of
+	}
+	if beat != 0 {
+		pipe.Publish(ctx, b.control, b.beat(beat))
+	}
 	i := 0
 	addMarkers := func(upTo uint64) {
 		for ; i < len(markers) && markers[i].after <= upTo; i++ {
@@ -760,6 +1069,8 @@ func (b *Broker) publish(batch []item, last *uint64) bool {
 	}
 	addMarkers(hi)
 	_, err := pipe.Exec(ctx)
+	b.sendOK = err == nil
+	b.announced = b.announced || b.sendOK && beat != 0
 	if err == nil {
 		b.mu.Lock()
 		for _, m := range markers {
@@ -792,9 +1103,9 @@ func (b *Broker) publish(batch []item, last *uint64) bool {
 		b.markers[t] = marker{after: hi, local: true}
 	}
 	b.mu.Unlock()
-	b.log.Warn("channelsapi: publish to Redis failed; subscribers resync", "err", err, "messages", len(batch))
+	b.log.Warn("redisbroker: publish to Redis failed; subscribers resync", "err", err, "messages", len(batch))
 	if len(lost) > 0 {
-		b.cfg.Lost(slices.Sorted(maps.Keys(lost)))
+		b.lost(slices.Sorted(maps.Keys(lost)))
 	}
 	return false
 }

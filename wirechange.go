@@ -1,0 +1,75 @@
+package channelsapi
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// This file holds the encoding of committed changes between the instances
+// of an application: what brokerRelay publishes and decodes (broker.go).
+
+// wireChange is a change as a Broker carries it; the stream is the topic.
+type wireChange struct {
+	Action string          `json:"a"`
+	Key    string          `json:"k"` // pkKey of the primary key
+	Data   json.RawMessage `json:"d"`
+	// For models whose events are authorized per recipient: the row before
+	// an update, and the column values of the row and of the row before
+	// (every column, also those the JSON hides), which the Scope and the
+	// permissions are evaluated on.
+	Before    json.RawMessage `json:"b,omitempty"`
+	Row       json.RawMessage `json:"r,omitempty"`
+	BeforeRow json.RawMessage `json:"p,omitempty"`
+}
+
+// encodeWireChange encodes ch for the streams of r's model; guarded says
+// whether one of them authorizes events per recipient, which needs the
+// column values.
+func encodeWireChange(r resource, guarded bool, ch change) ([]byte, error) {
+	if err := ch.encode(); err != nil {
+		return nil, err
+	}
+	w := wireChange{Action: ch.action, Key: pkKey(ch.pk), Data: ch.data}
+	if guarded {
+		m := r.model()
+		w.Before = ch.before
+		var err error
+		if w.Row, err = m.columns(ch.obj); err != nil {
+			return nil, err
+		}
+		if w.BeforeRow, err = m.columns(ch.beforeObj); err != nil {
+			return nil, err
+		}
+	}
+	return json.Marshal(w)
+}
+
+// decodeWireChange decodes a change of r's stream from a broker.
+func decodeWireChange(r resource, payload []byte) (change, error) {
+	var w wireChange
+	if err := json.Unmarshal(payload, &w); err != nil {
+		return change{}, err
+	}
+	if w.Action != actionCreate && w.Action != actionUpdate && w.Action != actionDelete {
+		return change{}, fmt.Errorf("unknown action %q", w.Action)
+	}
+	m := r.model()
+	pk, ok := m.parsePKText(w.Key)
+	if !ok {
+		return change{}, fmt.Errorf("invalid key %q", w.Key)
+	}
+	ch := change{typ: m.schema.ModelType, action: w.Action, pk: pk, data: w.Data, before: w.Before}
+	if !r.guarded() {
+		return ch, nil
+	}
+	var err error
+	if ch.obj, err = m.decodeObject(w.Data, w.Row); err != nil {
+		return change{}, err
+	}
+	if w.Before != nil {
+		if ch.beforeObj, err = m.decodeObject(w.Before, w.BeforeRow); err != nil {
+			return change{}, err
+		}
+	}
+	return ch, nil
+}
