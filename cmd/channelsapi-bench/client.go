@@ -25,6 +25,7 @@ const ipBindAddressNoPort = 24
 // dialOptions says how a fleet connects.
 type dialOptions struct {
 	url         string           // ws://127.0.0.1:port/ws
+	stream      string           // the stream subscribed to; empty: streamName
 	srcIPs      int              // source addresses 127.0.0.1.. to spread over (1 = no bind)
 	subscribe   func(i int) int  // lib: the pk connection i subscribes to (0 = every object); nil = no subscription (raw)
 	stalled     func(i int) bool // connections that stop reading until resume
@@ -44,6 +45,7 @@ type wsClient struct {
 	gaps    int64       // reader only: seq jumps, i.e. frames silently lost
 	lats    []sample    // reader only: commit-to-delivered latencies
 	close   int         // reader only: close code received (0 none, -1 other error)
+	reason  string      // reader only: the close frame's reason
 }
 
 // sample is the commit-to-delivered latency of the event seq at one client.
@@ -136,7 +138,11 @@ func dialOne(ctx context.Context, o dialOptions, i int) (*wsClient, error) {
 	_ = resp.Body.Close()
 	c := &wsClient{conn: conn, stalled: o.stalled != nil && o.stalled(i)}
 	if o.subscribe != nil {
-		frame := []byte(`{"stream":"` + streamName + `","payload":{"action":"subscribe","data":{"action":"update"},"request_id":1`)
+		stream := o.stream
+		if stream == "" {
+			stream = streamName
+		}
+		frame := []byte(`{"stream":"` + stream + `","payload":{"action":"subscribe","data":{"action":"update"},"request_id":1`)
 		if pk := o.subscribe(i); pk > 0 {
 			frame = append(frame, `,"pk":`...)
 			frame = strconv.AppendInt(frame, int64(pk), 10)
@@ -199,7 +205,7 @@ func (f *fleet) read(c *wsClient) {
 		if err != nil {
 			var ce *websocket.CloseError
 			if errors.As(err, &ce) {
-				c.close = ce.Code
+				c.close, c.reason = ce.Code, ce.Text
 			} else {
 				c.close = -1
 			}

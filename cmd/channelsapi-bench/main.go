@@ -1,14 +1,16 @@
 // Command channelsapi-bench measures channelsapi against its anchors: raw
 // melody Broadcast of identical bytes, Gin serving the same actions over
-// REST, and one loopback write(2).
+// REST, one loopback write(2), and plain GORM writers (S7).
 //
 // It is a load generator that re-executes itself as a server subprocess
 // (-role=server) for every scenario, pinned to its own CPU with taskset when
 // available, talking over 127.0.0.1 only. The server runs the real library
 // on a SQLite file in a temporary directory and reports its CPU time
-// (getrusage) and memory (runtime.MemStats) on control endpoints.
+// (getrusage) and memory (runtime.MemStats) on control endpoints. S7 also
+// writes to PostgreSQL: the server CHANNELSAPI_BENCH_POSTGRES names, or a
+// throwaway one it starts with initdb and pg_ctl.
 //
-//	go run ./cmd/channelsapi-bench              # S0-S6, about 3 minutes
+//	go run ./cmd/channelsapi-bench              # S0-S7, about 3 minutes
 //	go run ./cmd/channelsapi-bench -quick       # every scenario at small N, < 60 s
 //	go run ./cmd/channelsapi-bench -scenarios s1,s5 -s1-n 2000
 //
@@ -17,6 +19,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -56,6 +59,11 @@ type benchConfig struct {
 	s6Pad     int
 	s6Sndbuf  int
 	s6Raw     bool
+	s7DBs     []string
+	s7Writers []int
+	s7Subs    int
+	s7Rounds  int
+	s7Seconds float64
 }
 
 type s2Case struct {
@@ -72,9 +80,10 @@ func main() {
 	flag.IntVar(&sc.sndbuf, "sndbuf", 0, "server: SO_SNDBUF of accepted connections (0 = kernel autotuning)")
 	flag.BoolVar(&sc.unlimited, "unlimited", false, "server: lift the library's per-connection rate limit")
 	flag.StringVar(&sc.cpuProfile, "cpuprofile", "", "server: write a CPU profile to this file")
+	flag.StringVar(&sc.db, "db", "", "server, writers mode: sqlite or postgres")
 
 	var c benchConfig
-	flag.StringVar(&c.scenarios, "scenarios", "s0,s1,s2,s3,s4,s5,s6", "comma-separated scenarios to run")
+	flag.StringVar(&c.scenarios, "scenarios", "s0,s1,s2,s3,s4,s5,s6,s7", "comma-separated scenarios to run")
 	flag.BoolVar(&c.quick, "quick", false, "every scenario at small N (CI), < 60 s in all")
 	flag.StringVar(&c.jsonPath, "json", "bench-results.json", "write results to this file (empty: do not)")
 	flag.BoolVar(&c.pin, "pin", true, "pin server and load generator to different CPUs with taskset")
@@ -98,6 +107,11 @@ func main() {
 	flag.IntVar(&c.s6Pad, "s6-pad", 512, "S6: padding bytes per row, so a stall fills the buffers sooner")
 	flag.IntVar(&c.s6Sndbuf, "s6-sndbuf", 16384, "S6: server SO_SNDBUF (0 = kernel autotuning, up to tcp_wmem max)")
 	flag.BoolVar(&c.s6Raw, "s6-raw", true, "S6: also run raw melody with stalls (silent drops)")
+	s7DBs := flag.String("s7-dbs", "postgres,sqlite", "S7: databases (postgres: "+postgresEnv+" or a throwaway server)")
+	s7Writers := flag.String("s7-writers", "1,16", "S7: writer goroutine counts")
+	flag.IntVar(&c.s7Subs, "s7-subs", 1000, "S7: subscribers of the third variant")
+	flag.IntVar(&c.s7Rounds, "s7-rounds", 12, "S7: rounds per database and writer count, each running every variant once (medians reported)")
+	flag.Float64Var(&c.s7Seconds, "s7-seconds", 0.25, "S7: seconds of writes per variant and round")
 	flag.Parse()
 
 	if *role == "server" {
@@ -121,6 +135,15 @@ func main() {
 		if !set["s2"] && c.quick {
 			c.s2Cases = []s2Case{{300, 20, 2}, {1000, 2, 2}}
 		}
+	}
+	if err == nil {
+		c.s7Writers, err = parseInts(*s7Writers)
+	}
+	if err == nil {
+		c.s7DBs, err = parseDBs(*s7DBs)
+	}
+	if err == nil && (c.s7Subs <= 0 || c.s7Rounds <= 0 || c.s7Seconds <= 0) {
+		err = errors.New("-s7-subs, -s7-rounds and -s7-seconds must be positive")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "channelsapi-bench:", err)
@@ -146,6 +169,11 @@ func quick(c *benchConfig, set map[string]bool) {
 	small("s3-events", &c.s3Events, 500)
 	small("s5-n", &c.s5N, 500)
 	small("s6-n", &c.s6N, 200)
+	small("s7-subs", &c.s7Subs, 200)
+	small("s7-rounds", &c.s7Rounds, 3)
+	if !set["s7-seconds"] {
+		c.s7Seconds = 0.2
+	}
 	if !set["s4-seconds"] {
 		c.s4Seconds = 1
 	}
@@ -168,6 +196,19 @@ func parseInts(s string) ([]int, error) {
 			return nil, fmt.Errorf("bad count %q", f)
 		}
 		out = append(out, n)
+	}
+	return out, nil
+}
+
+func parseDBs(s string) ([]string, error) {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		switch db := strings.TrimSpace(f); db {
+		case "postgres", "sqlite":
+			out = append(out, db)
+		default:
+			return nil, fmt.Errorf("bad S7 database %q (want postgres or sqlite)", f)
+		}
 	}
 	return out, nil
 }
@@ -239,10 +280,12 @@ func run(c benchConfig) error {
 	}
 
 	scenarios := []struct {
-		id  string
-		run func(context.Context) scenarioResult
+		id    string
+		run   func(context.Context) scenarioResult
+		limit time.Duration // 0: scenarioLimit
 	}{
-		{"s0", d.s0}, {"s1", d.s1}, {"s2", d.s2}, {"s3", d.s3}, {"s4", d.s4}, {"s5", d.s5}, {"s6", d.s6},
+		{"s0", d.s0, 0}, {"s1", d.s1, 0}, {"s2", d.s2, 0}, {"s3", d.s3, 0}, {"s4", d.s4, 0}, {"s5", d.s5, 0}, {"s6", d.s6, 0},
+		{"s7", d.s7, d.s7Limit()},
 	}
 	want := map[string]bool{}
 	for _, s := range strings.Split(strings.ToLower(c.scenarios), ",") {
@@ -258,7 +301,11 @@ func run(c benchConfig) error {
 		if !want[s.id] && !want["all"] {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), scenarioLimit)
+		limit := scenarioLimit
+		if s.limit > 0 {
+			limit = s.limit
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), limit)
 		d.scenario = s.id
 		t0 := time.Now()
 		d.logf("%s: start", s.id)
@@ -280,7 +327,7 @@ func run(c benchConfig) error {
 	return nil
 }
 
-// scenarioLimit bounds every scenario.
+// scenarioLimit bounds every scenario but S7, whose length its flags set.
 const scenarioLimit = 60 * time.Second
 
 func (d *driver) logf(format string, args ...any) {

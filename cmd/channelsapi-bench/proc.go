@@ -33,6 +33,9 @@ func (d *driver) startServer(ctx context.Context, cfg serverConfig) (*serverProc
 		"-role=server", "-mode=" + cfg.mode, "-rows=" + strconv.Itoa(cfg.rows),
 		"-sndbuf=" + strconv.Itoa(cfg.sndbuf), "-unlimited=" + strconv.FormatBool(cfg.unlimited),
 	}
+	if cfg.db != "" {
+		args = append(args, "-db="+cfg.db)
+	}
 	if d.cfg.profile != "" {
 		d.profiles++
 		args = append(args, "-cpuprofile="+filepath.Join(d.cfg.profile, fmt.Sprintf("%s-%02d-%s.pprof", d.scenario, d.profiles, cfg.mode)))
@@ -44,6 +47,9 @@ func (d *driver) startServer(ctx context.Context, cfg serverConfig) (*serverProc
 		cmd = exec.Command(d.exe, args...)
 	}
 	cmd.Stderr = os.Stderr
+	if cfg.dsn != "" {
+		cmd.Env = append(os.Environ(), dsnEnv+"="+cfg.dsn)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -98,6 +104,9 @@ func (p *serverProc) stop() {
 		<-p.done
 	}
 }
+
+// raw reports whether p is a melody server without the library.
+func (p *serverProc) raw() bool { return strings.HasPrefix(p.hello.Mode, "raw") }
 
 func (p *serverProc) wsURL() string { return "ws://" + p.hello.Addr + "/ws" }
 
@@ -160,4 +169,12 @@ func (p *serverProc) waitConns(ctx context.Context, conns, subs int) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// updates asks a writers server for one round (see writersServer.updates).
+func (p *serverProc) updates(ctx context.Context, variant string, writers int, dur time.Duration) (updatesReply, error) {
+	var r updatesReply
+	path := fmt.Sprintf("/ctl/updates?variant=%s&writers=%d&ms=%d", variant, writers, dur.Milliseconds())
+	err := p.call(ctx, http.MethodPost, path, &r)
+	return r, err
 }

@@ -28,12 +28,11 @@ func (d *driver) withServer(ctx context.Context, cfg serverConfig, fn func(p *se
 	return fn(p)
 }
 
-// dial connects n clients to p, subscribed as o says in lib mode (raw
-// servers take no subscription); expectConns waits for the server to count
-// them.
+// dial connects n clients to p, subscribed as o says (raw servers take no
+// subscription); expectConns waits for the server to count them.
 func (d *driver) dial(ctx context.Context, p *serverProc, n int, o dialOptions) (*fleet, error) {
 	o.url, o.srcIPs, o.workers = p.wsURL(), d.srcIPs(n), 16
-	if p.hello.Mode != "lib" {
+	if p.raw() {
 		o.subscribe = nil
 	}
 	t0 := time.Now()
@@ -46,9 +45,9 @@ func (d *driver) dial(ctx context.Context, p *serverProc, n int, o dialOptions) 
 }
 
 // expectConns waits until the server reports conns connections of which
-// subs are subscribed (lib) or conns connections (raw).
+// subs are subscribed (lib, writers) or conns connections (raw).
 func expectConns(ctx context.Context, p *serverProc, conns, subs int) error {
-	if p.hello.Mode != "lib" {
+	if p.raw() {
 		subs = 0
 	}
 	return p.waitConns(ctx, conns, subs)
@@ -928,4 +927,196 @@ func (d *driver) stallRun(ctx context.Context, name, mode string, n int, stalled
 		return nil
 	})
 	return r, err
+}
+
+// ---- S7 ------------------------------------------------------------------
+
+// s7Run is one database and writer count: every round's figure of every
+// variant, rounds in the order they ran.
+type s7Run struct {
+	DB          string               `json:"db"`
+	Writers     int                  `json:"writers"`
+	Subscribers int                  `json:"subscribers"`
+	PerS        map[string][]float64 `json:"updates_per_s"`      // by variant
+	CPU         map[string][]float64 `json:"cpu_us_per_update"`  // server CPU, by variant
+	Closed      []int                `json:"subscribers_closed"` // per subscribed round: subscribers the server closed
+	Deliveries  []float64            `json:"deliveries_per_s"`   // per subscribed round: frames the subscribers read per second of writes
+	Reasons     map[string]int       `json:"close_reasons"`      // all subscribed rounds: the server's closes by code and reason
+}
+
+// s7Limit bounds S7: its rounds twice over, 2 s per subscribed round to
+// connect and disconnect the subscribers, and a minute for starting
+// PostgreSQL.
+func (d *driver) s7Limit() time.Duration {
+	cases := len(d.cfg.s7DBs) * len(d.cfg.s7Writers)
+	rounds := time.Duration(cases*(d.cfg.s7Rounds*len(s7Variants)*int(d.cfg.s7Seconds*1000)+len(s7Variants)*s7WarmMs)) * time.Millisecond
+	return scenarioLimit + 2*rounds + time.Duration(cases*d.cfg.s7Rounds)*2*time.Second
+}
+
+// s7WarmMs is the length of the unmeasured round of every variant that
+// opens the pool's connections before the rounds of a writer count.
+const s7WarmMs = 200
+
+// s7Target is the issue's floor for capture on, no subscriber, relative to
+// plain GORM (0: none).
+func s7Target(db string, writers int) float64 {
+	switch {
+	case db == "postgres" && writers == 16:
+		return 0.85
+	case db == "postgres" && writers == 1, db == "sqlite" && writers == 1:
+		return 0.8
+	}
+	return 0
+}
+
+func (d *driver) s7(ctx context.Context) scenarioResult {
+	res := scenarioResult{Title: "what the library costs the application's writers: GORM updates/s with channelsapi registered vs plain GORM, interleaved rounds", Details: map[string]any{}}
+	n := d.fitConns("S7", d.cfg.s7Subs)
+	var runs []*s7Run
+	var errs []error
+	for _, db := range d.cfg.s7DBs {
+		r, note, err := d.s7DB(ctx, db, n)
+		runs = append(runs, r...)
+		if note != "" {
+			res.Notes = append(res.Notes, note)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", db, err))
+		}
+	}
+	for _, r := range runs {
+		name := map[string]string{"postgres": "PostgreSQL", "sqlite": "SQLite"}[r.DB]
+		c := fmt.Sprintf("%s, %d writers", name, r.Writers)
+		if r.Writers == 1 {
+			c = name + ", 1 writer"
+		}
+		plain := median(r.PerS[variantPlain])
+		perRound := func(v string) float64 {
+			var q []float64
+			for i, base := range r.PerS[variantPlain] {
+				q = append(q, ratio(r.PerS[v][i], base))
+			}
+			return median(q)
+		}
+		capture, subscribed := median(r.PerS[variantCapture]), median(r.PerS[variantSubscribed])
+		capRatio, subRatio := perRound(variantCapture), perRound(variantSubscribed)
+		capRow := row{Case: c, Metric: "updates/s, capture on, no subscriber", Value: capture, Baseline: plain, BaselineName: "plain GORM", Ratio: capRatio, Status: "info"}
+		if t := s7Target(r.DB, r.Writers); t > 0 {
+			capRow.Target, capRow.Status = fmt.Sprintf(">= %.2gx", t), status(capRatio >= t)
+		}
+		cpuPlain, cpuCapture := median(r.CPU[variantPlain]), median(r.CPU[variantCapture])
+		res.Rows = append(res.Rows, capRow,
+			row{Case: c, Metric: fmt.Sprintf("updates/s, %d subscribers", r.Subscribers), Value: subscribed, Baseline: plain, BaselineName: "plain GORM", Ratio: subRatio, Status: "info"},
+			row{Case: c, Metric: "server CPU per update, capture on", Unit: "µs", Value: cpuCapture, Baseline: cpuPlain, BaselineName: "plain GORM", Ratio: ratio(cpuCapture, cpuPlain), Status: "info"},
+			row{Case: c, Metric: "deliveries/s to the subscribers", Value: median(r.Deliveries), Status: "info"},
+			row{Case: c, Metric: "subscribers closed per round", Value: median(toFloats(r.Closed)), Baseline: float64(r.Subscribers), BaselineName: "connected", Status: "info"},
+		)
+		if len(r.Reasons) > 0 {
+			res.Notes = append(res.Notes, fmt.Sprintf("%s: subscribers closed in the subscribed rounds %v (of %d each), by close code and reason: %v", c, r.Closed, r.Subscribers, r.Reasons))
+		}
+	}
+	res.Notes = append(res.Notes,
+		fmt.Sprintf("each round runs plain GORM, capture on and %d subscribers for %gs each, in an order rotating by round; %d rounds; updates/s are medians of the rounds, ratios the median of the rounds' own ratios", n, d.cfg.s7Seconds, d.cfg.s7Rounds),
+		"one server process holds all three *gorm.DB on one *sql.DB pool (SQLite: one connection, WAL, synchronous=NORMAL, _txlock=immediate; PostgreSQL: one connection per writer); the subscribers connect before each subscribed round and disconnect after it (so what it queued for them does not run into the next round)",
+	)
+	res.Details["runs"] = runs
+	return fail(res, errors.Join(errs...))
+}
+
+// s7DB runs every writer count on one database, on one server.
+func (d *driver) s7DB(ctx context.Context, db string, n int) (runs []*s7Run, note string, err error) {
+	cfg := serverConfig{mode: "writers", db: db, rows: slices.Max(d.cfg.s7Writers)}
+	if db == "postgres" {
+		pg, skip, err := d.startPostgres(ctx)
+		if skip != "" {
+			return nil, "PostgreSQL rows skipped: " + skip, nil
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		defer pg.stop()
+		cfg.dsn, note = pg.dsn, "PostgreSQL: "+pg.desc
+	}
+	err = d.withServer(ctx, cfg, func(p *serverProc) error {
+		for _, w := range d.cfg.s7Writers {
+			r, err := d.s7Rounds(ctx, p, n, db, w)
+			if err != nil {
+				return fmt.Errorf("%d writers: %w", w, err)
+			}
+			runs = append(runs, r)
+		}
+		return nil
+	})
+	return runs, note, err
+}
+
+// s7Rounds measures w writers: a warm-up round of every variant, then
+// s7Rounds rounds of every variant, rotating the order.
+func (d *driver) s7Rounds(ctx context.Context, p *serverProc, n int, db string, w int) (*s7Run, error) {
+	r := &s7Run{DB: db, Writers: w, Subscribers: n, PerS: map[string][]float64{}, CPU: map[string][]float64{}, Reasons: map[string]int{}}
+	for _, v := range s7Variants {
+		if _, err := p.updates(ctx, v, w, s7WarmMs*time.Millisecond); err != nil {
+			return nil, fmt.Errorf("warm-up %s: %w", v, err)
+		}
+	}
+	dur := time.Duration(d.cfg.s7Seconds * float64(time.Second))
+	for round := range d.cfg.s7Rounds {
+		for i := range s7Variants {
+			v := s7Variants[(round+i)%len(s7Variants)]
+			var (
+				u   updatesReply
+				err error
+			)
+			if v == variantSubscribed {
+				err = d.s7Subscribed(ctx, p, n, w, dur, r, &u)
+			} else {
+				u, err = p.updates(ctx, v, w, dur)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", v, err)
+			}
+			r.PerS[v] = append(r.PerS[v], u.PerS)
+			r.CPU[v] = append(r.CPU[v], float64(u.CPUMicros)/float64(max(u.Updates, 1)))
+			d.logf("  %s W=%d round %d %s: %.0f updates/s, %.1f µs CPU/update", db, w, round+1, v, u.PerS, r.CPU[v][len(r.CPU[v])-1])
+		}
+	}
+	return r, nil
+}
+
+// s7Subscribed runs one round of the subscribed variant: n subscribers
+// connect and subscribe, the writers run while they read, then they
+// disconnect and the server lets them go, so that what the round queued for
+// them is not delivered during the next round. It records the frames they
+// read during the writes and those the server closed.
+func (d *driver) s7Subscribed(ctx context.Context, p *serverProc, n, w int, dur time.Duration, r *s7Run, u *updatesReply) error {
+	f, err := d.dial(ctx, p, n, dialOptions{stream: rowsTable, subscribe: func(int) int { return 0 }})
+	if err != nil {
+		return err
+	}
+	defer f.closeAll()
+	if err := expectConns(ctx, p, n, n); err != nil {
+		return err
+	}
+	if *u, err = p.updates(ctx, variantSubscribed, w, dur); err != nil {
+		return err
+	}
+	r.Deliveries = append(r.Deliveries, float64(f.recv.Load())/u.Seconds)
+	f.closeAll()
+	closed := 0
+	for _, c := range f.clients {
+		if c.close != -1 { // -1: the driver's own close
+			r.Reasons[strings.TrimSpace(strconv.Itoa(c.close)+" "+c.reason)]++
+			closed++
+		}
+	}
+	r.Closed = append(r.Closed, closed)
+	return expectConns(ctx, p, 0, 0)
+}
+
+func toFloats(v []int) []float64 {
+	out := make([]float64, len(v))
+	for i, x := range v {
+		out[i] = float64(x)
+	}
+	return out
 }

@@ -50,8 +50,10 @@ func itemName(id uint) string { return "item-" + strconv.FormatUint(uint64(id), 
 
 // serverConfig is what the driver passes to a server subprocess.
 type serverConfig struct {
-	mode       string // "lib": channelsapi; "raw": melody Broadcast with the library's settings; "raw-default": melody.New() as is
+	mode       string // "lib": channelsapi; "raw": melody Broadcast with the library's settings; "raw-default": melody.New() as is; "writers": S7
 	rows       int    // rows seeded before the server starts
+	db         string // writers: "sqlite" or "postgres"
+	dsn        string // writers, postgres: the server to use (passed in the environment, not on the command line)
 	sndbuf     int    // SO_SNDBUF of accepted connections; 0 keeps the kernel's autotuning
 	unlimited  bool   // lib: lift the per-connection rate limit (S4 sends hundreds of requests/s per socket)
 	cpuProfile string // write a CPU profile of the whole server run to this file
@@ -91,13 +93,15 @@ func runServer(cfg serverConfig) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	if cfg.mode == "writers" {
+		return runWritersServer(cfg)
+	}
 	dir, err := os.MkdirTemp("", "channelsapi-bench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	dsn := "file:" + filepath.Join(dir, "bench.db") + "?_journal_mode=WAL&_synchronous=NORMAL&_busy_timeout=10000&_txlock=immediate"
-	db, err := gorm.Open(sqlite.Open(dsn), &gorm.Config{Logger: logger.Discard})
+	db, err := gorm.Open(sqlite.Open(sqliteDSN(dir)), &gorm.Config{Logger: logger.Discard})
 	if err != nil {
 		return fmt.Errorf("open sqlite: %w", err)
 	}
@@ -167,6 +171,17 @@ func runServer(cfg serverConfig) error {
 	ctl.POST("/writes", s.writes)
 	ctl.POST("/anchor", s.anchor)
 
+	return serve(router, cfg)
+}
+
+// sqliteDSN is the SQLite file every server uses, in dir.
+func sqliteDSN(dir string) string {
+	return "file:" + filepath.Join(dir, "bench.db") + "?_journal_mode=WAL&_synchronous=NORMAL&_busy_timeout=10000&_txlock=immediate"
+}
+
+// serve listens on 127.0.0.1, prints the hello line and serves router until
+// the driver closes stdin.
+func serve(router *gin.Engine, cfg serverConfig) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
