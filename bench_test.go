@@ -2,6 +2,7 @@ package channelsapi_test
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -18,6 +19,7 @@ import (
 	"github.com/olahol/melody"
 	"github.com/stretchr/testify/require"
 	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
 
 	"github.com/channelsapi/channelsapi"
 )
@@ -318,4 +320,45 @@ func BenchmarkUnguardedLatencyWithScopedSubscribers(b *testing.B) {
 	b.ReportMetric(without, "p99-without-µs")
 	b.ReportMetric(with, "p99-with-200-µs")
 	b.ReportMetric(with/max(without, 1), "p99-ratio")
+}
+
+// benchRow is the row of BenchmarkWriterCost.
+type benchRow struct {
+	ID      uint `gorm:"primaryKey"`
+	Counter int
+}
+
+// BenchmarkWriterCost measures what capture costs an application's own
+// writer on SQLite (S7 of the bench, in-process): one goroutine updating its
+// row through GORM, on three databases in the same loop: plain GORM, plain
+// GORM asking for RETURNING itself (the floor of reading the row written
+// from the statement), and GORM with channelsapi registered and a ViewSet of
+// the model (no subscriber). It reports the ratios of the two latter rates
+// to plain GORM's.
+func BenchmarkWriterCost(b *testing.B) {
+	open := func(capture bool) *gorm.DB {
+		db := openSQLite(b, "", &benchRow{})
+		if capture {
+			api, err := channelsapi.Register(gin.New(), db)
+			require.NoError(b, err)
+			require.NoError(b, channelsapi.Add(api, channelsapi.ViewSet[benchRow]{}))
+			b.Cleanup(func() { require.NoError(b, api.Shutdown(context.Background())) })
+		}
+		require.NoError(b, db.Create(&benchRow{ID: 1}).Error)
+		return db
+	}
+	plain, returning, captured := open(false), open(false).Clauses(clause.Returning{}).Session(&gorm.Session{}), open(true)
+	var spent [3]time.Duration
+	n := 0
+	for b.Loop() {
+		n++
+		for i, db := range []*gorm.DB{plain, returning, captured} {
+			start := time.Now()
+			require.NoError(b, db.Model(&benchRow{ID: 1}).Update("counter", n).Error)
+			spent[i] += time.Since(start)
+		}
+	}
+	b.ReportMetric(float64(spent[0].Nanoseconds())/float64(n), "plain-ns/update")
+	b.ReportMetric(spent[0].Seconds()/spent[1].Seconds(), "returning/plain")
+	b.ReportMetric(spent[0].Seconds()/spent[2].Seconds(), "capture/plain")
 }
