@@ -3,6 +3,7 @@ package channelsapi
 import (
 	"context"
 	"fmt"
+	"log/slog"
 )
 
 // Broker carries changes between the instances of an application, so that
@@ -104,8 +105,10 @@ func (localRelay) shutdown(context.Context) error { return nil }
 // broker hands over is only queued here; decoding and authorizing run on
 // the stream's delivery goroutine.
 type brokerRelay struct {
-	api *API
-	b   Broker
+	reg      *registry
+	delivery *delivery
+	log      *slog.Logger
+	b        Broker
 }
 
 // startRelay sets the relay: the broker of WithBroker, run now, else the
@@ -115,7 +118,7 @@ func (a *API) startRelay() error {
 		a.relay = localRelay{a.delivery}
 		return nil
 	}
-	r := &brokerRelay{api: a, b: a.cfg.broker}
+	r := &brokerRelay{reg: a.reg, delivery: a.delivery, log: a.log, b: a.cfg.broker}
 	if err := r.b.Run(r.receive, r.lost); err != nil {
 		return fmt.Errorf("channelsapi: run broker: %w", err)
 	}
@@ -126,17 +129,15 @@ func (a *API) startRelay() error {
 
 func (r *brokerRelay) publish(changes []change) {
 	for _, ch := range changes {
-		r.api.mu.RLock()
-		rs := r.api.byType[ch.typ]
-		r.api.mu.RUnlock()
+		rs := r.reg.ofType(ch.typ)
 		if len(rs) == 0 {
 			continue
 		}
 		var msg []byte
 		if ch.resync == "" {
 			var err error
-			if msg, err = encodeWireChange(rs[0], r.api.guarded(ch.typ), ch); err != nil {
-				r.api.log.Error("channelsapi: encode change for the broker", "err", err)
+			if msg, err = encodeWireChange(rs[0], r.reg.guarded(ch.typ), ch); err != nil {
+				r.log.Error("channelsapi: encode change for the broker", "err", err)
 			}
 		}
 		for _, res := range rs {
@@ -152,18 +153,18 @@ func (r *brokerRelay) publish(changes []change) {
 // receive queues a change from the broker for this instance's subscribers
 // of stream. It runs on the broker's reader goroutine: it only queues.
 func (r *brokerRelay) receive(stream string, payload []byte) {
-	res, ok := r.api.resource(stream)
+	res, ok := r.reg.stream(stream)
 	if !ok {
 		return // a stream this instance does not serve
 	}
-	r.api.delivery.received(stream, func() (change, error) { return decodeWireChange(res, payload) })
+	r.delivery.received(stream, func() (change, error) { return decodeWireChange(res, payload) })
 }
 
 // lost resyncs the subscribers of streams whose events may have been lost,
 // after what was received before.
 func (r *brokerRelay) lost(streams []string) {
 	for _, s := range streams {
-		r.api.delivery.lost(s, reasonBrokerGap)
+		r.delivery.lost(s, reasonBrokerGap)
 	}
 }
 

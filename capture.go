@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"reflect"
 	"slices"
 	"strings"
@@ -66,14 +67,19 @@ func (ch *change) encode() error {
 
 // capture is the GORM plugin: statements become changes.
 type capture struct {
-	api          *API
+	reg          *registry
+	log          *slog.Logger
+	bulkLimit    int
 	order        *sequencer // commit order (capture_tx.go)
 	hasReturning bool       // the dialect has RETURNING (returning.go)
 	postgres     bool
 }
 
 func newCapture(a *API) *capture {
-	return &capture{api: a, order: &sequencer{publish: func(c []change) { a.relay.publish(c) }}}
+	return &capture{
+		reg: a.reg, log: a.log, bulkLimit: a.cfg.bulkLimit,
+		order: &sequencer{publish: func(c []change) { a.relay.publish(c) }},
+	}
 }
 
 // Name implements gorm.Plugin.
@@ -159,29 +165,17 @@ func commitTransaction(db *gorm.DB) {
 // its struct type, or else the registered model of its table (a second
 // struct mapped on the same table, db.Table("items"), db.Table("items AS i")).
 func (p *capture) target(db *gorm.DB) *model {
-	p.api.mu.RLock()
-	defer p.api.mu.RUnlock()
+	var t reflect.Type
 	table := db.Statement.Table
 	if s := db.Statement.Schema; s != nil {
-		if rs := p.api.byType[s.ModelType]; len(rs) > 0 {
-			return rs[0].model()
-		}
-		table = s.Table
+		t, table = s.ModelType, s.Table
 	}
 	if e := db.Statement.TableExpr; e != nil {
 		if f := strings.Fields(e.SQL); len(f) > 0 {
 			table = strings.Trim(f[0], "`\"[]")
 		}
 	}
-	if table == "" {
-		return nil
-	}
-	for _, rs := range p.api.byType {
-		if rs[0].model().schema.Table == table {
-			return rs[0].model()
-		}
-	}
-	return nil
+	return p.reg.modelOf(t, table)
 }
 
 func (p *capture) afterCreate(db *gorm.DB) {
@@ -228,7 +222,7 @@ func (p *capture) recordCreated(db *gorm.DB, c *created) {
 		}
 		ch := p.changeOf(db, c.m, actionUpdate, r)
 		prev, ok := c.prior[conflictKeyOf(ctx, c, r)]
-		if !ok && c.prior != nil && p.api.guarded(c.m.schema.ModelType) {
+		if !ok && c.prior != nil && p.reg.guarded(c.m.schema.ModelType) {
 			// Updated, yet not found before: committed meanwhile by
 			// another transaction; what subscribers saw is unknown.
 			changes = append(changes, change{typ: c.m.schema.ModelType, resync: reasonConcurrent})
@@ -266,7 +260,7 @@ func (p *capture) beforeUpdate(db *gorm.DB) {
 		return
 	}
 	b := &before{m: m}
-	guarded := p.api.guarded(m.schema.ModelType)
+	guarded := p.reg.guarded(m.schema.ModelType)
 	if p.returning(db) {
 		b.pk = assigns(db, m.pk)
 		b.undel = m.softDelete != nil && assigns(db, m.softDelete)
@@ -310,7 +304,7 @@ func (p *capture) readBefore(db *gorm.DB, b *before) bool {
 
 // markReturning has the statement run with RETURNING (returning.go).
 func (p *capture) markReturning(db *gorm.DB, b *before) {
-	b.ret = &returned{m: b.m, limit: p.api.cfg.bulkLimit}
+	b.ret = &returned{m: b.m, limit: p.bulkLimit}
 	keep(db, b)
 }
 
@@ -389,7 +383,7 @@ func (p *capture) afterUpdate(db *gorm.DB) {
 	if !ok {
 		return
 	}
-	if b.resync || (b.ret != nil && b.ret.count > p.api.cfg.bulkLimit) {
+	if b.resync || (b.ret != nil && b.ret.count > p.bulkLimit) {
 		p.record(db, []change{{typ: b.m.schema.ModelType, resync: reasonBulkChange}})
 		return
 	}
@@ -473,7 +467,7 @@ func (p *capture) afterDelete(db *gorm.DB) {
 	if !ok {
 		return
 	}
-	if b.resync || (b.ret != nil && b.ret.count > p.api.cfg.bulkLimit) {
+	if b.resync || (b.ret != nil && b.ret.count > p.bulkLimit) {
 		p.record(db, []change{{typ: b.m.schema.ModelType, resync: reasonBulkChange}})
 		return
 	}
@@ -506,7 +500,7 @@ func (p *capture) changeOfValue(db *gorm.DB, m *model, action string, obj reflec
 	pk, _ := m.pkOf(db.Statement.Context, obj)
 	data, err := json.Marshal(obj.Addr().Interface())
 	if err != nil {
-		p.api.log.Error("channelsapi: encode event", "model", m.schema.Name, "pk", pk, "err", err)
+		p.log.Error("channelsapi: encode event", "model", m.schema.Name, "pk", pk, "err", err)
 		return change{typ: m.schema.ModelType, resync: reasonEncoding}
 	}
 	own := reflect.New(m.schema.ModelType)
@@ -532,7 +526,7 @@ func (p *capture) record(db *gorm.DB, changes []change) {
 		// A transaction begun outside the wrapped pool (db.Connection):
 		// its commit cannot be seen, so nothing is published for it and
 		// the subscribers of the model resync instead of missing it.
-		p.api.log.Warn("channelsapi: a write in a transaction begun outside the registered *gorm.DB (db.Connection?) cannot be published; subscribers resync")
+		p.log.Warn("channelsapi: a write in a transaction begun outside the registered *gorm.DB (db.Connection?) cannot be published; subscribers resync")
 		changes = []change{{typ: changes[0].typ, resync: reasonUntracked}}
 	}
 	p.order.reserve().fill(changes)
@@ -615,7 +609,7 @@ func (p *capture) matching(db *gorm.DB, m *model, lock bool) (rows []reflect.Val
 	if !hasCond && !db.AllowGlobalUpdate {
 		return nil, false, nil // GORM refuses the statement (ErrMissingWhereClause)
 	}
-	limit := p.api.cfg.bulkLimit
+	limit := p.bulkLimit
 	slice := reflect.New(reflect.SliceOf(m.schema.ModelType))
 	if err := q.Limit(limit + 1).Find(slice.Interface()).Error; err != nil {
 		return nil, false, err

@@ -193,9 +193,8 @@ type API struct {
 	relay    relay // localRelay, or brokerRelay with WithBroker
 	delivery *delivery
 
-	mu        sync.RWMutex
-	streams   map[string]resource
-	byType    map[reflect.Type][]resource
+	reg       *registry
+	mu        sync.RWMutex // guards closing
 	closing   bool
 	conns     atomic.Int64   // open WebSocket connections (melody's count keeps those registered after Shutdown)
 	sockets   sync.WaitGroup // one per WebSocket connection handler
@@ -267,13 +266,12 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 		}
 	}
 	a := &API{
-		db:      db,
-		cfg:     cfg,
-		rest:    router,
-		hub:     fanout.New(),
-		log:     cfg.logger,
-		streams: map[string]resource{},
-		byType:  map[reflect.Type][]resource{},
+		db:   db,
+		cfg:  cfg,
+		rest: router,
+		hub:  fanout.New(),
+		log:  cfg.logger,
+		reg:  newRegistry(),
 	}
 	if cfg.restPrefix != "" {
 		a.rest = router.Group(cfg.restPrefix)
@@ -345,39 +343,18 @@ func (a *API) userOf(c *gin.Context) any {
 	return u
 }
 
+var errDuplicateStream = errors.New("stream is added already")
+
 func (a *API) add(r resource) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if _, dup := a.streams[r.name()]; dup {
+	err := a.reg.add(r, func() error { return r.mountREST(a) })
+	switch {
+	case errors.Is(err, errDuplicateStream):
 		return fmt.Errorf("channelsapi: stream %q is added already", r.name())
-	}
-	if err := r.mountREST(a); err != nil {
+	case err != nil:
 		return fmt.Errorf("channelsapi: add %s: %w", r.name(), err)
 	}
-	a.streams[r.name()] = r
-	t := r.model().schema.ModelType
-	a.byType[t] = append(a.byType[t], r)
 	a.delivery.add(r)
 	return nil
-}
-
-// guarded reports whether some stream of typ authorizes events per recipient.
-func (a *API) guarded(typ reflect.Type) bool {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	for _, r := range a.byType[typ] {
-		if r.guarded() {
-			return true
-		}
-	}
-	return false
-}
-
-func (a *API) resource(stream string) (resource, bool) {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	r, ok := a.streams[stream]
-	return r, ok
 }
 
 // run executes an action with the one error translation and panic recovery

@@ -221,7 +221,7 @@ func (p *capture) create(db *gorm.DB, m *model) {
 	stmt.Build(stmt.BuildClauses...)
 
 	c := &created{m: m, columns: onConflict.Columns}
-	if updates && (!p.postgres || p.api.guarded(m.schema.ModelType)) {
+	if updates && (!p.postgres || p.reg.guarded(m.schema.ModelType)) {
 		// The rows the upsert may update, as they are: on SQLite, where the
 		// write lock is held, they tell updated rows from inserted ones.
 		prior, err := p.conflicting(db, m, values, onConflict.Columns)

@@ -60,12 +60,10 @@ type actionSchema struct {
 // debugger page (which adds the WebSocket path to it). It is safe to call
 // while the API serves.
 func (a *API) schema() any {
-	a.mu.RLock()
-	streams := make([]streamSchema, 0, len(a.streams))
-	for _, r := range a.streams {
+	streams := []streamSchema{}
+	for _, r := range a.reg.all() {
 		streams = append(streams, r.describe())
 	}
-	a.mu.RUnlock()
 	slices.SortFunc(streams, func(x, y streamSchema) int { return cmp.Compare(x.Name, y.Name) })
 	return streams
 }

@@ -250,7 +250,7 @@ func (a *API) dispatch(ctx context.Context, c *conn, msg []byte) []byte {
 		actionOut = action
 	}
 	rep := reply{Action: actionOut, RequestID: p.RequestID}
-	r, found := a.resource(stream)
+	r, found := a.reg.stream(stream)
 	switch {
 	case limited:
 		rep.Errors, rep.ResponseStatus = []any{msgTooManyRequests}, http.StatusTooManyRequests
