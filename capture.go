@@ -378,13 +378,24 @@ func found(db *gorm.DB) (*before, bool) {
 	return b, true
 }
 
-func (p *capture) afterUpdate(db *gorm.DB) {
+// perRow returns what the before-callback of an update or delete found, when
+// the statement's rows get an event each; beyond the bulk event limit it
+// records a resync of the model's streams instead.
+func (p *capture) perRow(db *gorm.DB) (*before, bool) {
 	b, ok := found(db)
 	if !ok {
-		return
+		return nil, false
 	}
 	if b.resync || (b.ret != nil && b.ret.count > p.bulkLimit) {
 		p.record(db, []change{{typ: b.m.schema.ModelType, resync: reasonBulkChange}})
+		return nil, false
+	}
+	return b, true
+}
+
+func (p *capture) afterUpdate(db *gorm.DB) {
+	b, ok := p.perRow(db)
+	if !ok {
 		return
 	}
 	var rows []reflect.Value
@@ -463,12 +474,8 @@ func (p *capture) beforeDelete(db *gorm.DB) {
 }
 
 func (p *capture) afterDelete(db *gorm.DB) {
-	b, ok := found(db)
+	b, ok := p.perRow(db)
 	if !ok {
-		return
-	}
-	if b.resync || (b.ret != nil && b.ret.count > p.bulkLimit) {
-		p.record(db, []change{{typ: b.m.schema.ModelType, resync: reasonBulkChange}})
 		return
 	}
 	rows := b.rows
