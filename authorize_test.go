@@ -1,7 +1,14 @@
 package channelsapi_test
 
+// This file tests authorize.go: who receives an event. Every event is
+// authorized for every recipient (Permission, ObjectPermission and Scope); a
+// Scope is judged on the row values the event carries, never on the row as
+// it is when the event is delivered; it sees each connection's own Request
+// (user and headers); and its cost does not grow with the number of
+// connections.
+
 import (
-	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -10,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gin-gonic/gin"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gorm.io/gorm"
@@ -18,139 +24,147 @@ import (
 	"github.com/channelsapi/channelsapi"
 )
 
-// This file tests authorize.go: who may see an event. A Scope is judged on
-// the row values the event carries, never on the row as it is when the
-// event is delivered; it sees each connection's own Request (user and
-// headers); and its cost does not grow with the number of connections.
-
-// scopedNote is a note its owner alone sees, by a Scope on its owner column.
-type scopedNote struct {
-	ID    uint   `json:"id" gorm:"primaryKey"`
-	Owner string `json:"owner"`
-	Text  string `json:"text"`
+func instanceNoteEvent(rid, action string, data any, status int) string {
+	return describeNoteEvent(map[string]any{"action": action, "request_id": rid, "data": plainJSON(data),
+		"response_status": float64(status), "errors": []any{}})
 }
 
-// scopeUser is the user of the tests of this file. freshUser makes a new one
-// for every request, as an application that loads its user per request
-// does: two connections of one account never share a user value.
-type scopeUser struct{ Name string }
-
-// freshUser is the authentication middleware of this file: the header
-// "X-User" names a user, stored as a fresh *scopeUser.
-func freshUser(c *gin.Context) {
-	if name := c.GetHeader("X-User"); name != "" {
-		c.Set("user", &scopeUser{Name: name})
+// TestEventsPerRecipient checks that every event is authorized for every
+// recipient: writes reach their author and the admin only, and a note that
+// changes owner leaves the view of the old owner (a delete) and enters the
+// new owner's.
+func TestEventsPerRecipient(t *testing.T) {
+	srv := newNotesServer(t)
+	db := srv.DB
+	// The event of a change committed before a subscription may still reach
+	// it: the watcher waits for noteA's, so that the clients below start
+	// from a clean slate.
+	watcher := srv.dialAs(t, userAdmin)
+	got := watcher.request("notes", map[string]any{"action": "subscribe", "data": map[string]any{"action": "create"}, "request_id": "w"})
+	require.EqualValues(t, 200, got["response_status"], "%v", got)
+	noteA := authNote{OwnerID: userA.ID, Text: "watched by alice"}
+	require.NoError(t, db.Create(&noteA).Error)
+	require.Equal(t, "create", watcher.readPayload("notes")["action"])
+	clients := map[*authUser]*wsClient{}
+	for _, u := range []*authUser{userA, userB, userAdmin} {
+		c := srv.dialAs(t, u)
+		for _, e := range []string{"create", "update", "delete"} {
+			got := c.request("notes", map[string]any{"action": "subscribe", "data": map[string]any{"action": e}, "request_id": e})
+			require.EqualValues(t, 200, got["response_status"], "%v", got)
+		}
+		clients[u] = c
 	}
-	c.Next()
-}
+	got = clients[userA].request("notes", map[string]any{"action": "subscribe_instance", "pk": noteA.ID, "request_id": "inst"})
+	require.EqualValues(t, 201, got["response_status"], "%v", got)
+	got = clients[userB].request("notes", map[string]any{"action": "subscribe_instance", "pk": noteA.ID, "request_id": "inst"})
+	require.EqualValues(t, 404, got["response_status"], "bob may not subscribe to alice's note: %v", got)
 
-func scopeUserName(r *channelsapi.Request) string {
-	if u, ok := r.User.(*scopeUser); ok {
-		return u.Name
-	}
-	return ""
-}
-
-// newScopedServer serves the ViewSets setup adds on db, with freshUser.
-func newScopedServer(tb testing.TB, db *gorm.DB, setup func(api *channelsapi.API), opts ...channelsapi.Option) *testServer {
-	tb.Helper()
-	router := gin.New()
-	router.Use(freshUser)
-	return serveAPI(tb, router, db, func(api *channelsapi.API, _ *gorm.DB) { setup(api) }, opts...)
-}
-
-// scopedNotes is the ViewSet of scopedNote on the stream "notes": the Scope
-// lets a user see their own notes. ownerCheck adds the same rule as an
-// ObjectPermission. gate, when not nil, stalls the stream's delivery on
-// demand (stallDelivery); it allows every object.
-func scopedNotes(ownerCheck bool, gate *deliveryGate) channelsapi.ViewSet[scopedNote] {
-	vs := channelsapi.ViewSet[scopedNote]{
-		Stream: "notes",
-		Label:  "tests.scopednote",
-		Scope: func(r *channelsapi.Request, db *gorm.DB) *gorm.DB {
-			return db.Where("owner = ?", scopeUserName(r))
-		},
-	}
-	if ownerCheck || gate != nil {
-		vs.ObjectPermission = func(_ context.Context, r *channelsapi.Request, n *scopedNote) error {
-			gate.hold(n.Text)
-			if ownerCheck && n.Owner != scopeUserName(r) {
-				return channelsapi.ErrNotFound
-			}
-			return nil
+	want := map[*authUser][]string{}
+	to := func(ev string, us ...*authUser) {
+		for _, u := range us {
+			want[u] = append(want[u], ev)
 		}
 	}
-	return vs
+	createAs := func(u *authUser, text string) authNote {
+		status, body := srv.restAs(t, u, http.MethodPost, "/notes", string(jsonBytes(t, map[string]any{"text": text})))
+		require.Equal(t, http.StatusCreated, status, "%s", body)
+		var n authNote
+		require.NoError(t, json.Unmarshal(body, &n))
+		require.Equal(t, u.ID, n.OwnerID)
+		return n
+	}
+	var mismatches, expected, received int
+	check := func(phase string) {
+		sentinelA := authNote{OwnerID: userA.ID, Text: "sentinel of alice " + phase}
+		sentinelB := authNote{OwnerID: userB.ID, Text: "sentinel of bob " + phase}
+		require.NoError(t, db.Create(&sentinelA).Error)
+		require.NoError(t, db.Create(&sentinelB).Error)
+		to(groupNoteEvent("create", sentinelA), userAdmin)
+		for _, u := range []*authUser{userA, userB, userAdmin} {
+			sentinel := sentinelB.Text
+			if u == userA {
+				sentinel = sentinelA.Text
+			}
+			gotEvents := noteEvents(clients[u], sentinel)
+			expected += len(want[u])
+			received += len(gotEvents)
+			if n := multisetDiff(want[u], gotEvents); n > 0 {
+				mismatches += n
+				t.Errorf("%s: events of %s:\n got %q\nwant %q", phase, u.Name, gotEvents, want[u])
+			} else {
+				assert.Equal(t, want[u], gotEvents, "%s: order of the events of %s", phase, u.Name)
+			}
+			want[u] = nil
+		}
+	}
+
+	// Each user's writes reach that user and the admin, never the other.
+	a1 := createAs(userA, "alice's first")
+	to(groupNoteEvent("create", a1), userA, userAdmin)
+	b1 := createAs(userB, "bob's first")
+	to(groupNoteEvent("create", b1), userB, userAdmin)
+	status, body := srv.restAs(t, userA, http.MethodPatch, fmt.Sprintf("/notes/%d", noteA.ID), `{"text":"alice edits"}`)
+	require.Equal(t, http.StatusOK, status, "%s", body)
+	noteA.Text = "alice edits"
+	to(groupNoteEvent("update", noteA), userA, userAdmin)
+	to(instanceNoteEvent("inst", "update", noteA, 200), userA)
+	require.NoError(t, db.Model(&b1).Update("text", "bob edits").Error)
+	to(groupNoteEvent("update", b1), userB, userAdmin)
+	for _, method := range []string{http.MethodPatch, http.MethodDelete} {
+		status, body = srv.restAs(t, userB, method, fmt.Sprintf("/notes/%d", a1.ID), `{"text":"bob was here"}`)
+		require.Equal(t, http.StatusNotFound, status, "bob may not write alice's note: %s", body)
+	}
+	status, body = srv.restAs(t, userA, http.MethodDelete, fmt.Sprintf("/notes/%d", a1.ID), "")
+	require.Equal(t, http.StatusNoContent, status, "%s", body)
+	to(groupNoteEvent("delete", a1), userA, userAdmin)
+	check("own writes")
+
+	// The note alice watches becomes bob's: alice is told it is gone, on
+	// both kinds of subscription, bob and the admin see the update.
+	before := noteA
+	require.NoError(t, db.Model(&noteA).Update("owner_id", userB.ID).Error)
+	to(groupNoteEvent("delete", before), userA)
+	to(instanceNoteEvent("inst", "delete", map[string]any{"pk": noteA.ID}, 204), userA)
+	to(groupNoteEvent("update", noteA), userB, userAdmin)
+	check("change of owner")
+
+	// From now on only bob and the admin hear of it.
+	require.NoError(t, db.Model(&noteA).Update("text", "bob's now").Error)
+	to(groupNoteEvent("update", noteA), userB, userAdmin)
+	status, body = srv.restAs(t, userB, http.MethodPatch, fmt.Sprintf("/notes/%d", noteA.ID), `{"text":"bob edits it"}`)
+	require.Equal(t, http.StatusOK, status, "%s", body)
+	noteA.Text = "bob edits it"
+	to(groupNoteEvent("update", noteA), userB, userAdmin)
+	status, _ = srv.restAs(t, userA, http.MethodGet, fmt.Sprintf("/notes/%d", noteA.ID), "")
+	assert.Equal(t, http.StatusNotFound, status, "alice no longer sees it")
+	require.NoError(t, db.Delete(&noteA).Error)
+	to(groupNoteEvent("delete", noteA), userB, userAdmin)
+	check("after the change")
+
+	t.Logf("events per recipient: %d expected, %d received, %d mismatches", expected, received, mismatches)
+	assert.Zero(t, mismatches)
 }
 
-// dialUser opens a WebSocket as the user name, with extra header pairs.
-func (s *testServer) dialUser(tb testing.TB, name string, header ...string) *wsClient {
-	tb.Helper()
-	h := http.Header{"X-User": {name}}
-	for i := 0; i+1 < len(header); i += 2 {
-		h.Set(header[i], header[i+1])
+// multisetDiff counts the lines missing from got and the extra ones.
+func multisetDiff(want, got []string) int {
+	n := map[string]int{}
+	for _, w := range want {
+		n[w]++
 	}
-	return s.dial(tb, h)
-}
-
-// subscribeTo subscribes c to events of every object of stream.
-func (c *wsClient) subscribeTo(stream string, events ...string) {
-	c.tb.Helper()
-	for _, e := range events {
-		got := c.request(stream, map[string]any{"action": "subscribe", "data": map[string]any{"action": e}, "request_id": "sub-" + e})
-		require.EqualValues(c.tb, 200, got["response_status"], "%v", got)
+	for _, g := range got {
+		n[g]--
 	}
+	diff := 0
+	for _, v := range n {
+		diff += max(v, -v)
+	}
+	return diff
 }
 
 // noteEvent is the event of action on n, as a parsed payload.
 func noteEvent(action string, n scopedNote) map[string]any {
 	return map[string]any{"action": action, "pk": float64(n.ID), "model": "tests.scopednote",
 		"data": map[string]any{"id": float64(n.ID), "owner": n.Owner, "text": n.Text}}
-}
-
-// stallText is the text of the note a deliveryGate stalls delivery on.
-const stallText = "block"
-
-// deliveryGate stalls the delivery of a stream: the stream's
-// ObjectPermission calls hold, which blocks while an event about a note
-// whose text is stallText is authorized, until release. Delivery is in
-// commit order per stream, so nothing of the stream is delivered meanwhile.
-type deliveryGate struct {
-	enter, leave      sync.Once
-	entered, released chan struct{}
-}
-
-func newDeliveryGate() *deliveryGate {
-	return &deliveryGate{entered: make(chan struct{}), released: make(chan struct{})}
-}
-
-// hold blocks until release when text is stallText; a nil gate never does.
-func (g *deliveryGate) hold(text string) {
-	if g == nil || text != stallText {
-		return
-	}
-	g.enter.Do(func() { close(g.entered) })
-	<-g.released
-}
-
-func (g *deliveryGate) release() { g.leave.Do(func() { close(g.released) }) }
-
-// stallDelivery stalls the delivery of the "notes" stream of srv, whose
-// ViewSet has g: a subscriber "gatekeeper" subscribes to creates, commits a
-// note with the text stallText, and stallDelivery returns once delivery
-// waits in g for it. Nothing of the stream is delivered until release,
-// which test cleanup calls too (before Shutdown, which would wait for it).
-func stallDelivery(tb testing.TB, srv *testServer, g *deliveryGate) (release func()) {
-	tb.Helper()
-	tb.Cleanup(g.release)
-	srv.dialUser(tb, "gatekeeper").subscribeTo("notes", "create")
-	require.NoError(tb, srv.DB.Create(&scopedNote{Owner: "gatekeeper", Text: stallText}).Error)
-	select {
-	case <-g.entered:
-	case <-time.After(readTimeout):
-		tb.Fatal("the delivery of the stall note never reached the gate")
-	}
-	return g.release
 }
 
 // TestScopedStreamDeliversEveryEvent has writers create, update and delete
@@ -428,34 +442,19 @@ func TestScopeOnlyStreamAcrossInstances(t *testing.T) {
 	assert.Equal(t, noteEvent("update", bobs), bob.readPayload("notes"), "bob is not closed, and alice's note sends him nothing")
 }
 
-// TestRequestIDSizeBound checks the bound on a request_id, which an instance
-// subscription keeps for as long as it lasts: 256 bytes of compact JSON.
-func TestRequestIDSizeBound(t *testing.T) {
-	srv := testModelServer(t)
-	seed(t, srv.DB, "x")
-	ws := srv.dial(t, nil)
-	tests := []struct {
-		name   string
-		length int // of the request_id, a JSON string, quotes included
-		status float64
-		errors []any
-		subs   int // subscriptions held afterwards
-	}{
-		{"60 KiB", 60 << 10, 400, []any{"request_id too long"}, 0},
-		{"257 bytes", 257, 400, []any{"request_id too long"}, 0},
-		{"256 bytes", 256, 201, []any{}, 1},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			rid := `"` + strings.Repeat("r", tt.length-2) + `"`
-			ws.in(t).sendRaw([]byte(`{"stream":"testmodel","payload":{"action":"subscribe_instance","pk":1,"request_id":` + rid + `}}`))
-			got := ws.in(t).readPayload("testmodel")
-			assert.Equal(t, tt.status, got["response_status"])
-			assert.Equal(t, tt.errors, got["errors"])
-			assert.Equal(t, tt.subs, srv.API.Stats().Subscriptions)
+func TestLateSubscriberToAScopedDeleteGetsTheEvent(t *testing.T) {
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) {
+		addTestModel(t, api, func(vs *channelsapi.ViewSet[TestModel]) {
+			vs.Scope = func(_ *channelsapi.Request, db *gorm.DB) *gorm.DB { return db.Where("name <> ?", "hidden") }
 		})
-	}
-	require.NoError(t, srv.DB.Model(&TestModel{ID: 1}).Update("name", "y").Error)
-	rid, _ := ws.readPayload("testmodel")["request_id"].(string)
-	assert.True(t, rid == strings.Repeat("r", 254), "the event of the one subscription, with its request_id whole: got %d bytes", len(rid))
+	})
+	seed(t, srv.DB, "x", "hidden")
+	ws := srv.dial(t, nil)
+	tx := srv.DB.Begin()
+	require.NoError(t, tx.Delete(&TestModel{ID: 2}).Error)
+	require.NoError(t, tx.Delete(&TestModel{ID: 1}).Error)
+	ws.subscribe("delete", nil) // after the statements, before the commit
+	require.NoError(t, tx.Commit().Error)
+	assert.Equal(t, event("delete", 1, "x"), ws.readPayload("testmodel"),
+		"its Scope is judged on the deleted row the event carries: the row it could see arrives, the hidden one does not")
 }

@@ -1,5 +1,10 @@
 package channelsapi_test
 
+// The end-to-end benchmarks of channelsapi, over real sockets on 127.0.0.1,
+// each against a baseline measured in the same run. The load generator
+// (go run ./cmd/channelsapi-bench) measures the same things with the server
+// in a process of its own; see BENCHMARKS.md.
+
 import (
 	"bytes"
 	"context"
@@ -23,11 +28,6 @@ import (
 
 	"github.com/channelsapi/channelsapi"
 )
-
-// The end-to-end benchmarks of channelsapi, over real sockets on 127.0.0.1,
-// each against a baseline measured in the same run. The load generator
-// (go run ./cmd/channelsapi-bench) measures the same things with the server
-// in a process of its own; see BENCHMARKS.md.
 
 // readers reads every frame of many client sockets, one goroutine each, and
 // counts them.

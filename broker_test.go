@@ -1,16 +1,37 @@
 package channelsapi_test
 
+// This file tests broker.go and wirechange.go, the relay of changes between
+// the instances of an application: the API owns the Broker of WithBroker;
+// through Redis (redisbroker), every change reaches every instance once and
+// in order, authorized per recipient there, and subscribers resync when
+// Redis or a peer is lost. The Redis tests need CHANNELSAPI_TEST_REDIS, or a
+// redis-server binary for those that stop Redis; TestMultiInstance and
+// TestMultiInstancePeerKilled run the example app as processes.
+
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"gorm.io/gorm"
 
 	"github.com/channelsapi/channelsapi"
+	"github.com/channelsapi/channelsapi/redisbroker"
 )
 
 // fakeBroker records how the API uses a Broker.
@@ -77,4 +98,630 @@ func TestBrokerOwnedByTheAPI(t *testing.T) {
 		runs, closes := f.counts()
 		assert.Equal(t, [2]int{0, 1}, [2]int{runs, closes})
 	})
+}
+
+// redisPair starts two instances of the conformance app on one database and
+// one Redis server, with a channel prefix of their own; mutate may change
+// the configuration of their brokers.
+func redisPair(tb testing.TB, url string, mutate ...func(*redisbroker.Config)) (a, b *testServer) {
+	tb.Helper()
+	dbs := openShared(tb, 2, &TestModel{})
+	prefix := testPrefix()
+	setup := func(api *channelsapi.API, _ *gorm.DB) { addTestModel(tb, api) }
+	return newServerOn(tb, dbs[0], setup, withRedis(tb, url, prefix, mutate...)),
+		newServerOn(tb, dbs[1], setup, withRedis(tb, url, prefix, mutate...))
+}
+
+// redisServer is a redis-server process of the test's own, for tests that
+// stop and restart Redis.
+type redisServer struct {
+	tb   testing.TB
+	port int
+	URL  string
+	cmd  *exec.Cmd
+}
+
+// startRedis starts redis-server on a free port of 127.0.0.1, or skips the
+// test when there is no redis-server binary. It is stopped at cleanup.
+func startRedis(tb testing.TB) *redisServer {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		tb.Skip("SKIP: redis-server is not installed (apt-get install redis-server)")
+	}
+	r := &redisServer{tb: tb, port: freePort(tb)}
+	r.URL = "redis://127.0.0.1:" + strconv.Itoa(r.port) + "/0"
+	r.start()
+	tb.Cleanup(r.stop)
+	return r
+}
+
+// start runs the server (again) on its port and waits until it answers.
+func (r *redisServer) start() {
+	r.tb.Helper()
+	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", r.tb.TempDir())
+	require.NoError(r.tb, r.cmd.Start())
+	opts, err := redis.ParseURL(r.URL)
+	require.NoError(r.tb, err)
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+	require.Eventually(r.tb, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return rdb.Ping(ctx).Err() == nil
+	}, 10*time.Second, 20*time.Millisecond, "redis-server on port %d does not answer", r.port)
+}
+
+// stop kills the server and waits for it; stopping twice is a no-op.
+func (r *redisServer) stop() {
+	if r.cmd == nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	_ = r.cmd.Wait()
+	r.cmd = nil
+}
+
+// redisClient is a client of the test's own, for looking at Redis.
+func redisClient(tb testing.TB, url string) *redis.Client {
+	tb.Helper()
+	opts, err := redis.ParseURL(url)
+	require.NoError(tb, err)
+	rdb := redis.NewClient(opts)
+	tb.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+// objectWriter makes, updates and deletes objects of one stream, one after
+// the other, for tests that run several writers at once; ids are JSON
+// numbers.
+type objectWriter struct {
+	create func(text string) float64
+	update func(id float64, text string)
+	remove func(id float64)
+}
+
+// restWriter writes objects of stream over s's REST routes, setting field.
+func restWriter(tb testing.TB, s *testServer, stream, field string) objectWriter {
+	body := func(text string) string { return `{"` + field + `":"` + text + `"}` }
+	return objectWriter{
+		create: func(text string) float64 {
+			status, got := s.doREST(tb, http.MethodPost, "/"+stream, body(text))
+			require.Equal(tb, http.StatusCreated, status, "%v", got)
+			return got.(map[string]any)["id"].(float64)
+		},
+		update: func(id float64, text string) {
+			status, got := s.doREST(tb, http.MethodPatch, fmt.Sprintf("/%s/%v", stream, id), body(text))
+			require.Equal(tb, http.StatusOK, status, "%v", got)
+		},
+		remove: func(id float64) {
+			status, _ := s.doREST(tb, http.MethodDelete, fmt.Sprintf("/%s/%v", stream, id), "")
+			require.Equal(tb, http.StatusNoContent, status)
+		},
+	}
+}
+
+// socketWriter writes objects of stream over a WebSocket of its own to s.
+func socketWriter(tb testing.TB, s *testServer, stream, field string) objectWriter {
+	c := s.dial(tb, nil)
+	return objectWriter{
+		create: func(text string) float64 {
+			got := c.request(stream, map[string]any{"action": "create", "data": map[string]any{field: text}, "request_id": text})
+			require.EqualValues(tb, 201, got["response_status"], "%v", got)
+			return got["data"].(map[string]any)["id"].(float64)
+		},
+		update: func(id float64, text string) {
+			got := c.request(stream, map[string]any{"action": "patch", "pk": id, "data": map[string]any{field: text}, "request_id": text})
+			require.EqualValues(tb, 200, got["response_status"], "%v", got)
+		},
+		remove: func(id float64) {
+			got := c.request(stream, map[string]any{"action": "delete", "pk": id, "request_id": id})
+			require.EqualValues(tb, 200, got["response_status"], "%v", got)
+		},
+	}
+}
+
+// TestRedisEachChangeOnceOnEveryInstance writes through two instances, over
+// REST, over the WebSocket and through GORM, concurrently, and checks that
+// every client of either instance receives every committed change exactly
+// once, each object's changes in the order they were made, and the changes
+// of the stream in the same order as every other client.
+func TestRedisEachChangeOnceOnEveryInstance(t *testing.T) {
+	a, b := redisPair(t, redisURL(t))
+	readers := []*wsClient{a.dial(t, nil), a.dial(t, nil), b.dial(t, nil), b.dial(t, nil)}
+	for _, c := range readers {
+		c.subscribeAll()
+	}
+
+	// Each writer makes objects one after the other: create, two updates,
+	// delete; the writers run at the same time.
+	orm := func(db *gorm.DB) objectWriter {
+		return objectWriter{
+			create: func(name string) float64 {
+				m := TestModel{Name: name}
+				require.NoError(t, db.Create(&m).Error)
+				return float64(m.ID)
+			},
+			update: func(id float64, name string) {
+				require.NoError(t, db.Model(&TestModel{ID: uint(id)}).Update("name", name).Error)
+			},
+			remove: func(id float64) { require.NoError(t, db.Delete(&TestModel{ID: uint(id)}).Error) },
+		}
+	}
+	rest := func(s *testServer) objectWriter { return restWriter(t, s, "testmodel", "name") }
+	socket := func(s *testServer) objectWriter { return socketWriter(t, s, "testmodel", "name") }
+	writers := map[string]objectWriter{"rest-a": rest(a), "ws-b": socket(b), "gorm-a": orm(a.DB), "gorm-b": orm(b.DB), "rest-b": rest(b)}
+
+	const objects = 8
+	var mu sync.Mutex
+	want := map[float64][]map[string]any{} // per object, its events in order
+	var wg sync.WaitGroup
+	for name, w := range writers {
+		wg.Go(func() {
+			for i := range objects {
+				n := fmt.Sprintf("%s-%d", name, i)
+				id := w.create(n + "-v0")
+				w.update(id, n+"-v1")
+				w.update(id, n+"-v2")
+				w.remove(id)
+				mu.Lock()
+				pk := uint(id)
+				want[id] = []map[string]any{
+					event("create", pk, n+"-v0"), event("update", pk, n+"-v1"),
+					event("update", pk, n+"-v2"), event("delete", pk, n+"-v2"),
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	total := len(writers) * objects * 4
+
+	var first []map[string]any
+	for i, c := range readers {
+		got := make([]map[string]any, total)
+		for j := range got {
+			got[j] = c.readPayload("testmodel")
+		}
+		perObject := map[float64][]map[string]any{}
+		for _, e := range got {
+			pk := e["pk"].(float64)
+			perObject[pk] = append(perObject[pk], e)
+		}
+		assert.Equal(t, want, perObject, "reader %d: each change once, each object's in order", i)
+		if i == 0 {
+			first = got
+		} else {
+			assert.Equal(t, first, got, "reader %d sees the stream in the same order as reader 0", i)
+		}
+	}
+
+	// Nothing more: a last change from each instance is the next event of
+	// every reader (a duplicate would come before it).
+	fenceA, fenceB := orm(a.DB).create("fence-a"), orm(b.DB).create("fence-b")
+	for i, c := range readers {
+		fences := map[float64]bool{}
+		for range 2 {
+			e := c.readPayload("testmodel")
+			assert.Contains(t, []float64{fenceA, fenceB}, e["pk"], "reader %d: no duplicate", i)
+			fences[e["pk"].(float64)] = true
+		}
+		assert.Len(t, fences, 2, "reader %d", i)
+	}
+}
+
+// TestRedisSubscribesOnlyWhatLocalClientsWatch checks with PUBSUB NUMSUB
+// that an instance is subscribed on Redis to a stream's channel exactly
+// while it has local subscribers of the stream, of either kind, and that a
+// write on an instance without subscribers still reaches the others.
+func TestRedisSubscribesOnlyWhatLocalClientsWatch(t *testing.T) {
+	url := redisURL(t)
+	prefix := testPrefix()
+	dbs := openShared(t, 2, &TestModel{})
+	setup := func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }
+	a, b := newServerOn(t, dbs[0], setup, withRedis(t, url, prefix)), newServerOn(t, dbs[1], setup, withRedis(t, url, prefix))
+	seed(t, a.DB, "one")
+	rdb := redisClient(t, url)
+	channel := prefix + "testmodel"
+	numsub := func() int64 {
+		n, err := rdb.PubSubNumSub(context.Background(), channel).Result()
+		require.NoError(t, err)
+		return n[channel]
+	}
+	require.Zero(t, numsub(), "no subscriber anywhere: no instance listens")
+
+	ca1 := a.dial(t, nil)
+	ca1.subscribe("update", nil)
+	assert.EqualValues(t, 1, numsub(), "the subscribe reply waits until the instance listens")
+	ca2 := a.dial(t, nil)
+	ca2.subscribe("create", nil)
+	assert.EqualValues(t, 1, numsub(), "one Redis subscription per instance, however many local subscribers")
+
+	cb := b.dial(t, nil)
+	got := cb.request("testmodel", map[string]any{"action": "subscribe_instance", "pk": 1, "request_id": "r1"})
+	require.EqualValues(t, 201, got["response_status"])
+	assert.EqualValues(t, 2, numsub(), "an instance subscription counts too")
+	got = cb.request("testmodel", map[string]any{"action": "unsubscribe_instance", "pk": 1, "request_id": "r1"})
+	require.EqualValues(t, 204, got["response_status"])
+	require.Eventually(t, func() bool { return numsub() == 1 }, 10*time.Second, 10*time.Millisecond,
+		"the instance that lost its last subscriber unsubscribes")
+
+	// b has no subscriber: its write still reaches a's.
+	status, _ := b.doREST(t, http.MethodPatch, "/testmodel/1", `{"name":"from b"}`)
+	require.Equal(t, http.StatusOK, status)
+	assert.Equal(t, event("update", 1, "from b"), ca1.readPayload("testmodel"))
+
+	got = ca1.request("testmodel", map[string]any{"action": "unsubscribe", "data": map[string]any{"action": "update"}, "request_id": 2})
+	require.EqualValues(t, 200, got["response_status"])
+	assert.EqualValues(t, 1, numsub(), "a's other subscriber remains")
+	require.NoError(t, ca2.conn.Close())
+	require.Eventually(t, func() bool { return numsub() == 0 }, 10*time.Second, 10*time.Millisecond,
+		"a disconnect that removes the last subscriber unsubscribes")
+	require.Eventually(t, func() bool { return a.API.Stats() == channelsapi.Stats{Connections: 1} }, 10*time.Second, 10*time.Millisecond)
+}
+
+// TestRedisQueueOverflowResyncs commits more changes at once than the
+// outbound queue holds: the subscribers of the stream on both instances are
+// closed with 1013, and new subscribers receive events again.
+func TestRedisQueueOverflowResyncs(t *testing.T) {
+	a, b := redisPair(t, redisURL(t), func(c *redisbroker.Config) { c.QueueSize = 1 })
+	ca, cb := a.dial(t, nil), b.dial(t, nil)
+	ca.subscribe("create", nil)
+	cb.subscribe("create", nil)
+	rows := make([]TestModel, 200)
+	for i := range rows {
+		rows[i].Name = fmt.Sprintf("row-%d", i)
+	}
+	require.NoError(t, a.DB.Create(&rows).Error, "a write never fails because of the queue")
+	assert.Equal(t, 1013, ca.closeCode(), "the writing instance's subscriber resyncs")
+	assert.Equal(t, 1013, cb.closeCode(), "the other instance's subscriber resyncs")
+	assert.EqualValues(t, 200, countRows[TestModel](t, a.DB))
+	receivesAgain(t, a, a, "testmodel", "name")
+	receivesAgain(t, b, a, "testmodel", "name")
+}
+
+// receivesAgain waits until a new client of reader, subscribed to creates
+// of stream, receives the create event of a write made through writer's REST
+// API (field names a required text field of the stream's model). A client
+// closed with 1013 (Redis was not back yet) tries again, as clients must.
+func receivesAgain(t *testing.T, reader, writer *testServer, stream, field string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for attempt := 0; ; attempt++ {
+		require.True(t, time.Now().Before(deadline), "no event after %d attempts", attempt)
+		c := reader.dial(t, nil)
+		c.send(stream, map[string]any{"action": "subscribe", "data": map[string]any{"action": "create"}, "request_id": 1})
+		var e struct {
+			Payload struct {
+				Data           map[string]any `json:"data"`
+				ResponseStatus int            `json:"response_status"`
+			} `json:"payload"`
+		}
+		require.NoError(t, c.conn.SetReadDeadline(time.Now().Add(5*time.Second)))
+		err := c.conn.ReadJSON(&e) // the reply, or a close: resyncs of earlier losses may still arrive
+		text := fmt.Sprintf("again-%d", attempt)
+		if err == nil {
+			require.Equal(t, 200, e.Payload.ResponseStatus)
+			status, _ := writer.doREST(t, http.MethodPost, "/"+stream, `{"`+field+`":"`+text+`"}`)
+			require.Equal(t, http.StatusCreated, status, "writes succeed whatever Redis does")
+			// A change committed while Redis was down may still be on its
+			// way from the publishing queue: it arrives first.
+			for range 3 {
+				require.NoError(t, c.conn.SetReadDeadline(time.Now().Add(5*time.Second)))
+				if err = c.conn.ReadJSON(&e); err != nil || e.Payload.Data[field] == text {
+					break
+				}
+			}
+		}
+		_ = c.conn.Close()
+		if err == nil {
+			require.Equal(t, text, e.Payload.Data[field])
+			return
+		}
+		var ce *websocket.CloseError
+		var ne net.Error
+		require.True(t, errors.As(err, &ce) && ce.Code == 1013 || errors.As(err, &ne) && ne.Timeout(),
+			"a client either receives the event or is told to resync: %v", err)
+	}
+}
+
+// TestRedisPeerShutdownIsNoGap shuts an instance down cleanly: its broker
+// publishes what it queued, then a farewell, so the other instance's
+// subscribers are not closed, well past the time after which a silent
+// instance counts as dead.
+func TestRedisPeerShutdownIsNoGap(t *testing.T) {
+	const heartbeat = 100 * time.Millisecond
+	a, b := redisPair(t, redisURL(t), func(c *redisbroker.Config) { c.Heartbeat = heartbeat })
+	ca := a.dial(t, nil)
+	ca.subscribe("create", nil)
+	status, _ := b.doREST(t, http.MethodPost, "/testmodel", `{"name":"from b"}`)
+	require.Equal(t, http.StatusCreated, status)
+	assert.Equal(t, event("create", 1, "from b"), ca.readPayload("testmodel"), "a has heard b")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, b.API.Shutdown(ctx))
+	<-time.After(2 * 4 * heartbeat) // what is tested is that nothing happens
+	status, _ = a.doREST(t, http.MethodPost, "/testmodel", `{"name":"after"}`)
+	require.Equal(t, http.StatusCreated, status)
+	assert.Equal(t, event("create", 2, "after"), ca.readPayload("testmodel"), "a's subscriber was not closed")
+}
+
+// TestRedisDownAtStartup registers an API while Redis is down: it starts,
+// writes succeed, a subscriber that misses events is closed with 1013, and
+// once Redis is up events flow again.
+func TestRedisDownAtStartup(t *testing.T) {
+	r := startRedis(t)
+	r.stop()
+	srv := newServerOn(t, openDB(t, &TestModel{}), func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) },
+		withRedis(t, r.URL, testPrefix()))
+	c := srv.dial(t, nil)
+	c.subscribe("create", nil)
+	status, _ := srv.doREST(t, http.MethodPost, "/testmodel", `{"name":"while down"}`)
+	require.Equal(t, http.StatusCreated, status)
+	assert.Equal(t, 1013, c.closeCode(), "the subscriber missed an event")
+
+	r.start()
+	receivesAgain(t, srv, srv, "testmodel", "name")
+}
+
+// TestRedisRestartResyncs restarts Redis under two instances: their
+// subscribers are closed with 1013, writes succeed meanwhile, and after
+// Redis is back subscribers of both instances receive the writes of both.
+func TestRedisRestartResyncs(t *testing.T) {
+	r := startRedis(t)
+	a, b := redisPair(t, r.URL)
+	ca, cb := a.dial(t, nil), b.dial(t, nil)
+	ca.subscribe("create", nil)
+	cb.subscribe("create", nil)
+	status, _ := b.doREST(t, http.MethodPost, "/testmodel", `{"name":"before"}`)
+	require.Equal(t, http.StatusCreated, status)
+	assert.Equal(t, event("create", 1, "before"), ca.readPayload("testmodel"))
+	assert.Equal(t, event("create", 1, "before"), cb.readPayload("testmodel"))
+
+	r.stop()
+	assert.Equal(t, 1013, ca.closeCode())
+	assert.Equal(t, 1013, cb.closeCode())
+	status, _ = a.doREST(t, http.MethodPost, "/testmodel", `{"name":"while down"}`)
+	require.Equal(t, http.StatusCreated, status, "a write never fails because Redis is down")
+
+	r.start()
+	receivesAgain(t, a, b, "testmodel", "name")
+	receivesAgain(t, b, a, "testmodel", "name")
+}
+
+// TestRedisEventsPerRecipient checks that events of a stream authorized per
+// recipient (Permission, Scope, ObjectPermission) are authorized on every
+// instance: a note's events reach its owner and the admin, on whichever
+// instance they are connected, and never another user.
+func TestRedisEventsPerRecipient(t *testing.T) {
+	url := redisURL(t)
+	prefix := testPrefix()
+	dbs := openShared(t, 2, &authNote{})
+	setup := func(api *channelsapi.API) { require.NoError(t, channelsapi.Add(api, notesViewSet())) }
+	a, b := newAuthServer(t, dbs[0], setup, withRedis(t, url, prefix)), newAuthServer(t, dbs[1], setup, withRedis(t, url, prefix))
+	type client struct {
+		name string
+		user *authUser
+		c    *wsClient
+	}
+	clients := []client{{"alice on a", userA, nil}, {"alice on b", userA, nil}, {"bob on b", userB, nil}, {"admin on b", userAdmin, nil}}
+	for i, cl := range clients {
+		srv := b
+		if i == 0 {
+			srv = a
+		}
+		clients[i].c = srv.dialAs(t, cl.user)
+		for _, e := range []string{"create", "update", "delete"} {
+			got := clients[i].c.request("notes", map[string]any{"action": "subscribe", "data": map[string]any{"action": e}, "request_id": e})
+			require.EqualValues(t, 200, got["response_status"], "%v", got)
+		}
+	}
+	// Every write goes through a, so that they reach Redis in this order.
+	write := func(u *authUser, method, path, body string, want int) authNote {
+		status, raw := a.restAs(t, u, method, path, body)
+		require.Equal(t, want, status, "%s", raw)
+		var n authNote
+		_ = json.Unmarshal(raw, &n)
+		return n
+	}
+	note := write(userA, http.MethodPost, "/notes", `{"text":"alice's"}`, http.StatusCreated)
+	note2 := note
+	note2.Text = "alice's, edited"
+	write(userA, http.MethodPatch, fmt.Sprintf("/notes/%d", note.ID), `{"text":"alice's, edited"}`, http.StatusOK)
+	bobs := write(userB, http.MethodPost, "/notes", `{"text":"bob's"}`, http.StatusCreated)
+	endAlice := write(userA, http.MethodPost, "/notes", `{"text":"end-alice"}`, http.StatusCreated)
+	write(userB, http.MethodPost, "/notes", `{"text":"end-bob"}`, http.StatusCreated)
+	alice := []string{groupNoteEvent("create", note), groupNoteEvent("update", note2)}
+	want := map[string][]string{
+		"alice on a": alice, "alice on b": alice, "bob on b": {groupNoteEvent("create", bobs)},
+		"admin on b": append(append([]string{}, alice...), groupNoteEvent("create", bobs), groupNoteEvent("create", endAlice)),
+	}
+	for _, cl := range clients {
+		sentinel := "end-alice"
+		if cl.user != userA {
+			sentinel = "end-bob"
+		}
+		assert.Equal(t, want[cl.name], noteEvents(cl.c, sentinel), cl.name)
+	}
+
+	// A delete: who could see the note before is known on the writing
+	// instance only (the Scope is a query, and the row is gone). Elsewhere a
+	// subscriber who might have seen it must not be left with a silent gap:
+	// it receives the delete or is closed with 1013.
+	t.Run("delete", func(t *testing.T) {
+		write(userA, http.MethodDelete, fmt.Sprintf("/notes/%d", note.ID), "", http.StatusNoContent)
+		write(userA, http.MethodPost, "/notes", `{"text":"end-alice-2"}`, http.StatusCreated)
+		assert.Equal(t, []string{groupNoteEvent("delete", note2)}, noteEvents(clients[0].c, "end-alice-2"), "alice on a")
+		for _, cl := range clients[1:] {
+			if cl.user == userB {
+				continue
+			}
+			require.NoError(t, cl.c.conn.SetReadDeadline(time.Now().Add(readTimeout)))
+			_, frame, err := cl.c.conn.ReadMessage()
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) {
+				assert.Equal(t, 1013, ce.Code, cl.name)
+				continue
+			}
+			require.NoError(t, err, cl.name)
+			var f struct{ Payload map[string]any }
+			require.NoError(t, json.Unmarshal(frame, &f))
+			assert.Equal(t, groupNoteEvent("delete", note2), describeNoteEvent(f.Payload), cl.name)
+		}
+	})
+}
+
+// summary is what the multi-instance test compares of an event.
+func summary(p map[string]any) string {
+	data, _ := p["data"].(map[string]any)
+	return fmt.Sprintf("%v %v %v", p["action"], p["pk"], data["question_text"])
+}
+
+// TestMultiInstance runs two processes of the example app on one PostgreSQL
+// database and one Redis server, with WebSocket clients on each. Writes are
+// made on both, over REST and over the WebSocket, at the same time; every
+// client receives every committed change exactly once, each object's changes
+// in order, and the stream's changes in the same order as every other
+// client. Then Redis is restarted: every client is closed with 1013, writes
+// go on succeeding, and once Redis is back clients that reconnect and
+// resubscribe receive the changes of both instances again.
+func TestMultiInstance(t *testing.T) {
+	pg, rd := postgresDSN(), os.Getenv(envRedis)
+	if pg == "" || rd == "" {
+		t.Skip("SKIP: set CHANNELSAPI_TEST_POSTGRES and CHANNELSAPI_TEST_REDIS to run the multi-instance test (two example processes on PostgreSQL and Redis)")
+	}
+	if testing.Short() {
+		t.Skip("SKIP: -short")
+	}
+	r := startRedis(t) // of its own, to restart it
+	bin := filepath.Join(t.TempDir(), "example")
+	build := exec.Command("go", "build", "-o", bin, "./example")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "build the example: %s", out)
+	args := []string{"-db", postgresSchema(t, pg), "-redis", r.URL}
+	a := startInstance(t, bin, args...) // migrates the schema first
+	b := startInstance(t, bin, args...)
+
+	subscribe := func(c *wsClient) {
+		for _, e := range []string{"create", "update", "delete"} {
+			got := c.request("questions", map[string]any{"action": "subscribe", "data": map[string]any{"action": e}, "request_id": e})
+			require.EqualValues(t, 200, got["response_status"], "%v", got)
+		}
+	}
+	readers := []*wsClient{a.dial(t, nil), a.dial(t, nil), b.dial(t, nil), b.dial(t, nil)}
+	for _, c := range readers {
+		subscribe(c)
+	}
+
+	rest := func(s *instance) objectWriter { return restWriter(t, s.testServer, "questions", "question_text") }
+	socket := func(s *instance) objectWriter { return socketWriter(t, s.testServer, "questions", "question_text") }
+	writers := map[string]objectWriter{"rest-a": rest(a), "rest-b": rest(b), "ws-a": socket(a), "ws-b": socket(b)}
+	const objects = 10
+	var mu sync.Mutex
+	want := map[float64][]string{}
+	var wg sync.WaitGroup
+	for name, w := range writers {
+		wg.Go(func() {
+			for i := range objects {
+				n := fmt.Sprintf("%s-%d", name, i)
+				id := w.create(n + "-v0")
+				w.update(id, n+"-v1")
+				w.update(id, n+"-v2")
+				w.remove(id)
+				mu.Lock()
+				want[id] = []string{
+					fmt.Sprintf("create %v %s-v0", id, n), fmt.Sprintf("update %v %s-v1", id, n),
+					fmt.Sprintf("update %v %s-v2", id, n), fmt.Sprintf("delete %v %s-v2", id, n),
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+
+	total := len(writers) * objects * 4
+	var first []string
+	for i, c := range readers {
+		got := make([]string, total)
+		perObject := map[float64][]string{}
+		for j := range got {
+			p := c.readPayload("questions")
+			got[j] = summary(p)
+			pk, _ := p["pk"].(float64)
+			perObject[pk] = append(perObject[pk], got[j])
+		}
+		assert.Equal(t, want, perObject, "reader %d: each change once, each object's in order", i)
+		if i == 0 {
+			first = got
+		} else {
+			assert.Equal(t, first, got, "reader %d sees the stream in the same order as reader 0", i)
+		}
+	}
+	fences := map[string]bool{}
+	for name, s := range map[string]*instance{"a": a, "b": b} {
+		id := rest(s).create("fence-" + name)
+		fences[fmt.Sprintf("create %v fence-%s", id, name)] = true
+	}
+	for i, c := range readers {
+		got := map[string]bool{summary(c.readPayload("questions")): true, summary(c.readPayload("questions")): true}
+		assert.Equal(t, fences, got, "reader %d: no duplicate before the last changes", i)
+	}
+
+	// Redis restarts: clients resync, writes go on.
+	r.stop()
+	for i, c := range readers {
+		assert.Equal(t, 1013, c.closeCode(), "reader %d is told to resync", i)
+	}
+	rest(a).create("while Redis is down")
+	rest(b).create("while Redis is down")
+	r.start()
+	receivesAgain(t, a.testServer, b.testServer, "questions", "question_text")
+	receivesAgain(t, b.testServer, a.testServer, "questions", "question_text")
+	receivesAgain(t, a.testServer, a.testServer, "questions", "question_text")
+}
+
+// TestMultiInstancePeerKilled runs two processes of the example app and
+// kills one with SIGKILL, as a crash would: it may have died with changes
+// committed and still queued for Redis, so the other instance closes its
+// subscribers with 1013, reason "broker gap", once the dead instance missed
+// three heartbeats (one second each, the default): 2 to 3 seconds after the
+// kill. They load their state again.
+func TestMultiInstancePeerKilled(t *testing.T) {
+	if os.Getenv(envRedis) == "" {
+		t.Skip("SKIP: set CHANNELSAPI_TEST_REDIS to run the multi-instance tests (example processes on Redis)")
+	}
+	if testing.Short() {
+		t.Skip("SKIP: -short")
+	}
+	r := startRedis(t) // of its own: the example uses the default prefix
+	bin := filepath.Join(t.TempDir(), "example")
+	build := exec.Command("go", "build", "-o", bin, "./example")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "build the example: %s", out)
+	db := filepath.Join(t.TempDir(), "polls.db")
+	if pg := postgresDSN(); pg != "" {
+		db = postgresSchema(t, pg)
+	}
+	args := []string{"-db", db, "-redis", r.URL}
+	a := startInstance(t, bin, args...) // migrates the schema first
+	b := startInstance(t, bin, args...)
+
+	c := a.dial(t, nil)
+	got := c.request("questions", map[string]any{"action": "subscribe", "data": map[string]any{"action": "create"}, "request_id": 1})
+	require.EqualValues(t, 200, got["response_status"], "%v", got)
+	// a has heard b: b's first heartbeat went out before its first change.
+	id := restWriter(t, b.testServer, "questions", "question_text").create("from b")
+	assert.Equal(t, fmt.Sprintf("create %v from b", id), summary(c.readPayload("questions")))
+
+	killed := time.Now()
+	require.NoError(t, b.cmd.Process.Kill())
+	code, reason := c.closeFrame()
+	elapsed := time.Since(killed)
+	t.Logf("a's subscriber closed %v after b was killed", elapsed.Round(time.Millisecond))
+	assert.Equal(t, 1013, code)
+	assert.Equal(t, "broker gap", reason)
+	assert.Greater(t, elapsed, 2*time.Second, "not before b missed its heartbeats")
+	assert.Less(t, elapsed, 5*time.Second, "within three heartbeats of b, and some slack")
+	receivesAgain(t, a.testServer, a.testServer, "questions", "question_text")
 }

@@ -1,11 +1,23 @@
 package channelsapi_test
 
+// This file tests capture.go, capture_tx.go and returning.go, the GORM
+// plugin that turns statements into changes (PROTOCOL.md section 5): an
+// event is the row exactly as the database committed it, one per row the
+// statement touched, with the action the row's change is for subscribers (it
+// appeared: create; it changed: update; it went: delete); only committed
+// work is published, in commit order, a transaction's changes in statement
+// order, and what cannot be followed makes subscribers resync. Each
+// TestCapture case ends with a sentinel write whose event must be the next
+// frame after the expected ones, so that nothing else was published.
+
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -14,13 +26,6 @@ import (
 
 	"github.com/channelsapi/channelsapi"
 )
-
-// These tests pin down how writes are captured (PROTOCOL.md section 5): an
-// event is the row exactly as the database committed it, one per row the
-// statement touched, with the action the row's change is for subscribers
-// (it appeared: create; it changed: update; it went: delete). Each case ends
-// with a sentinel write whose event must be the next frame after the
-// expected ones, so that nothing else was published.
 
 // captureItem is the registered model of the capture tests, on "items". Its
 // name is unique (for the upsert cases), text and votes have column
@@ -618,4 +623,307 @@ func TestCaptureUpsertWithoutConflictColumns(t *testing.T) {
 	code, reason := l.group.closeFrame()
 	assert.Equal(t, 1013, code)
 	assert.Equal(t, "upsert without conflict columns", reason)
+}
+
+// SoftModel has a DeletedAt: deleting it is a soft delete.
+type SoftModel struct {
+	ID        uint           `json:"id"`
+	Name      string         `json:"name"`
+	DeletedAt gorm.DeletedAt `json:"-"`
+}
+
+func TestSoftDeleteIsDeleteEvent(t *testing.T) {
+	srv := newServer(t, func(api *channelsapi.API, db *gorm.DB) {
+		require.NoError(t, db.AutoMigrate(&SoftModel{}))
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[SoftModel]{Stream: "soft", Label: "tests.soft"}))
+	})
+	require.NoError(t, srv.DB.Create(&SoftModel{Name: "gone soon"}).Error)
+	ws := srv.dial(t, nil)
+	got := ws.request("soft", map[string]any{"action": "subscribe", "data": map[string]any{"action": "delete"}})
+	require.EqualValues(t, 200, got["response_status"])
+
+	status, _ := srv.doREST(t, "DELETE", "/soft/1", "")
+	require.Equal(t, 204, status)
+	assert.Equal(t, map[string]any{"action": "delete", "pk": 1.0, "model": "tests.soft",
+		"data": map[string]any{"id": 1.0, "name": "gone soon"}}, ws.readPayload("soft"))
+	var n int64
+	require.NoError(t, srv.DB.Unscoped().Model(&SoftModel{}).Count(&n).Error)
+	assert.EqualValues(t, 1, n, "the row is kept, soft-deleted")
+	status, _ = srv.doREST(t, "GET", "/soft/1", "")
+	assert.Equal(t, 404, status)
+}
+
+func TestBulkStatements(t *testing.T) {
+	t.Run("per-row events within the limit", func(t *testing.T) {
+		srv := testModelServer(t)
+		seed(t, srv.DB, "bulk-a", "keep", "bulk-b")
+		ws := srv.dial(t, nil)
+		ws.subscribe("update", nil)
+		ws.subscribe("delete", nil)
+
+		res := srv.DB.Model(&TestModel{}).Where("name LIKE ?", "bulk-%").Update("name", gorm.Expr("name || '!'"))
+		require.NoError(t, res.Error)
+		require.EqualValues(t, 2, res.RowsAffected)
+		assert.Equal(t, event("update", 1, "bulk-a!"), ws.readPayload("testmodel"))
+		assert.Equal(t, event("update", 3, "bulk-b!"), ws.readPayload("testmodel"))
+
+		require.NoError(t, srv.DB.Where("name LIKE ?", "bulk-%").Delete(&TestModel{}).Error)
+		assert.Equal(t, event("delete", 1, "bulk-a!"), ws.readPayload("testmodel"))
+		assert.Equal(t, event("delete", 3, "bulk-b!"), ws.readPayload("testmodel"))
+
+		require.NoError(t, srv.DB.Table("test_models").Where("name = ?", "keep").Update("name", "kept").Error)
+		assert.Equal(t, event("update", 2, "kept"), ws.readPayload("testmodel"), "a write naming only the table is captured too")
+	})
+	t.Run("beyond the limit subscribers must resync", func(t *testing.T) {
+		srv := testModelServer(t, channelsapi.WithBulkEventLimit(3))
+		seed(t, srv.DB, "a", "b", "c", "d")
+		ws := srv.dial(t, nil)
+		ws.subscribe("update", nil)
+		other := srv.dial(t, nil) // not subscribed: unaffected
+		require.NoError(t, srv.DB.Model(&TestModel{}).Where("id > 0").Update("name", "x").Error)
+		assert.Equal(t, 1013, ws.closeCode())
+		got := other.request("testmodel", map[string]any{"action": "list"})
+		assert.EqualValues(t, 200, got["response_status"])
+	})
+}
+
+func TestUpdateWithKeysAndConditionsPublishesOnlyTouchedRows(t *testing.T) {
+	srv := testModelServer(t)
+	seed(t, srv.DB, "a", "b")
+	ws := srv.dial(t, nil)
+	ws.subscribe("update", nil)
+	objs := []TestModel{{ID: 1}, {ID: 2}}
+	res := srv.DB.Model(&objs).Where("name = ?", "a").Update("name", "a2")
+	require.NoError(t, res.Error)
+	require.EqualValues(t, 1, res.RowsAffected)
+	require.NoError(t, srv.DB.Model(&TestModel{ID: 2}).Update("name", "sentinel").Error)
+	assert.Equal(t, event("update", 1, "a2"), ws.readPayload("testmodel"))
+	assert.Equal(t, event("update", 2, "sentinel"), ws.readPayload("testmodel"), "no event for the row the condition excluded")
+}
+
+var errRollback = errors.New("roll back")
+
+// TestOnlyCommittedWorkIsPublished runs 400 operations that roll back and
+// 400 that commit, over every way GORM has to run a transaction, and checks
+// that exactly the 400 committed ones are published, in order.
+func TestOnlyCommittedWorkIsPublished(t *testing.T) {
+	srv := testModelServer(t)
+	require.NoError(t, srv.DB.Exec("CREATE UNIQUE INDEX idx_name ON test_models(name)").Error)
+	db := srv.DB
+	ws := srv.dial(t, nil)
+	for _, e := range []string{"create", "update", "delete"} {
+		ws.subscribe(e, nil)
+	}
+	const rounds = 50
+	scenarios := []struct {
+		name string
+		run  func(i int) // commits exactly one change named ok-..., rolls back one named bad-...
+	}{
+		{"failed statement in GORM's implicit transaction", func(i int) {
+			require.NoError(t, db.Create(&TestModel{Name: fmt.Sprintf("ok-implicit-%d", i)}).Error)
+			require.Error(t, db.Create(&TestModel{Name: fmt.Sprintf("ok-implicit-%d", i)}).Error, "duplicate name")
+		}},
+		{"db.Transaction returning an error", func(i int) {
+			require.ErrorIs(t, db.Transaction(func(tx *gorm.DB) error {
+				require.NoError(t, tx.Create(&TestModel{Name: fmt.Sprintf("bad-tx-%d", i)}).Error)
+				return errRollback
+			}), errRollback)
+			require.NoError(t, db.Transaction(func(tx *gorm.DB) error {
+				return tx.Create(&TestModel{Name: fmt.Sprintf("ok-tx-%d", i)}).Error
+			}))
+		}},
+		{"manual Begin and Rollback", func(i int) {
+			tx := db.Begin()
+			require.NoError(t, tx.Create(&TestModel{Name: fmt.Sprintf("bad-begin-%d", i)}).Error)
+			require.NoError(t, tx.Rollback().Error)
+			tx = db.Begin()
+			require.NoError(t, tx.Create(&TestModel{Name: fmt.Sprintf("ok-begin-%d", i)}).Error)
+			require.NoError(t, tx.Commit().Error)
+		}},
+		{"nested transaction rolled back to its savepoint", func(i int) {
+			require.NoError(t, db.Transaction(func(tx *gorm.DB) error {
+				require.ErrorIs(t, tx.Transaction(func(inner *gorm.DB) error {
+					require.NoError(t, inner.Create(&TestModel{Name: fmt.Sprintf("bad-nested-%d", i)}).Error)
+					return errRollback
+				}), errRollback)
+				return tx.Create(&TestModel{Name: fmt.Sprintf("ok-nested-%d", i)}).Error
+			}))
+		}},
+		{"manual savepoint", func(i int) {
+			tx := db.Begin()
+			require.NoError(t, tx.Create(&TestModel{Name: fmt.Sprintf("ok-sp-%d", i)}).Error)
+			require.NoError(t, tx.SavePoint("sp").Error)
+			require.NoError(t, tx.Create(&TestModel{Name: fmt.Sprintf("bad-sp-%d", i)}).Error)
+			require.NoError(t, tx.RollbackTo("sp").Error)
+			require.NoError(t, tx.Commit().Error)
+		}},
+		{"update and delete rolled back", func(i int) {
+			m := TestModel{Name: fmt.Sprintf("ok-ud-%d", i)}
+			require.NoError(t, db.Create(&m).Error)
+			require.ErrorIs(t, db.Transaction(func(tx *gorm.DB) error {
+				require.NoError(t, tx.Model(&m).Update("name", fmt.Sprintf("bad-ud-%d", i)).Error)
+				require.NoError(t, tx.Delete(&m).Error)
+				return errRollback
+			}), errRollback)
+		}},
+		{"update of no row", func(i int) {
+			res := db.Model(&TestModel{}).Where("name = ?", "bad-nothing").Update("name", fmt.Sprintf("bad-none-%d", i))
+			require.NoError(t, res.Error)
+			require.Zero(t, res.RowsAffected)
+			require.NoError(t, db.Create(&TestModel{Name: fmt.Sprintf("ok-none-%d", i)}).Error)
+		}},
+		{"delete of no row", func(i int) {
+			res := db.Delete(&TestModel{}, 1_000_000+i)
+			require.NoError(t, res.Error)
+			require.Zero(t, res.RowsAffected)
+			require.NoError(t, db.Create(&TestModel{Name: fmt.Sprintf("ok-nodel-%d", i)}).Error)
+		}},
+	}
+	var want []string
+	for i := range rounds {
+		for _, s := range scenarios {
+			s.run(i)
+		}
+		for _, s := range []string{"implicit", "tx", "begin", "nested", "sp", "ud", "none", "nodel"} {
+			want = append(want, fmt.Sprintf("ok-%s-%d", s, i))
+		}
+	}
+	require.Len(t, want, 400)
+	// The sentinel is the last change; everything published before it is
+	// in the frames read up to it.
+	require.NoError(t, db.Create(&TestModel{Name: "sentinel"}).Error)
+	var got []string
+	for {
+		p := ws.readPayload("testmodel")
+		name := p["data"].(map[string]any)["name"].(string)
+		if name == "sentinel" {
+			break
+		}
+		assert.Equal(t, "create", p["action"], "only creates committed: %v", p)
+		got = append(got, name)
+	}
+	assert.Equal(t, want, got, "exactly the committed changes, in commit order")
+	t.Logf("rolled back: %d operations, committed: %d, events received: %d", 400, len(want), len(got))
+}
+
+func TestPreparedStatementTransactionsPublishAfterCommit(t *testing.T) {
+	srv := testModelServer(t)
+	ws := srv.dial(t, nil)
+	ws.subscribe("create", nil)
+	prepared := srv.DB.Session(&gorm.Session{PrepareStmt: true})
+	require.Error(t, prepared.Transaction(func(tx *gorm.DB) error {
+		require.NoError(t, tx.Create(&TestModel{Name: "rolled back"}).Error)
+		return errRollback
+	}))
+	require.NoError(t, prepared.Transaction(func(tx *gorm.DB) error {
+		return tx.Create(&TestModel{Name: "committed"}).Error
+	}))
+	got := ws.readPayload("testmodel")
+	assert.Equal(t, "create", got["action"])
+	assert.Equal(t, "committed", got["data"].(map[string]any)["name"], "nothing for the rolled-back work")
+}
+
+func TestUntrackedTransactionResyncs(t *testing.T) {
+	srv := testModelServer(t)
+	ws := srv.dial(t, nil)
+	ws.subscribe("create", nil)
+	err := srv.DB.Connection(func(conn *gorm.DB) error {
+		return conn.Transaction(func(tx *gorm.DB) error {
+			require.NoError(t, tx.Create(&TestModel{Name: "rolled back"}).Error)
+			return errRollback
+		})
+	})
+	require.ErrorIs(t, err, errRollback)
+	assert.Equal(t, 1013, ws.closeCode(), "a transaction begun on db.Connection cannot be followed: subscribers resync, no event")
+}
+
+func TestTransactionEventsInStatementOrder(t *testing.T) {
+	srv := testModelServer(t)
+	ws := srv.dial(t, nil)
+	for _, e := range []string{"create", "update", "delete"} {
+		ws.subscribe(e, nil)
+	}
+	require.NoError(t, srv.DB.Transaction(func(tx *gorm.DB) error {
+		m := TestModel{Name: "first"}
+		require.NoError(t, tx.Create(&m).Error)
+		require.NoError(t, tx.Model(&m).Update("name", "second").Error)
+		require.NoError(t, tx.Create(&TestModel{Name: "other"}).Error)
+		return tx.Delete(&m).Error
+	}))
+	assert.Equal(t, event("create", 1, "first"), ws.readPayload("testmodel"))
+	assert.Equal(t, event("update", 1, "second"), ws.readPayload("testmodel"))
+	assert.Equal(t, event("create", 2, "other"), ws.readPayload("testmodel"))
+	assert.Equal(t, event("delete", 1, "second"), ws.readPayload("testmodel"))
+}
+
+// Counter counts votes; concurrent increments show the commit order.
+type Counter struct {
+	ID    uint `json:"id"`
+	Votes int  `json:"votes"`
+}
+
+func TestPerObjectOrderUnderConcurrentWriters(t *testing.T) {
+	srv := newServer(t, func(api *channelsapi.API, db *gorm.DB) {
+		require.NoError(t, db.AutoMigrate(&Counter{}))
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[Counter]{Stream: "counters"}))
+	})
+	require.NoError(t, srv.DB.Create(&Counter{}).Error)
+	ws := srv.dial(t, nil)
+	got := ws.request("counters", map[string]any{"action": "subscribe", "pk": 1, "data": map[string]any{"action": "update"}})
+	require.EqualValues(t, 200, got["response_status"])
+
+	const writers, each = 8, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, writers*each)
+	for range writers {
+		wg.Go(func() {
+			for range each {
+				errs <- srv.DB.Model(&Counter{ID: 1}).Update("votes", gorm.Expr("votes + 1")).Error
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	for want := 1; want <= writers*each; want++ {
+		p := ws.readPayload("counters")
+		require.EqualValues(t, want, p["data"].(map[string]any)["votes"], "events in commit order, never an older state after a newer one")
+	}
+}
+
+func TestScopeQueriesDoNotDeadlockCommits(t *testing.T) {
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) {
+		addTestModel(t, api, func(vs *channelsapi.ViewSet[TestModel]) {
+			vs.Scope = func(_ *channelsapi.Request, db *gorm.DB) *gorm.DB { return db.Where("name <> ?", "hidden") }
+		})
+	})
+	sqlDB, err := srv.DB.DB()
+	require.NoError(t, err)
+	sqlDB.SetMaxOpenConns(1) // authorizing an event needs the connection a waiting writer holds
+	ws := srv.dial(t, nil)
+	ws.subscribe("create", nil)
+
+	txA := srv.DB.Begin()
+	require.NoError(t, txA.Create(&TestModel{Name: "a"}).Error)
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	wg.Go(func() { errs <- srv.DB.Create(&TestModel{Name: "b"}).Error })
+	wg.Go(func() { errs <- txA.Commit().Error })
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(readTimeout):
+		sqlDB.SetMaxOpenConns(2) // let the test end
+		<-done
+		t.Fatal("commits deadlocked")
+	}
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	got := []any{ws.readPayload("testmodel")["data"], ws.readPayload("testmodel")["data"]}
+	assert.ElementsMatch(t, []any{map[string]any{"id": 1.0, "name": "a"}, map[string]any{"id": 2.0, "name": "b"}}, got)
 }

@@ -1,5 +1,9 @@
 package channelsapi_test
 
+// This file runs the test suite of channels-api 0.4.1, restated as wire
+// cases in testdata/channels-api-0.4.1.json, and what its code implies beyond
+// its tests.
+
 import (
 	"context"
 	"encoding/json"

@@ -1,5 +1,8 @@
 package channelsapi_test
 
+// The debugger page (WithDebugPage): plain HTTP tests of its routes and
+// schema, and browser tests that drive it in a real headless Chromium.
+
 import (
 	"bytes"
 	"context"
@@ -27,9 +30,6 @@ import (
 
 	"github.com/channelsapi/channelsapi"
 )
-
-// The debugger page (WithDebugPage): plain HTTP tests of its routes and
-// schema, and browser tests that drive it in a real headless Chromium.
 
 const (
 	chromiumPath = "/usr/bin/chromium"

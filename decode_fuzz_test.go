@@ -1,5 +1,7 @@
 package channelsapi
 
+// This file fuzzes protocol.go's frame decoder from inside the package.
+
 import (
 	"bytes"
 	"encoding/json"

@@ -1,7 +1,9 @@
 package channelsapi_test
 
-// This file tests delivery.go: every 1013 names its cause, and a full
-// delivery queue resyncs its stream's subscribers after what was queued.
+// This file tests delivery.go: every 1013 names its cause, a full delivery
+// queue resyncs its stream's subscribers after what was queued, and a
+// permission that panics while an event is delivered resyncs the stream's
+// subscribers and leaves the server serving.
 
 import (
 	"context"
@@ -10,7 +12,6 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/assert"
@@ -19,32 +20,6 @@ import (
 
 	"github.com/channelsapi/channelsapi"
 )
-
-// untilClose reads until the server closes the connection and returns the
-// payloads of the frames before the close, its code and its reason.
-func (c *wsClient) untilClose() (payloads []map[string]any, code int, reason string) {
-	c.tb.Helper()
-	for {
-		require.NoError(c.tb, c.conn.SetReadDeadline(time.Now().Add(readTimeout)))
-		var f struct{ Payload map[string]any }
-		err := c.conn.ReadJSON(&f)
-		if err == nil {
-			payloads = append(payloads, f.Payload)
-			continue
-		}
-		var ce *websocket.CloseError
-		require.ErrorAs(c.tb, err, &ce, "want a close frame, got %v", err)
-		return payloads, ce.Code, ce.Text
-	}
-}
-
-// closeFrame reads until the server closes the connection and returns the
-// close code and reason.
-func (c *wsClient) closeFrame() (code int, reason string) {
-	c.tb.Helper()
-	_, code, reason = c.untilClose()
-	return code, reason
-}
 
 // TestResyncReasonsNameTheCause provokes each cause of a 1013 and checks
 // that the close frame names it, so that a client (or its developer) can
@@ -151,4 +126,22 @@ func TestResyncReasonsNameTheCause(t *testing.T) {
 			assert.Equal(t, first[:len(got)], got, "the events queued before the overflow, in order")
 		})
 	}
+}
+
+func TestPanickingPermissionDuringDelivery(t *testing.T) {
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) {
+		addTestModel(t, api, func(vs *channelsapi.ViewSet[TestModel]) {
+			vs.ObjectPermission = func(_ context.Context, r *channelsapi.Request, _ *TestModel) error {
+				_ = r.User.(string) // panics for an anonymous recipient
+				return nil
+			}
+		})
+	})
+	anonymous := srv.dial(t, nil)
+	anonymous.subscribe("create", nil)
+	status, _ := srv.doREST(t, http.MethodPost, "/testmodel", `{"name":"x"}`, "X-User", "alice")
+	assert.Equal(t, http.StatusCreated, status, "the write committed and is answered as such")
+	assert.Equal(t, 1013, anonymous.closeCode(), "the stream's subscribers resync")
+	status, _ = srv.doREST(t, http.MethodGet, "/testmodel/1", "", "X-User", "alice")
+	assert.Equal(t, http.StatusOK, status, "the server keeps serving")
 }

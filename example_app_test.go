@@ -1,5 +1,7 @@
 package channelsapi_test
 
+// This file runs the example app (go run ./example) as a newcomer would.
+
 import (
 	"net/http"
 	"os/exec"

@@ -1,5 +1,8 @@
 package channelsapi_test
 
+// This file holds the Example of WithBroker with the Redis broker; it is
+// compiled, not run, as it needs PostgreSQL and Redis.
+
 import (
 	"context"
 	"log"

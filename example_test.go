@@ -1,5 +1,8 @@
 package channelsapi_test
 
+// This file holds the Examples of Register, Add and a ViewSet's Scope: the
+// documentation of the public API, run as tests.
+
 import (
 	"context"
 	"fmt"

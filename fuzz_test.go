@@ -1,5 +1,11 @@
 package channelsapi_test
 
+// The fuzz targets of the decoders of client input, over real sockets. Their
+// seeds (the hostile corpus of helpers_test.go and some good requests) run
+// under plain go test; fuzz them with, for example,
+//
+//	go test -run '^$' -fuzz '^FuzzFrame$' -fuzztime 20s .
+
 import (
 	"encoding/json"
 	"errors"
@@ -14,12 +20,6 @@ import (
 
 	"github.com/channelsapi/channelsapi"
 )
-
-// The fuzz targets of the decoders of client input, over real sockets. Their
-// seeds (the hostile corpus of limits_test.go and some good requests) run
-// under plain go test; fuzz them with, for example,
-//
-//	go test -run '^$' -fuzz '^FuzzFrame$' -fuzztime 20s .
 
 // fuzzServer serves items for a fuzz target, without the rate limit, which
 // would answer the fuzzer's frames with 429 before decoding them.

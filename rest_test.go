@@ -1,11 +1,13 @@
 package channelsapi_test
 
+// This file tests rest.go: the REST routes of a ViewSet, their bodies and
+// status codes, pagination, custom actions, the REST prefix, malformed and
+// oversized bodies, and list pages equal to those of the WebSocket.
+
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -25,30 +27,6 @@ type restNote struct {
 	ID    uint   `json:"id" gorm:"primaryKey"`
 	Title string `json:"title" binding:"required,max=20"`
 	Body  string `json:"body"`
-}
-
-// quietLog discards the library's log of internal errors that a test
-// provokes on purpose.
-func quietLog() channelsapi.Option {
-	return channelsapi.WithLogger(slog.New(slog.DiscardHandler))
-}
-
-// restRaw sends a REST request and returns the status, the raw body and the
-// response header. A nil body is sent as a chunked body of unknown length
-// when chunked is set.
-func (s *testServer) restRaw(tb testing.TB, method, path string, body io.Reader) (int, []byte, http.Header) {
-	tb.Helper()
-	req, err := http.NewRequest(method, s.URL+path, body)
-	require.NoError(tb, err)
-	req.Header.Set("Content-Type", "application/json")
-	ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
-	defer cancel()
-	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
-	require.NoError(tb, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(tb, err)
-	return resp.StatusCode, b, resp.Header
 }
 
 // restStep is one request of a REST conversation and its expected answer.
@@ -379,21 +357,6 @@ func TestRESTBodyTooLarge(t *testing.T) {
 	require.NoError(t, srv.DB.First(&m, 1).Error)
 	assert.Equal(t, "keep", m.Name)
 	assert.EqualValues(t, 2, countRows[TestModel](t, srv.DB))
-}
-
-func TestRESTServerErrorsHideDetail(t *testing.T) {
-	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) {
-		addTestModel(t, api, func(vs *channelsapi.ViewSet[TestModel]) {
-			vs.Actions["leak"] = channelsapi.Action[TestModel]{
-				Handle: func(context.Context, *channelsapi.Request, *TestModel) (any, int, error) {
-					return nil, 0, errors.New(`SQL logic error: no such column "secret" in test_models`)
-				},
-			}
-		})
-	}, quietLog())
-	status, body, _ := srv.restRaw(t, http.MethodGet, "/testmodel/leak", nil)
-	assert.Equal(t, http.StatusInternalServerError, status)
-	assert.JSONEq(t, `{"detail":"A server error occurred."}`, string(body))
 }
 
 // TestListSameOnBothTransports compares a WebSocket list page with the REST

@@ -1,5 +1,8 @@
 package channelsapi_test
 
+// This file tests validation.go: the binding rules of a model answered as
+// Django REST Framework messages, on both transports.
+
 import (
 	"encoding/json"
 	"maps"
@@ -240,12 +243,4 @@ func TestValidationErrorsNeverLeakInternals(t *testing.T) {
 			}
 		}
 	}
-}
-
-// jsonBytes marshals v.
-func jsonBytes(tb testing.TB, v any) []byte {
-	tb.Helper()
-	b, err := json.Marshal(v)
-	require.NoError(tb, err)
-	return b
 }

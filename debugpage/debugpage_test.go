@@ -1,5 +1,9 @@
 package debugpage_test
 
+// This file tests debugpage.go: Mount refuses a bad configuration and a
+// route conflict, serves the page, and answers a schema that cannot be
+// encoded.
+
 import (
 	"io"
 	"net/http"

@@ -1,5 +1,10 @@
 package redisbroker_test
 
+// This file tests broker.go, the Broker through Redis pub/sub: a message is
+// delivered once and in order with the resync markers, unwatched topics are
+// not received, New refuses a bad configuration and Run runs once. The tests
+// need CHANNELSAPI_TEST_REDIS; peers_test.go tests the peers.
+
 import (
 	"context"
 	"crypto/rand"

@@ -1,5 +1,8 @@
 package fanout_test
 
+// This file benchmarks the Hub: the fan-out of one event to many
+// subscribers, and the routing of one event among many subscriptions.
+
 import (
 	"fmt"
 	"strconv"

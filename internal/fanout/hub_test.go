@@ -1,5 +1,9 @@
 package fanout_test
 
+// This file tests the Hub (hub.go, index.go): group and instance routing,
+// subscriptions and unsubscriptions, Remove leaving nothing behind, and
+// Allow.
+
 import (
 	"strconv"
 	"sync"

@@ -1,5 +1,8 @@
 package fanout_test
 
+// This file tests OnInterest: when the Hub reports a stream active and
+// inactive.
+
 import (
 	"testing"
 

@@ -1,13 +1,22 @@
 package channelsapi_test
 
+// This file tests fields.go: which JSON keys a client may write (mass
+// assignment, unknown fields), primary key parsing (injection, numeric
+// strings, string keys), and values over both transports: every payload of
+// the hostile corpus is answered with its status, never a server error, and
+// writes nothing; unusual values are stored and read back as sent, or
+// refused with 400.
+
 import (
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gorm.io/gorm"
@@ -375,4 +384,108 @@ func TestStringPK(t *testing.T) {
 		require.NoError(t, srv.DB.Model(&keyedModel{}).Order("code").Pluck("code", &codes).Error)
 		assert.Equal(t, []string{"1", "abc", "hello world", "üß"}, codes)
 	})
+}
+
+// TestHostilePayloads sends the hostile corpus over both transports: every
+// frame is answered with its status, none with a server error, the socket
+// keeps answering and the table does not change.
+func TestHostilePayloads(t *testing.T) {
+	srv := newItemsServer(t)
+	ws := srv.dial(t, nil)
+	frames, requests := hostileFrames(), hostileRequests()
+	var serverErrors int
+	for i, tt := range frames {
+		before := dumpRows[limitItem](t, srv.DB)
+		require.NoError(t, ws.conn.WriteMessage(websocket.TextMessage, []byte(tt.give)))
+		raw := ws.readRaw()
+		var f struct {
+			Payload struct {
+				ResponseStatus int `json:"response_status"`
+			} `json:"payload"`
+		}
+		require.NoError(t, json.Unmarshal(raw, &f), "%s: reply %q", tt.name, raw)
+		if f.Payload.ResponseStatus >= 500 {
+			serverErrors++
+		}
+		assert.Equal(t, tt.want, f.Payload.ResponseStatus, "frame %d %s: reply %.300s", i, tt.name, raw)
+		ws.assertAliveOn("items")
+		assert.Equal(t, before, dumpRows[limitItem](t, srv.DB), "%s changed the table", tt.name)
+	}
+	for _, tt := range requests {
+		before := dumpRows[limitItem](t, srv.DB)
+		status, body := srv.restAs(t, nil, tt.method, tt.path, tt.body)
+		if status >= 500 {
+			serverErrors++
+		}
+		assert.Equal(t, tt.want, status, "%s: body %.300s", tt.name, body)
+		assert.True(t, json.Valid(body), "%s: body is not JSON: %q", tt.name, body)
+		assert.Equal(t, before, dumpRows[limitItem](t, srv.DB), "%s changed the table", tt.name)
+	}
+	status, _ := srv.restAs(t, nil, http.MethodGet, "/items/1", "")
+	assert.Equal(t, http.StatusOK, status)
+	assert.Equal(t, 1, srv.API.Stats().Connections, "the socket survived the corpus")
+	t.Logf("hostile payloads: %d WebSocket frames, %d REST requests, %d answered 5xx", len(frames), len(requests), serverErrors)
+	assert.Zero(t, serverErrors)
+}
+
+// TestHostileValuesStored writes values that are valid JSON but unusual
+// for a database: each is stored and read back as it was, or refused with
+// a 400, never a server error.
+func TestHostileValuesStored(t *testing.T) {
+	srv := newItemsServer(t)
+	ws := srv.dial(t, nil)
+	tests := []struct {
+		name string
+		give string // the data of a create, raw JSON
+	}{
+		{"NUL inside a string", `{"name":"a\u0000b"}`},
+		{"invalid UTF-8", "{\"name\":\"a\xff\xfeb\"}"},
+		{"lone surrogate", `{"name":"a\ud800b"}`},
+		{"right-to-left override", `{"name":"\u202egnp.exe"}`},
+		{"line separators", `{"name":"a\u2028b\u2029c"}`},
+		{"SQL fragment", `{"name":"'); DROP TABLE limit_items;--"}`},
+		{"markup", `{"name":"<script>alert(1)</script>"}`},
+		{"100 two-byte characters", `{"name":"` + strings.Repeat("é", 100) + `"}`},
+		{"100 emoji", `{"name":"` + strings.Repeat("😀", 100) + `"}`},
+		{"largest int64", `{"name":"x","qty":9223372036854775807}`},
+		{"smallest int64", `{"name":"x","qty":-9223372036854775808}`},
+		{"largest float64", `{"name":"x","price":1.7976931348623157e308}`},
+		{"smallest float64", `{"name":"x","price":5e-324}`},
+		{"negative zero", `{"name":"x","price":-0.0}`},
+	}
+	var stored, refused, serverErrors int
+	for _, tt := range tests {
+		for _, transport := range []string{"websocket", "rest"} {
+			var status int
+			var obj map[string]any
+			var body []byte
+			if transport == "websocket" {
+				ws.sendRaw([]byte(itemFrame(`{"action":"create","request_id":1,"data":` + tt.give + `}`)))
+				body = ws.readRaw()
+				got, _ := parseJSON(body).(map[string]any)["payload"].(map[string]any)
+				status = int(got["response_status"].(float64))
+				obj, _ = got["data"].(map[string]any)
+			} else {
+				status, body = srv.restAs(t, nil, http.MethodPost, "/items", tt.give)
+				obj, _ = parseJSON(body).(map[string]any)
+			}
+			if status != http.StatusCreated {
+				assertNoSQL(t, body)
+			}
+			switch {
+			case status == http.StatusCreated:
+				stored++
+				back := ws.request("items", map[string]any{"action": "retrieve", "pk": obj["id"], "request_id": 2})
+				assert.Equal(t, obj, back["data"], "%s over %s: read back", tt.name, transport)
+			case status == http.StatusBadRequest:
+				refused++
+			default:
+				if status >= 500 {
+					serverErrors++
+				}
+				t.Errorf("%s over %s: status %d", tt.name, transport, status)
+			}
+		}
+	}
+	t.Logf("hostile values on %s: %d stored and read back, %d refused with 400, %d server errors", srv.DB.Dialector.Name(), stored, refused, serverErrors)
 }
