@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -31,6 +30,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/channelsapi/channelsapi"
+	"github.com/channelsapi/channelsapi/internal/redistest"
 	"github.com/channelsapi/channelsapi/redisbroker"
 )
 
@@ -110,56 +110,6 @@ func redisPair(tb testing.TB, url string, mutate ...func(*redisbroker.Config)) (
 	setup := func(api *channelsapi.API, _ *gorm.DB) { addTestModel(tb, api) }
 	return newServerOn(tb, dbs[0], setup, withRedis(tb, url, prefix, mutate...)),
 		newServerOn(tb, dbs[1], setup, withRedis(tb, url, prefix, mutate...))
-}
-
-// redisServer is a redis-server process of the test's own, for tests that
-// stop and restart Redis.
-type redisServer struct {
-	tb   testing.TB
-	port int
-	URL  string
-	cmd  *exec.Cmd
-}
-
-// startRedis starts redis-server on a free port of 127.0.0.1, or skips the
-// test when there is no redis-server binary. It is stopped at cleanup.
-func startRedis(tb testing.TB) *redisServer {
-	tb.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		tb.Skip("SKIP: redis-server is not installed (apt-get install redis-server)")
-	}
-	r := &redisServer{tb: tb, port: freePort(tb)}
-	r.URL = "redis://127.0.0.1:" + strconv.Itoa(r.port) + "/0"
-	r.start()
-	tb.Cleanup(r.stop)
-	return r
-}
-
-// start runs the server (again) on its port and waits until it answers.
-func (r *redisServer) start() {
-	r.tb.Helper()
-	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", r.tb.TempDir())
-	require.NoError(r.tb, r.cmd.Start())
-	opts, err := redis.ParseURL(r.URL)
-	require.NoError(r.tb, err)
-	rdb := redis.NewClient(opts)
-	defer rdb.Close()
-	require.Eventually(r.tb, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		return rdb.Ping(ctx).Err() == nil
-	}, 10*time.Second, 20*time.Millisecond, "redis-server on port %d does not answer", r.port)
-}
-
-// stop kills the server and waits for it; stopping twice is a no-op.
-func (r *redisServer) stop() {
-	if r.cmd == nil {
-		return
-	}
-	_ = r.cmd.Process.Kill()
-	_ = r.cmd.Wait()
-	r.cmd = nil
 }
 
 // redisClient is a client of the test's own, for looking at Redis.
@@ -451,8 +401,8 @@ func TestRedisPeerShutdownIsNoGap(t *testing.T) {
 // writes succeed, a subscriber that misses events is closed with 1013, and
 // once Redis is up events flow again.
 func TestRedisDownAtStartup(t *testing.T) {
-	r := startRedis(t)
-	r.stop()
+	r := redistest.Start(t)
+	r.Stop()
 	srv := newServerOn(t, openDB(t, &TestModel{}), func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) },
 		withRedis(t, r.URL, testPrefix()))
 	c := srv.dial(t, nil)
@@ -461,7 +411,7 @@ func TestRedisDownAtStartup(t *testing.T) {
 	require.Equal(t, http.StatusCreated, status)
 	assert.Equal(t, 1013, c.closeCode(), "the subscriber missed an event")
 
-	r.start()
+	r.Start()
 	receivesAgain(t, srv, srv, "testmodel", "name")
 }
 
@@ -469,7 +419,7 @@ func TestRedisDownAtStartup(t *testing.T) {
 // subscribers are closed with 1013, writes succeed meanwhile, and after
 // Redis is back subscribers of both instances receive the writes of both.
 func TestRedisRestartResyncs(t *testing.T) {
-	r := startRedis(t)
+	r := redistest.Start(t)
 	a, b := redisPair(t, r.URL)
 	ca, cb := a.dial(t, nil), b.dial(t, nil)
 	ca.subscribe("create", nil)
@@ -479,13 +429,13 @@ func TestRedisRestartResyncs(t *testing.T) {
 	assert.Equal(t, event("create", 1, "before"), ca.readPayload("testmodel"))
 	assert.Equal(t, event("create", 1, "before"), cb.readPayload("testmodel"))
 
-	r.stop()
+	r.Stop()
 	assert.Equal(t, 1013, ca.closeCode())
 	assert.Equal(t, 1013, cb.closeCode())
 	status, _ = a.doREST(t, http.MethodPost, "/testmodel", `{"name":"while down"}`)
 	require.Equal(t, http.StatusCreated, status, "a write never fails because Redis is down")
 
-	r.start()
+	r.Start()
 	receivesAgain(t, a, b, "testmodel", "name")
 	receivesAgain(t, b, a, "testmodel", "name")
 }
@@ -594,7 +544,7 @@ func TestMultiInstance(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIP: -short")
 	}
-	r := startRedis(t) // of its own, to restart it
+	r := redistest.Start(t) // of its own, to restart it
 	bin := filepath.Join(t.TempDir(), "example")
 	build := exec.Command("go", "build", "-o", bin, "./example")
 	out, err := build.CombinedOutput()
@@ -669,13 +619,13 @@ func TestMultiInstance(t *testing.T) {
 	}
 
 	// Redis restarts: clients resync, writes go on.
-	r.stop()
+	r.Stop()
 	for i, c := range readers {
 		assert.Equal(t, 1013, c.closeCode(), "reader %d is told to resync", i)
 	}
 	rest(a).create("while Redis is down")
 	rest(b).create("while Redis is down")
-	r.start()
+	r.Start()
 	receivesAgain(t, a.testServer, b.testServer, "questions", "question_text")
 	receivesAgain(t, b.testServer, a.testServer, "questions", "question_text")
 	receivesAgain(t, a.testServer, a.testServer, "questions", "question_text")
@@ -694,7 +644,7 @@ func TestMultiInstancePeerKilled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIP: -short")
 	}
-	r := startRedis(t) // of its own: the example uses the default prefix
+	r := redistest.Start(t) // of its own: the example uses the default prefix
 	bin := filepath.Join(t.TempDir(), "example")
 	build := exec.Command("go", "build", "-o", bin, "./example")
 	out, err := build.CombinedOutput()

@@ -9,11 +9,9 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +20,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/channelsapi/channelsapi/internal/redistest"
 	"github.com/channelsapi/channelsapi/redisbroker"
 )
 
@@ -199,7 +198,7 @@ func quiet(t *testing.T, rec *recorder, d time.Duration) {
 // drops, and nothing more once Redis is back, though what it knew of the
 // other before is older than a dead peer's deadline.
 func TestRedisRestartForgetsPeers(t *testing.T) {
-	r := startRedis(t)
+	r := redistest.Start(t)
 	p := prefix()
 	cfg := redisbroker.Config{URL: r.URL, Prefix: p, MaxBackoff: 200 * time.Millisecond}
 	recA, recB := newRecorder(), newRecorder()
@@ -208,11 +207,11 @@ func TestRedisRestartForgetsPeers(t *testing.T) {
 	b.Publish("t", []byte("before"))
 	recA.wait(t, func(got, _ []string) bool { return slices.Contains(got, "t:before") })
 
-	r.stop()
+	r.Stop()
 	recA.wait(t, func(_, lost []string) bool { return len(lost) == 1 })
 	// Down for longer than a silent peer may be.
 	<-time.After(2 * missedBeats * heartbeat)
-	r.start()
+	r.Start()
 
 	rdb := redisClient(t, r.URL)
 	require.Eventually(t, func() bool {
@@ -226,56 +225,6 @@ func TestRedisRestartForgetsPeers(t *testing.T) {
 	recA.lost = nil
 	recA.mu.Unlock()
 	quiet(t, recA, 2*(missedBeats+1)*heartbeat)
-}
-
-// redisServer is a redis-server process of the test's own, to restart.
-type redisServer struct {
-	t    *testing.T
-	port int
-	URL  string
-	cmd  *exec.Cmd
-}
-
-// startRedis starts redis-server on a free port of 127.0.0.1, or skips the
-// test when there is no redis-server binary. It is stopped at cleanup.
-func startRedis(t *testing.T) *redisServer {
-	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Skip("SKIP: redis-server is not installed (apt-get install redis-server)")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	r := &redisServer{t: t, port: l.Addr().(*net.TCPAddr).Port}
-	require.NoError(t, l.Close())
-	r.URL = "redis://127.0.0.1:" + strconv.Itoa(r.port) + "/0"
-	r.start()
-	t.Cleanup(r.stop)
-	return r
-}
-
-// start runs the server (again) on its port and waits until it answers.
-func (r *redisServer) start() {
-	r.t.Helper()
-	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", r.t.TempDir())
-	require.NoError(r.t, r.cmd.Start())
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(r.port)})
-	defer rdb.Close()
-	require.Eventually(r.t, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		return rdb.Ping(ctx).Err() == nil
-	}, 10*time.Second, 20*time.Millisecond, "redis-server on port %d does not answer", r.port)
-}
-
-// stop kills the server and waits for it; stopping twice is a no-op.
-func (r *redisServer) stop() {
-	if r.cmd == nil {
-		return
-	}
-	_ = r.cmd.Process.Kill()
-	_ = r.cmd.Wait()
-	r.cmd = nil
 }
 
 func redisClient(t *testing.T, url string) *redis.Client {
