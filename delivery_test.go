@@ -73,14 +73,7 @@ func TestResyncReasonsNameTheCause(t *testing.T) {
 			return ws, nil
 		}, "untracked transaction"},
 		{"a permission that panics while an event is authorized", func(t *testing.T) (*wsClient, []string) {
-			srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) {
-				addTestModel(t, api, func(vs *channelsapi.ViewSet[TestModel]) {
-					vs.ObjectPermission = func(_ context.Context, r *channelsapi.Request, _ *TestModel) error {
-						_ = r.User.(string) // panics for an anonymous recipient
-						return nil
-					}
-				})
-			})
+			srv := panickingPermissionServer(t)
 			anonymous := srv.dial(t, nil)
 			anonymous.subscribe("create", nil)
 			status, _ := srv.doREST(t, http.MethodPost, "/testmodel", `{"name":"x"}`, "X-User", "alice")
@@ -128,15 +121,22 @@ func TestResyncReasonsNameTheCause(t *testing.T) {
 	}
 }
 
-func TestPanickingPermissionDuringDelivery(t *testing.T) {
-	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) {
-		addTestModel(t, api, func(vs *channelsapi.ViewSet[TestModel]) {
+// panickingPermissionServer serves testmodel with an ObjectPermission that
+// panics for an anonymous recipient.
+func panickingPermissionServer(tb testing.TB) *testServer {
+	tb.Helper()
+	return newServer(tb, func(api *channelsapi.API, _ *gorm.DB) {
+		addTestModel(tb, api, func(vs *channelsapi.ViewSet[TestModel]) {
 			vs.ObjectPermission = func(_ context.Context, r *channelsapi.Request, _ *TestModel) error {
 				_ = r.User.(string) // panics for an anonymous recipient
 				return nil
 			}
 		})
 	})
+}
+
+func TestPanickingPermissionDuringDelivery(t *testing.T) {
+	srv := panickingPermissionServer(t)
 	anonymous := srv.dial(t, nil)
 	anonymous.subscribe("create", nil)
 	status, _ := srv.doREST(t, http.MethodPost, "/testmodel", `{"name":"x"}`, "X-User", "alice")
