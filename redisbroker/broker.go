@@ -914,7 +914,12 @@ func (b *Broker) send() {
 	beat := byte(kindBeat)
 	for {
 		var batch []item
-		if beat == 0 {
+		select {
+		case it := <-b.queue: // what is queued goes before a heartbeat that is due
+			batch = b.fill(append(batch, it))
+		default:
+		}
+		if beat == 0 && batch == nil {
 			select {
 			case it := <-b.queue:
 				batch = b.fill(append(batch, it))
@@ -1030,8 +1035,10 @@ func (b *Broker) publish(batch []item, last *uint64, beat byte) bool {
 	b.mu.Unlock()
 	if len(batch) == 0 && len(markers) == 0 {
 		if beat != 0 {
-			// Close ends a heartbeat at once: it says nothing then.
-			ctx, cancel := context.WithTimeout(b.ctx, publishTimeout)
+			// Close ends a heartbeat at once: it says nothing then. An
+			// attempt lasts at most an interval, so that while Redis is
+			// unreachable heartbeats do not hold up the queue.
+			ctx, cancel := context.WithTimeout(b.ctx, min(publishTimeout, b.cfg.Heartbeat))
 			defer cancel()
 			switch err := b.client.Publish(ctx, b.control, b.beat(beat)).Err(); {
 			case err == nil:
