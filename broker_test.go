@@ -5,19 +5,26 @@ package channelsapi_test
 // through Redis (redisbroker), every change reaches every instance once and
 // in order, authorized per recipient there, and subscribers resync when
 // Redis or a peer is lost. The Redis tests need CHANNELSAPI_TEST_REDIS, or a
-// redis-server binary for those that stop Redis; TestMultiInstance and
-// TestMultiInstancePeerKilled run the example app as processes.
+// redis-server binary for those that stop Redis; TestMultiInstance,
+// TestMultiInstancePeerKilled and
+// TestBrokerGapWhenAPeerDiesWithAChangeInFlight run the example app as
+// processes.
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -674,4 +681,206 @@ func TestMultiInstancePeerKilled(t *testing.T) {
 	assert.Greater(t, elapsed, 2*time.Second, "not before b missed its heartbeats")
 	assert.Less(t, elapsed, 5*time.Second, "within three heartbeats of b, and some slack")
 	receivesAgain(t, a.testServer, a.testServer, "questions", "question_text")
+}
+
+// TestBrokerGapWhenAPeerDiesWithAChangeInFlight runs two processes of the example app
+// on one database and one Redis server. Instance A reaches Redis through a
+// proxy of the test's own: the test makes the proxy hold what A sends,
+// commits a write on A, waits until A's PUBLISH of it is held by the proxy,
+// kills A with SIGKILL and drops the held bytes. The change is committed and
+// can never reach Redis; B's subscribers of the stream must not be left
+// with that silent gap: they are closed with 1013 "broker gap".
+//
+// A proxy rather than pausing Redis (CLIENT PAUSE WRITE, DEBUG SLEEP):
+// whether a paused Redis still runs the PUBLISH of a client that
+// disconnected, and whether A had sent it yet when it was killed, are then
+// not the test's to know. The proxy sees the PUBLISH arrive and guarantees
+// it goes no further; B's own connection to Redis is untouched.
+func TestBrokerGapWhenAPeerDiesWithAChangeInFlight(t *testing.T) {
+	if testing.Short() {
+		t.Skip("SKIP: -short")
+	}
+	r := redistest.Start(t)
+	proxy := startHoldingProxy(t, "127.0.0.1:"+strconv.Itoa(r.Port))
+	bin := filepath.Join(t.TempDir(), "example")
+	out, err := exec.Command("go", "build", "-o", bin, "./example").CombinedOutput()
+	require.NoError(t, err, "build the example: %s", out)
+	db := filepath.Join(t.TempDir(), "polls.db")
+	if pg := postgresDSN(); pg != "" {
+		db = postgresSchema(t, pg)
+	}
+	a := startInstance(t, bin, "-db", db, "-redis", proxy.url) // migrates the schema first
+	b := startInstance(t, bin, "-db", db, "-redis", r.URL)
+
+	cb := b.dial(t, nil)
+	got := cb.request("questions", map[string]any{"action": "subscribe", "data": map[string]any{"action": "create"}, "request_id": 1})
+	require.EqualValues(t, 200, got["response_status"], "%v", got)
+	writeA := restWriter(t, a.testServer, "questions", "question_text")
+	writeA.create("through A")
+	assert.Equal(t, "through A", dataOf(cb.readPayload("questions"))["question_text"], "A's changes reach B's subscribers")
+
+	proxy.hold()
+	marker := make([]byte, 8)
+	_, _ = rand.Read(marker)
+	lost := "lost-" + hex.EncodeToString(marker)
+	writeA.create(lost) // committed: the reply comes after the commit
+	proxy.waitFor(t, []byte(lost))
+	require.NoError(t, a.cmd.Process.Kill())
+	_ = a.cmd.Wait()
+	proxy.close()
+
+	code, reason, frames := cb.closeWithin(t, 15*time.Second)
+	assert.Empty(t, frames, "no event: the change never reached Redis")
+	assert.Equal(t, 1013, code, "B's subscriber may have missed a change: it must resync")
+	assert.Equal(t, "broker gap", reason)
+}
+
+// closeWithin reads until the server closes the connection, at most d, and
+// returns the close code and reason and the payloads received before it
+// (code 0: no close within d).
+func (c *wsClient) closeWithin(tb testing.TB, d time.Duration) (code int, reason string, frames []map[string]any) {
+	tb.Helper()
+	require.NoError(tb, c.conn.SetReadDeadline(time.Now().Add(d)))
+	for {
+		_, b, err := c.conn.ReadMessage()
+		var ce *websocket.CloseError
+		switch {
+		case err == nil:
+			frames = append(frames, map[string]any{"frame": string(b)})
+			continue
+		case errors.As(err, &ce):
+			return ce.Code, ce.Text, frames
+		default:
+			var ne net.Error
+			require.True(tb, errors.As(err, &ne) && ne.Timeout(), "want a close frame or nothing, got %v", err)
+			return 0, "", frames
+		}
+	}
+}
+
+// holdingProxy forwards TCP connections to a server (Redis). Once told to
+// hold, it keeps what clients send from then on instead of forwarding it;
+// what the server sends still reaches them.
+type holdingProxy struct {
+	url string // redis:// URL of the proxy
+	l   net.Listener
+	to  string
+	wg  sync.WaitGroup
+
+	mu      sync.Mutex
+	holding bool
+	held    []byte
+	conns   []net.Conn
+	grown   chan struct{} // closed and replaced when held grows
+	closed  bool
+}
+
+func startHoldingProxy(tb testing.TB, to string) *holdingProxy {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(tb, err)
+	p := &holdingProxy{url: "redis://" + l.Addr().String() + "/0", l: l, to: to, grown: make(chan struct{})}
+	p.wg.Go(p.accept)
+	tb.Cleanup(p.close)
+	return p
+}
+
+func (p *holdingProxy) accept() {
+	for {
+		client, err := p.l.Accept()
+		if err != nil {
+			return
+		}
+		server, err := net.Dial("tcp", p.to)
+		if err != nil {
+			_ = client.Close()
+			continue
+		}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			_ = client.Close()
+			_ = server.Close()
+			return
+		}
+		p.conns = append(p.conns, client, server)
+		p.mu.Unlock()
+		p.wg.Go(func() {
+			_, _ = io.Copy(client, server)
+			_ = client.Close()
+		})
+		p.wg.Go(func() {
+			defer server.Close()
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := client.Read(buf)
+				if n > 0 && !p.keep(buf[:n]) {
+					if _, werr := server.Write(buf[:n]); werr != nil {
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		})
+	}
+}
+
+// keep holds b if the proxy is holding, and reports whether it did.
+func (p *holdingProxy) keep(b []byte) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.holding {
+		return false
+	}
+	p.held = append(p.held, b...)
+	close(p.grown)
+	p.grown = make(chan struct{})
+	return true
+}
+
+// hold makes the proxy keep what clients send from now on.
+func (p *holdingProxy) hold() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.holding = true
+}
+
+// waitFor waits until the held bytes contain marker.
+func (p *holdingProxy) waitFor(tb testing.TB, marker []byte) {
+	tb.Helper()
+	timeout := time.NewTimer(readTimeout)
+	defer timeout.Stop()
+	for {
+		p.mu.Lock()
+		found, grown := bytes.Contains(p.held, marker), p.grown
+		p.mu.Unlock()
+		if found {
+			return
+		}
+		select {
+		case <-grown:
+		case <-timeout.C:
+			require.FailNow(tb, "the proxy never received the change", "%q", marker)
+		}
+	}
+}
+
+// close drops every connection and what was held, and waits for the
+// proxy's goroutines; closing twice is a no-op.
+func (p *holdingProxy) close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed, p.held = true, nil
+	conns := p.conns
+	p.mu.Unlock()
+	_ = p.l.Close()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+	p.wg.Wait()
 }
