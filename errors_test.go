@@ -256,14 +256,7 @@ func TestServerErrorsWebSocket(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.give["request_id"] = 42
-			ws.send("testmodel", tt.give)
-			raw := ws.readRaw()
-			assertNoLeak(t, raw)
-			assert.JSONEq(t, string(jsonBytes(t, map[string]any{"stream": "testmodel", "payload": map[string]any{
-				"action": tt.give["action"], "data": nil, "errors": []string{"A server error occurred."},
-				"response_status": 500, "request_id": 42,
-			}})), string(raw))
+			assertServerError(t, ws, tt.give)
 			assert.Contains(t, logs.String(), tt.wantLog)
 			ws.assertAlive()
 		})
@@ -323,14 +316,7 @@ func TestDatabaseFailure(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.give["request_id"] = 42
-			ws.send("testmodel", tt.give)
-			raw := ws.readRaw()
-			assertNoLeak(t, raw)
-			assert.JSONEq(t, string(jsonBytes(t, map[string]any{"stream": "testmodel", "payload": map[string]any{
-				"action": tt.give["action"], "data": nil, "errors": []string{"A server error occurred."},
-				"response_status": 500, "request_id": 42,
-			}})), string(raw))
+			assertServerError(t, ws, tt.give)
 		})
 	}
 	for _, path := range []string{"/testmodel", "/testmodel/1", "/testmodel/1/test_detail"} {
@@ -362,4 +348,18 @@ func TestRESTServerErrorsHideDetail(t *testing.T) {
 	status, body, _ := srv.restRaw(t, http.MethodGet, "/testmodel/leak", nil)
 	assert.Equal(t, http.StatusInternalServerError, status)
 	assert.JSONEq(t, `{"detail":"A server error occurred."}`, string(body))
+}
+
+// assertServerError sends give on testmodel and checks that the reply is a
+// 500 that leaks nothing.
+func assertServerError(t *testing.T, ws *wsClient, give map[string]any) {
+	t.Helper()
+	give["request_id"] = 42
+	ws.send("testmodel", give)
+	raw := ws.readRaw()
+	assertNoLeak(t, raw)
+	assert.JSONEq(t, string(jsonBytes(t, map[string]any{"stream": "testmodel", "payload": map[string]any{
+		"action": give["action"], "data": nil, "errors": []string{"A server error occurred."},
+		"response_status": 500, "request_id": 42,
+	}})), string(raw))
 }
