@@ -262,7 +262,9 @@ func (v *viewSet[T]) evaluateScope(ctx context.Context, reps map[string]*conn, r
 	parts := make([]string, 0, len(reps))
 	args := make([]any, 0, len(reps))
 	for key, c := range reps {
-		base := db.Model(new(T))
+		// Unscoped: the row a soft delete returns has its deleted_at set,
+		// and is judged as the row it was.
+		base := db.Model(new(T)).Unscoped()
 		base.Statement.TableExpr = &clause.Expr{SQL: "(" + derived.SQL + ") AS " + db.Statement.Quote(alias), Vars: derived.Vars}
 		base.Statement.Table = alias
 		q := v.Scope(c.eventRequest(v.Stream, nil), base).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"reflect"
 	"slices"
@@ -51,6 +52,17 @@ type change struct {
 	before    json.RawMessage // beforeObj serialized; nil until encode
 }
 
+// encodeSafely is encode, with a panic of the model's JSON methods as an
+// error.
+func (ch *change) encodeSafely() (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("encoding panicked: %v", p)
+		}
+	}()
+	return ch.encode()
+}
+
 // encode serializes the objects of ch that are not yet.
 func (ch *change) encode() error {
 	var err error
@@ -72,13 +84,31 @@ type capture struct {
 	bulkLimit    int
 	order        *sequencer // commit order (capture_tx.go)
 	hasReturning bool       // the dialect has RETURNING (returning.go)
+	encodeEarly  bool       // changes are serialized before COMMIT (a broker carries them)
 	postgres     bool
 }
 
 func newCapture(a *API) *capture {
 	return &capture{
 		reg: a.reg, log: a.log, bulkLimit: a.cfg.bulkLimit,
-		order: &sequencer{publish: func(c []change) { a.relay.publish(c) }},
+		order:       &sequencer{publish: func(c []change) { a.relay.publish(c) }, log: a.log},
+		encodeEarly: a.cfg.broker != nil,
+	}
+}
+
+// prepare serializes changes before their transaction takes its place in
+// the order, when a broker will carry them (the relay publishes under the
+// sequencer's lock, which must not hold the application's JSON encoding).
+// A change that cannot be encoded becomes a resync.
+func (p *capture) prepare(changes []change) {
+	if !p.encodeEarly {
+		return
+	}
+	for i := range changes {
+		if err := changes[i].encodeSafely(); err != nil {
+			p.log.Error("channelsapi: encode event", "err", err)
+			changes[i] = change{typ: changes[i].typ, resync: reasonEncoding}
+		}
 	}
 }
 
@@ -185,6 +215,10 @@ func (p *capture) afterCreate(db *gorm.DB) {
 		return
 	}
 	if ok && b.ret != nil { // db.Table(...).Create, read with RETURNING
+		if b.ret.count > p.bulkLimit {
+			p.record(db, []change{{typ: b.m.schema.ModelType, resync: reasonBulkChange}})
+			return
+		}
 		var changes []change
 		for _, r := range b.ret.rows {
 			changes = append(changes, p.changeOf(db, b.m, actionCreate, r))

@@ -3,6 +3,7 @@ package channelsapi
 import (
 	"context"
 	"database/sql"
+	"log/slog"
 	"strings"
 	"sync"
 
@@ -150,6 +151,7 @@ func (t *txPool) Commit() error {
 	if len(changes) == 0 {
 		return t.committer.Commit()
 	}
+	t.capture.prepare(changes)
 	place := t.capture.order.reserve()
 	if err := t.committer.Commit(); err != nil {
 		place.fill(nil)
@@ -171,6 +173,7 @@ func (t *txPool) Rollback() error {
 // transactions reserved their places.
 type sequencer struct {
 	publish func([]change)
+	log     *slog.Logger
 
 	mu      sync.Mutex
 	pending []*place // reserved and not yet released, in order
@@ -199,13 +202,30 @@ func (p *place) fill(changes []change) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p.filled, p.changes = true, changes
-	i := 0
-	for i < len(s.pending) && s.pending[i].filled {
-		if c := s.pending[i].changes; len(c) > 0 {
-			s.publish(c)
-		}
-		s.pending[i] = nil
-		i++
+	for len(s.pending) > 0 && s.pending[0].filled {
+		head := s.pending[0]
+		s.pending[0] = nil
+		s.pending = s.pending[1:]
+		s.release(head.changes)
 	}
-	s.pending = s.pending[i:]
+}
+
+// release hands changes to the relay. A panic there (it runs the
+// application's JSON encoding with a broker) is logged, the streams of the
+// changes resync, and the order goes on.
+func (s *sequencer) release(changes []change) {
+	if len(changes) == 0 {
+		return
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("channelsapi: panic while publishing changes", "panic", p)
+			resyncs := make([]change, len(changes))
+			for i, ch := range changes {
+				resyncs[i] = change{typ: ch.typ, resync: reasonEncoding}
+			}
+			s.publish(resyncs)
+		}
+	}()
+	s.publish(changes)
 }
