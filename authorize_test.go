@@ -458,3 +458,33 @@ func TestLateSubscriberToAScopedDeleteGetsTheEvent(t *testing.T) {
 	assert.Equal(t, event("delete", 1, "x"), ws.readPayload("testmodel"),
 		"its Scope is judged on the deleted row the event carries: the row it could see arrives, the hidden one does not")
 }
+
+// softNote is a soft-deleted note of its owner.
+type softNote struct {
+	ID        uint           `json:"id" gorm:"primaryKey"`
+	Owner     string         `json:"owner"`
+	DeletedAt gorm.DeletedAt `json:"-"`
+}
+
+// TestScopeOfASoftDelete: the row a soft delete wrote has its deleted_at
+// set; the Scope judges it as the row it was, so its owner hears of it.
+func TestScopeOfASoftDelete(t *testing.T) {
+	db := openDB(t, &softNote{})
+	srv := newScopedServer(t, db, func(api *channelsapi.API) {
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[softNote]{
+			Stream: "softnotes",
+			Scope: func(r *channelsapi.Request, db *gorm.DB) *gorm.DB {
+				return db.Where("owner = ?", scopeUserName(r))
+			},
+		}))
+	})
+	alice := srv.dialUser(t, "alice")
+	alice.subscribeTo("softnotes", "create", "delete")
+	note := softNote{Owner: "alice"}
+	require.NoError(t, db.Create(&note).Error)
+	assert.Equal(t, "create", alice.readPayload("softnotes")["action"])
+	require.NoError(t, db.Delete(&note).Error)
+	got := alice.readPayload("softnotes")
+	assert.Equal(t, "delete", got["action"], "%v", got)
+	assert.EqualValues(t, note.ID, got["pk"])
+}

@@ -884,3 +884,43 @@ func (p *holdingProxy) close() {
 	}
 	p.wg.Wait()
 }
+
+// fragileNote's JSON encoding panics for the text "boom".
+type fragileNote struct {
+	ID   uint   `json:"id" gorm:"primaryKey"`
+	Text string `json:"text"`
+}
+
+func (n fragileNote) MarshalJSON() ([]byte, error) {
+	if n.Text == "boom" {
+		panic("cannot encode")
+	}
+	type plain fragileNote
+	return json.Marshal(plain(n))
+}
+
+// TestBrokerEncodingPanic: with a broker, a change is encoded before its
+// transaction takes its place in the order. A model whose JSON encoding
+// panics resyncs its stream's subscribers (on every instance: the resync
+// travels as the broker's marker, so it arrives as a "broker gap"); the
+// write commits, and the writes after it are published as usual.
+func TestBrokerEncodingPanic(t *testing.T) {
+	db := openDB(t, &fragileNote{})
+	srv := newServerOn(t, db, func(api *channelsapi.API, _ *gorm.DB) {
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[fragileNote]{Stream: "fragile"}))
+	}, withRedis(t, redisURL(t), testPrefix()), quietLog())
+	first := srv.dial(t, nil)
+	got := first.request("fragile", map[string]any{"action": "subscribe", "data": map[string]any{"action": "create"}, "request_id": 1})
+	require.EqualValues(t, 200, got["response_status"], "%v", got)
+	require.NoError(t, db.Create(&fragileNote{Text: "boom"}).Error, "the write commits")
+	code, reason := first.closeFrame()
+	assert.Equal(t, 1013, code)
+	assert.Equal(t, "broker gap", reason)
+
+	second := srv.dial(t, nil)
+	got = second.request("fragile", map[string]any{"action": "subscribe", "data": map[string]any{"action": "create"}, "request_id": 1})
+	require.EqualValues(t, 200, got["response_status"], "%v", got)
+	require.NoError(t, db.Create(&fragileNote{Text: "fine"}).Error)
+	p := second.readPayload("fragile")
+	assert.Equal(t, "fine", dataOf(p)["text"], "%v", p)
+}

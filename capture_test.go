@@ -927,3 +927,17 @@ func TestScopeQueriesDoNotDeadlockCommits(t *testing.T) {
 	got := []any{ws.readPayload("testmodel")["data"], ws.readPayload("testmodel")["data"]}
 	assert.ElementsMatch(t, []any{map[string]any{"id": 1.0, "name": "a"}, map[string]any{"id": 2.0, "name": "b"}}, got)
 }
+
+// TestCaptureTableCreateBeyondTheBulkLimit: a create that names only the
+// table, of more rows than the bulk event limit, resyncs the stream's
+// subscribers rather than publish some of its rows.
+func TestCaptureTableCreateBeyondTheBulkLimit(t *testing.T) {
+	srv := testModelServer(t, channelsapi.WithBulkEventLimit(2))
+	ws := srv.dial(t, nil)
+	ws.subscribe("create", nil)
+	rows := []map[string]any{{"name": "m0"}, {"name": "m1"}, {"name": "m2"}, {"name": "m3"}, {"name": "m4"}}
+	require.NoError(t, srv.DB.Table("test_models").Create(&rows).Error)
+	code, reason := ws.closeFrame()
+	assert.Equal(t, 1013, code)
+	assert.Equal(t, "bulk change", reason)
+}
