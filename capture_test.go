@@ -474,20 +474,9 @@ func TestCaptureOrderWithoutDefaultTransaction(t *testing.T) {
 	// 200 events and the sentinel's fit in a connection's queue (256)
 	// while the listener reads only after the writes.
 	const writers, each = 8, 25
-	var wg sync.WaitGroup
-	errs := make(chan error, writers*each)
-	for range writers {
-		wg.Go(func() {
-			for range each {
-				errs <- db.Model(&captureItem{ID: item.ID}).Update("votes", gorm.Expr("votes + 1")).Error
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		require.NoError(t, err)
-	}
+	concurrently(t, writers, each, func() error {
+		return db.Model(&captureItem{ID: item.ID}).Update("votes", gorm.Expr("votes + 1")).Error
+	})
 	group, _ := l.next(t)
 	want, got := make([]any, writers*each), make([]any, len(group))
 	for i := range want {
@@ -873,20 +862,9 @@ func TestPerObjectOrderUnderConcurrentWriters(t *testing.T) {
 	require.EqualValues(t, 200, got["response_status"])
 
 	const writers, each = 8, 25
-	var wg sync.WaitGroup
-	errs := make(chan error, writers*each)
-	for range writers {
-		wg.Go(func() {
-			for range each {
-				errs <- srv.DB.Model(&Counter{ID: 1}).Update("votes", gorm.Expr("votes + 1")).Error
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		require.NoError(t, err)
-	}
+	concurrently(t, writers, each, func() error {
+		return srv.DB.Model(&Counter{ID: 1}).Update("votes", gorm.Expr("votes + 1")).Error
+	})
 	for want := 1; want <= writers*each; want++ {
 		p := ws.readPayload("counters")
 		require.EqualValues(t, want, p["data"].(map[string]any)["votes"], "events in commit order, never an older state after a newer one")
@@ -940,4 +918,24 @@ func TestCaptureTableCreateBeyondTheBulkLimit(t *testing.T) {
 	code, reason := ws.closeFrame()
 	assert.Equal(t, 1013, code)
 	assert.Equal(t, "bulk change", reason)
+}
+
+// concurrently runs write each times in each of writers goroutines and
+// requires that every call succeeded.
+func concurrently(t *testing.T, writers, each int, write func() error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, writers*each)
+	for range writers {
+		wg.Go(func() {
+			for range each {
+				errs <- write()
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
 }
