@@ -12,6 +12,7 @@ import (
 	"gorm.io/gorm/clause"
 
 	"github.com/channelsapi/channelsapi/internal/fanout"
+	"github.com/channelsapi/channelsapi/internal/query"
 )
 
 // This file decides who receives an event. A recipient receives an event
@@ -60,54 +61,74 @@ func isAllowAny(p Permission) bool {
 
 // guarded reports whether v's events must be authorized per recipient.
 func (v *viewSet[T]) guarded() bool {
-	return v.Scope != nil || v.ObjectPermission != nil || !isAllowAny(v.Permission)
+	return v.Scope != nil || v.ScopeFilter != nil || v.ObjectPermission != nil || !isAllowAny(v.Permission)
 }
 
-// scopeKey returns the rendered SQL and arguments of c's Scope on v's
-// stream, computed once per connection and stream. Without a Scope it is
-// empty.
-func (c *conn) scopeKey(v scoper) (string, error) {
-	if !v.hasScope() {
-		return "", nil
-	}
+// stateful reports whether v's events need the row's states, before and
+// after a change: to authorize them per recipient, or for live queries.
+func (v *viewSet[T]) stateful() bool { return v.guarded() || v.qs.live }
+
+// connScope is what a connection's Request makes of a stream's scopes,
+// computed once per connection and stream: the rendered SQL and arguments
+// of the Scope (empty without one) and the ScopeFilter (nil without one).
+type connScope struct {
+	key    string
+	filter *query.Query
+}
+
+// scopeOf returns c's scopes on v's stream.
+func (c *conn) scopeOf(v scoper) (connScope, error) {
 	stream := v.name()
 	c.scopeMu.Lock()
-	key, ok := c.scopes[stream]
+	cs, ok := c.scopes[stream]
 	c.scopeMu.Unlock()
 	if ok {
-		return key, nil
+		return cs, nil
 	}
-	key, err := v.renderScope(c.ctx, c.eventRequest(stream, nil))
-	if err != nil {
-		return "", err
+	req := c.eventRequest(stream, nil)
+	var err error
+	if cs.key, err = v.renderScope(c.ctx, req); err != nil {
+		return cs, err
+	}
+	if cs.filter, err = v.scopeFilter(c.ctx, req); err != nil {
+		return cs, err
 	}
 	c.scopeMu.Lock()
 	defer c.scopeMu.Unlock()
 	if c.scopes == nil {
-		c.scopes = map[string]string{}
+		c.scopes = map[string]connScope{}
 	}
-	c.scopes[stream] = key
-	return key, nil
+	c.scopes[stream] = cs
+	return cs, nil
 }
 
-// scoper is the part of a resource scopeKey needs.
+// scoper is the part of a resource scopeOf needs.
 type scoper interface {
 	name() string
-	hasScope() bool
 	renderScope(ctx context.Context, req *Request) (string, error)
+	scopeFilter(ctx context.Context, req *Request) (*query.Query, error)
 }
 
-func (v *viewSet[T]) hasScope() bool { return v.Scope != nil }
-
-// renderScope renders the query of req's Scope without running it.
+// renderScope renders the query of req's Scope without running it; empty
+// without a Scope.
 func (v *viewSet[T]) renderScope(ctx context.Context, req *Request) (key string, err error) {
+	if v.Scope == nil {
+		return "", nil
+	}
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("scope of %s panicked: %v", v.Stream, p)
 		}
 	}()
 	db := v.api.db.Session(&gorm.Session{NewDB: true, DryRun: true, Context: ctx})
-	stmt := v.scoped(db, req).Find(new([]T)).Statement
+	scoped, err := v.Scope(ctx, req, db.Model(new(T)))
+	if err != nil {
+		return "", err
+	}
+	if scoped == nil {
+		return "", fmt.Errorf("scope of %s returned no query", v.Stream)
+	}
+	stmt := scoped.Find(new([]T)).Statement
 	if err := stmt.Error; err != nil {
 		return "", err
 	}
@@ -119,18 +140,32 @@ func (v *viewSet[T]) renderScope(ctx context.Context, req *Request) (key string,
 	return b.String(), nil
 }
 
-// authorization is who receives an event: allow for the event itself and,
-// for an update, leave for those who could see the object before and cannot
-// now (they get a delete instead). candidates are the subscribers it was
-// decided for; they resync when it fails.
+// authorization is who may see an event's states: visible tells whether
+// a subscriber may see the row before (true) or after (false) the change.
+// candidates are the subscribers it was decided for; they resync when it
+// fails.
 type authorization struct {
-	allow, leave func(fanout.Subscriber) bool
-	candidates   []fanout.Subscriber
+	visible    func(s fanout.Subscriber, before bool) bool
+	candidates []fanout.Subscriber
 }
 
-// authorize decides who may receive ch on v's stream. It runs on the
-// stream's delivery goroutine; the Scope's query uses ctx.
-func (v *viewSet[T]) authorize(ctx context.Context, ch change) (authorization, error) {
+// allow is who receives ev itself on group and instance subscriptions: for
+// a delete those who could see the row, otherwise those who can see it now.
+func (a authorization) allow(action string) func(fanout.Subscriber) bool {
+	before := action == actionDelete
+	return func(s fanout.Subscriber) bool { return a.visible(s, before) }
+}
+
+// leave is who could see an updated row before and cannot now: they get a
+// delete instead.
+func (a authorization) leave(s fanout.Subscriber) bool {
+	return !a.visible(s, false) && a.visible(s, true)
+}
+
+// authorize decides who may see the states of ch, routed as ev, on v's
+// stream. It runs on the stream's delivery goroutine; the Scope's query
+// uses ctx.
+func (v *viewSet[T]) authorize(ctx context.Context, ch change, ev *fanout.Event) (authorization, error) {
 	now, _ := ch.obj.(*T)
 	before, _ := ch.beforeObj.(*T)
 	if ch.action == actionDelete {
@@ -140,48 +175,60 @@ func (v *viewSet[T]) authorize(ctx context.Context, ch change) (authorization, e
 	var scope *scopeResults[T]
 	if v.Scope != nil {
 		rows := []*T{now, before} // the states the Scope judges
-		auth.candidates = v.api.hub.Matching(v.Stream, ch.action, pkKey(ch.pk))
+		auth.candidates = v.api.hub.Matching(ev)
 		scope = &scopeResults[T]{v: v, ctx: ctx, rows: rows, seen: map[string][2]bool{}}
 		if err := scope.evaluate(auth.candidates); err != nil {
 			return auth, err
 		}
 	}
-	visible := func(c *conn, obj *T, state int) bool {
-		if obj == nil {
-			return false
-		}
-		req := c.eventRequest(v.Stream, ch.pk)
-		if v.Permission(ctx, req) != nil {
-			return false
-		}
-		if v.ObjectPermission != nil && v.ObjectPermission(ctx, req, obj) != nil {
-			return false
-		}
-		return scope == nil || scope.sees(c, state)
-	}
-	seesNow := map[*conn]bool{}
-	auth.allow = func(s fanout.Subscriber) bool {
+	type seen struct{ known, in bool }
+	cache := map[*conn]*[2]seen{}
+	auth.visible = func(s fanout.Subscriber, wasBefore bool) bool {
 		c, ok := s.(*conn)
 		if !ok {
 			return false
 		}
-		if ch.action == actionDelete {
-			return visible(c, before, 1)
+		state, obj := 0, now
+		if wasBefore {
+			state, obj = 1, before
 		}
-		in, done := seesNow[c]
-		if !done {
-			in = visible(c, now, 0)
-			seesNow[c] = in
+		if obj == nil {
+			return false
 		}
-		return in
-	}
-	if ch.action == actionUpdate && before != nil {
-		auth.leave = func(s fanout.Subscriber) bool {
-			c, ok := s.(*conn)
-			return ok && !auth.allow(s) && visible(c, before, 1)
+		states := cache[c]
+		if states == nil {
+			states = new([2]seen)
+			cache[c] = states
 		}
+		if !states[state].known {
+			states[state] = seen{known: true, in: v.visible(ctx, c, ch.pk, obj, state, scope)}
+		}
+		return states[state].in
 	}
 	return auth, nil
+}
+
+// visible reports whether c may see obj, the state (0 now, 1 before) of an
+// event about the object with key pk.
+func (v *viewSet[T]) visible(ctx context.Context, c *conn, pk any, obj *T, state int, scope *scopeResults[T]) bool {
+	req := c.eventRequest(v.Stream, pk)
+	if v.Permission(ctx, req) != nil {
+		return false
+	}
+	if v.ObjectPermission != nil && v.ObjectPermission(ctx, req, obj) != nil {
+		return false
+	}
+	if v.ScopeFilter != nil {
+		cs, err := c.scopeOf(v)
+		if err != nil {
+			c.resync(reasonAuthorize)
+			return false
+		}
+		if cs.filter != nil && !v.qs.schema.Match(cs.filter, v.qs.row(ctx, obj)) {
+			return false
+		}
+	}
+	return scope == nil || scope.sees(c, state)
 }
 
 // scopeResults holds which of an event's states (now, before) each
@@ -202,12 +249,12 @@ func (s *scopeResults[T]) evaluate(subs []fanout.Subscriber) error {
 		if !ok {
 			continue
 		}
-		key, err := c.scopeKey(s.v)
+		cs, err := c.scopeOf(s.v)
 		if err != nil {
 			return err
 		}
-		if _, done := s.seen[key]; !done {
-			reps[key] = c
+		if _, done := s.seen[cs.key]; !done {
+			reps[cs.key] = c
 		}
 	}
 	if len(reps) == 0 {
@@ -227,9 +274,9 @@ func (s *scopeResults[T]) evaluate(subs []fanout.Subscriber) error {
 // connection that subscribed after the event's subscribers were looked up
 // is evaluated on its own; if that fails it resyncs.
 func (s *scopeResults[T]) sees(c *conn, state int) bool {
-	key, err := c.scopeKey(s.v)
+	cs, err := c.scopeOf(s.v)
 	if err == nil {
-		if _, done := s.seen[key]; !done {
+		if _, done := s.seen[cs.key]; !done {
 			err = s.evaluate([]fanout.Subscriber{c})
 		}
 	}
@@ -237,7 +284,7 @@ func (s *scopeResults[T]) sees(c *conn, state int) bool {
 		c.resync(reasonAuthorize)
 		return false
 	}
-	return s.seen[key][state]
+	return s.seen[cs.key][state]
 }
 
 // rowColumn names the column of the derived table that numbers its rows.
@@ -267,8 +314,14 @@ func (v *viewSet[T]) evaluateScope(ctx context.Context, reps map[string]*conn, r
 		base := db.Model(new(T)).Unscoped()
 		base.Statement.TableExpr = &clause.Expr{SQL: "(" + derived.SQL + ") AS " + db.Statement.Quote(alias), Vars: derived.Vars}
 		base.Statement.Table = alias
-		q := v.Scope(c.eventRequest(v.Stream, nil), base).
-			Select("?", clause.Column{Table: clause.CurrentTable, Name: rowColumn})
+		scoped, err := v.Scope(ctx, c.eventRequest(v.Stream, nil), base)
+		if err != nil {
+			return nil, err
+		}
+		if scoped == nil {
+			return nil, fmt.Errorf("scope of %s returned no query", v.Stream)
+		}
+		q := scoped.Select("?", clause.Column{Table: clause.CurrentTable, Name: rowColumn})
 		parts = append(parts, "SELECT "+strconv.Itoa(len(keys))+" AS v, s."+rowColumn+" AS r FROM (?) AS s")
 		args = append(args, q)
 		keys = append(keys, key)

@@ -8,6 +8,7 @@ package channelsapi_test
 // connections.
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -316,8 +317,8 @@ func TestScopeSeesEachConnectionsHeaders(t *testing.T) {
 	srv := newAuthServer(t, db, func(api *channelsapi.API) { // one *authUser for alice's every request
 		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[tenantNote]{
 			Stream: "tenantnotes",
-			Scope: func(r *channelsapi.Request, db *gorm.DB) *gorm.DB {
-				return db.Where("tenant = ?", r.Header.Get("X-Tenant"))
+			Scope: func(_ context.Context, r *channelsapi.Request, db *gorm.DB) (*gorm.DB, error) {
+				return db.Where("tenant = ?", r.Header.Get("X-Tenant")), nil
 			},
 		}))
 	})
@@ -445,7 +446,9 @@ func TestScopeOnlyStreamAcrossInstances(t *testing.T) {
 func TestLateSubscriberToAScopedDeleteGetsTheEvent(t *testing.T) {
 	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) {
 		addTestModel(t, api, func(vs *channelsapi.ViewSet[TestModel]) {
-			vs.Scope = func(_ *channelsapi.Request, db *gorm.DB) *gorm.DB { return db.Where("name <> ?", "hidden") }
+			vs.Scope = func(_ context.Context, _ *channelsapi.Request, db *gorm.DB) (*gorm.DB, error) {
+				return db.Where("name <> ?", "hidden"), nil
+			}
 		})
 	})
 	seed(t, srv.DB, "x", "hidden")
@@ -473,8 +476,8 @@ func TestScopeOfASoftDelete(t *testing.T) {
 	srv := newScopedServer(t, db, func(api *channelsapi.API) {
 		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[softNote]{
 			Stream: "softnotes",
-			Scope: func(r *channelsapi.Request, db *gorm.DB) *gorm.DB {
-				return db.Where("owner = ?", scopeUserName(r))
+			Scope: func(_ context.Context, r *channelsapi.Request, db *gorm.DB) (*gorm.DB, error) {
+				return db.Where("owner = ?", scopeUserName(r)), nil
 			},
 		}))
 	})

@@ -264,12 +264,12 @@ func newBenchNotesServer(tb testing.TB) *testServer {
 	return serveAPI(tb, router, db, func(api *channelsapi.API, _ *gorm.DB) {
 		require.NoError(tb, channelsapi.Add(api, channelsapi.ViewSet[benchNote]{
 			Stream: "notes",
-			Scope: func(r *channelsapi.Request, db *gorm.DB) *gorm.DB {
+			Scope: func(_ context.Context, r *channelsapi.Request, db *gorm.DB) (*gorm.DB, error) {
 				u, _ := r.User.(*benchOwner)
 				if u == nil {
-					return db.Where("1 = 0")
+					return db.Where("1 = 0"), nil
 				}
-				return db.Where("owner = ?", u.Name)
+				return db.Where("owner = ?", u.Name), nil
 			},
 		}))
 		addTestModel(tb, api)

@@ -136,7 +136,7 @@ func (r *brokerRelay) publish(changes []change) {
 		var msg []byte
 		if ch.resync == "" {
 			var err error
-			if msg, err = encodeWireChange(rs[0], r.reg.guarded(ch.typ), ch); err != nil {
+			if msg, err = encodeWireChange(rs[0], r.reg.stateful(ch.typ), ch); err != nil {
 				r.log.Error("channelsapi: encode change for the broker", "err", err)
 			}
 		}

@@ -31,7 +31,7 @@ import (
 // statement itself (returning.go): a create is run with RETURNING *, an
 // update or delete is marked so that the transaction wrapper runs it with
 // RETURNING * and keeps the rows. The rows as they were are read first only
-// where something needs them: leave detection on guarded streams, an update
+// where something needs them: leave detection and live queries on stateful streams, an update
 // of the primary key or of the soft-delete column, an upsert on SQLite. On
 // other dialects updates and deletes find their rows by the loaded objects'
 // keys or by running the statement's WHERE clause as a SELECT first (up to
@@ -45,6 +45,7 @@ type change struct {
 	obj    any             // the object, a *T of its own
 	data   json.RawMessage // obj serialized, once; nil until encode
 	resync string          // not empty: no event, the subscribers resync for this reason
+	seq    uint64          // the place of its transaction in commit order; 0 unknown (from a broker)
 
 	// For an update of a model whose events are authorized per recipient:
 	// the row before the statement, for leave detection (authorize.go).
@@ -256,7 +257,7 @@ func (p *capture) recordCreated(db *gorm.DB, c *created) {
 		}
 		ch := p.changeOf(db, c.m, actionUpdate, r)
 		prev, ok := c.prior[conflictKeyOf(ctx, c, r)]
-		if !ok && c.prior != nil && p.reg.guarded(c.m.schema.ModelType) {
+		if !ok && c.prior != nil && p.reg.stateful(c.m.schema.ModelType) {
 			// Updated, yet not found before: committed meanwhile by
 			// another transaction; what subscribers saw is unknown.
 			changes = append(changes, change{typ: c.m.schema.ModelType, resync: reasonConcurrent})
@@ -294,11 +295,11 @@ func (p *capture) beforeUpdate(db *gorm.DB) {
 		return
 	}
 	b := &before{m: m}
-	guarded := p.reg.guarded(m.schema.ModelType)
+	stateful := p.reg.stateful(m.schema.ModelType)
 	if p.returning(db) {
 		b.pk = assigns(db, m.pk)
 		b.undel = m.softDelete != nil && assigns(db, m.softDelete)
-		if guarded || b.pk || b.undel {
+		if stateful || b.pk || b.undel {
 			if !p.readBefore(db, b) {
 				return
 			}
@@ -307,7 +308,7 @@ func (p *capture) beforeUpdate(db *gorm.DB) {
 		return
 	}
 	_, where := db.Statement.Clauses["WHERE"]
-	if keys := loadedKeys(db, m); len(keys) > 0 && !guarded && !where {
+	if keys := loadedKeys(db, m); len(keys) > 0 && !stateful && !where {
 		b.keys = keys
 	} else {
 		rows, resync, err := p.matching(db, m, false)
@@ -316,7 +317,7 @@ func (p *capture) beforeUpdate(db *gorm.DB) {
 			return
 		}
 		b.resync, b.keys = resync, keysOf(db, m, rows)
-		if guarded {
+		if stateful {
 			b.read, b.rows = true, rows
 		}
 	}
@@ -613,9 +614,9 @@ func loadedKeys(db *gorm.DB, m *model) []any {
 	return keys
 }
 
-// query starts a query on m in the statement's connection (and so its
+// queryOn starts a query on m in the statement's connection (and so its
 // transaction), without the statement's clauses.
-func query(db *gorm.DB, m *model) *gorm.DB {
+func queryOn(db *gorm.DB, m *model) *gorm.DB {
 	q := db.Session(&gorm.Session{NewDB: true, SkipHooks: true, Context: db.Statement.Context}).
 		Model(reflect.New(m.schema.ModelType).Interface())
 	if db.Statement.TableExpr != nil { // db.Table("items AS i"): its conditions name the alias
@@ -632,7 +633,7 @@ func query(db *gorm.DB, m *model) *gorm.DB {
 // limit (resync reports that there were more); lock locks them for the
 // transaction where the dialect can (FOR UPDATE).
 func (p *capture) matching(db *gorm.DB, m *model, lock bool) (rows []reflect.Value, resync bool, err error) {
-	q := query(db, m)
+	q := queryOn(db, m)
 	if lock {
 		q = q.Clauses(clause.Locking{Strength: clause.LockingStrengthUpdate})
 	}
@@ -669,7 +670,7 @@ func (p *capture) byKeys(db *gorm.DB, m *model, keys []any) ([]reflect.Value, er
 	}
 	slice := reflect.New(reflect.SliceOf(m.schema.ModelType))
 	col := clause.Column{Table: clause.CurrentTable, Name: m.pk.DBName}
-	err := query(db, m).Where(clause.IN{Column: col, Values: keys}).Order(clause.OrderByColumn{Column: col}).Find(slice.Interface()).Error
+	err := queryOn(db, m).Where(clause.IN{Column: col, Values: keys}).Order(clause.OrderByColumn{Column: col}).Find(slice.Interface()).Error
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ package channelsapi_test
 // frame after the expected ones, so that nothing else was published.
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -874,7 +875,9 @@ func TestPerObjectOrderUnderConcurrentWriters(t *testing.T) {
 func TestScopeQueriesDoNotDeadlockCommits(t *testing.T) {
 	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) {
 		addTestModel(t, api, func(vs *channelsapi.ViewSet[TestModel]) {
-			vs.Scope = func(_ *channelsapi.Request, db *gorm.DB) *gorm.DB { return db.Where("name <> ?", "hidden") }
+			vs.Scope = func(_ context.Context, _ *channelsapi.Request, db *gorm.DB) (*gorm.DB, error) {
+				return db.Where("name <> ?", "hidden"), nil
+			}
 		})
 	})
 	sqlDB, err := srv.DB.DB()

@@ -152,7 +152,10 @@ func (t *txPool) Commit() error {
 		return t.committer.Commit()
 	}
 	t.capture.prepare(changes)
-	place := t.capture.order.reserve()
+	order := t.capture.order
+	order.gate.RLock()
+	defer order.gate.RUnlock()
+	place := order.reserve()
 	if err := t.committer.Commit(); err != nil {
 		place.fill(nil)
 		return err
@@ -171,12 +174,32 @@ func (t *txPool) Rollback() error {
 
 // sequencer hands committed changes to the relay in the order their
 // transactions reserved their places.
+//
+// Its gate is held shared by every commit from before its place is reserved
+// until it is released, and exclusively by hold: while it is held, no
+// commit is under way, so that a reader can take a database snapshot that
+// holds exactly the changes released so far (a live query's snapshot,
+// subscription.go).
 type sequencer struct {
 	publish func([]change)
 	log     *slog.Logger
+	gate    sync.RWMutex
 
 	mu      sync.Mutex
 	pending []*place // reserved and not yet released, in order
+	seq     uint64   // the sequence number of the last released place
+}
+
+// hold waits until no commit is under way and keeps new ones from
+// starting until release is called; seq is the sequence number of the
+// last changes released. Hold it only for the time a database snapshot
+// takes to begin.
+func (s *sequencer) hold() (seq uint64, release func()) {
+	s.gate.Lock()
+	s.mu.Lock()
+	seq = s.seq
+	s.mu.Unlock()
+	return seq, s.gate.Unlock
 }
 
 // place is one transaction's place in the order of changes.
@@ -206,6 +229,12 @@ func (p *place) fill(changes []change) {
 		head := s.pending[0]
 		s.pending[0] = nil
 		s.pending = s.pending[1:]
+		if len(head.changes) > 0 {
+			s.seq++
+			for i := range head.changes {
+				head.changes[i].seq = s.seq
+			}
+		}
 		s.release(head.changes)
 	}
 }

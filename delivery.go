@@ -244,17 +244,22 @@ func (d *delivery) deliver(r resource, it item) {
 		d.resync(r.name(), reasonEncoding)
 		return
 	}
-	ev, err := newEvent(r, ch)
+	queries := d.hub.HasQueries(r.name())
+	ev, err := newEvent(r, ch, queries)
 	if err != nil {
 		d.log.Error("channelsapi: encode event", "stream", r.name(), "err", err)
 		d.resync(r.name(), reasonEncoding)
 		return
 	}
+	ev.Seq = ch.seq
+	if queries {
+		ev.Before, ev.After = r.states(d.ctx, ch)
+	}
 	if !r.guarded() {
 		d.hub.Publish(ev)
 		return
 	}
-	auth, err := r.authorize(d.ctx, ch)
+	auth, err := r.authorize(d.ctx, ch, ev)
 	if err != nil {
 		d.log.Error("channelsapi: authorize event", "stream", r.name(), "err", err)
 		for _, s := range auth.candidates {
@@ -262,12 +267,12 @@ func (d *delivery) deliver(r resource, it item) {
 		}
 		return
 	}
-	ev.Allow = auth.allow
+	ev.Allow, ev.Visible = auth.allow(ch.action), auth.visible
 	d.hub.Publish(ev)
-	if auth.leave != nil && ch.before != nil {
+	if ch.action == actionUpdate && ch.before != nil {
 		// Those who saw the object and no longer may get its last state
 		// they could see, as a delete, on their update subscriptions.
-		gone, err := newEvent(r, change{action: actionDelete, pk: ch.pk, data: ch.before})
+		gone, err := newEvent(r, change{action: actionDelete, pk: ch.pk, data: ch.before}, false)
 		if err != nil {
 			d.log.Error("channelsapi: encode event", "stream", r.name(), "err", err)
 			d.resync(r.name(), reasonEncoding)
@@ -286,9 +291,10 @@ func (d *delivery) resync(stream, reason string) {
 	}
 }
 
-// newEvent encodes ch for r's subscribers: the channels-api frame and the
-// two halves of the DCRF frame around the request_id.
-func newEvent(r resource, ch change) (*fanout.Event, error) {
+// newEvent encodes ch for r's subscribers: the channels-api frame, the two
+// halves of the DCRF frame around the request_id and, when queries is set,
+// the frames of live queries (PROTOCOL.md 9), also around the request_id.
+func newEvent(r resource, ch change, queries bool) (*fanout.Event, error) {
 	pk, err := json.Marshal(ch.pk)
 	if err != nil {
 		return nil, err
@@ -299,6 +305,27 @@ func newEvent(r resource, ch change) (*fanout.Event, error) {
 		return nil, err
 	}
 	ev := &fanout.Event{Stream: stream, Action: ch.action, PK: pkKey(ch.pk), Group: group}
+	if queries {
+		// A delete carries the row as it was; a leave after an update the
+		// row before it, the last state its recipients could see.
+		left := ch.data
+		if ch.action == actionUpdate && ch.before != nil {
+			left = ch.before
+		}
+		rid := json.RawMessage(ridMark)
+		for kind, e := range []queryEvent{
+			fanout.Enter:  {Action: actionCreate, PK: pk, Data: ch.data, Model: r.label(), RequestID: rid},
+			fanout.Change: {Action: actionUpdate, PK: pk, Data: ch.data, Model: r.label(), RequestID: rid},
+			fanout.Leave:  {Action: actionDelete, PK: pk, Data: left, Model: r.label(), RequestID: rid},
+		} {
+			if (ch.action == actionDelete && kind != fanout.Leave) || (ch.action == actionCreate && kind != fanout.Enter) {
+				continue
+			}
+			if ev.Query[kind], err = splitFrame(stream, e); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if ch.action == actionCreate {
 		return ev, nil
 	}
@@ -306,13 +333,23 @@ func newEvent(r resource, ch change) (*fanout.Event, error) {
 	if ch.action == actionDelete {
 		data, status = json.RawMessage(`{"pk":`+string(pk)+`}`), http.StatusNoContent
 	}
-	whole, err := encodeFrame(stream, reply{Action: ch.action, Data: data, Errors: []any{}, ResponseStatus: status, RequestID: json.RawMessage(ridMark)})
+	f, err := splitFrame(stream, reply{Action: ch.action, Data: data, Errors: []any{}, ResponseStatus: status, RequestID: json.RawMessage(ridMark)})
 	if err != nil {
 		return nil, err
 	}
-	i := bytes.LastIndex(whole, []byte(ridMark))
-	ev.InstancePrefix, ev.InstanceSuffix = whole[:i], whole[i+len(ridMark):]
+	ev.InstancePrefix, ev.InstanceSuffix = f.Prefix, f.Suffix
 	return ev, nil
+}
+
+// splitFrame encodes payload, whose request_id is ridMark, and splits the
+// frame around it.
+func splitFrame(stream string, payload any) (fanout.QueryFrame, error) {
+	whole, err := encodeFrame(stream, payload)
+	if err != nil {
+		return fanout.QueryFrame{}, err
+	}
+	i := bytes.LastIndex(whole, []byte(ridMark))
+	return fanout.QueryFrame{Prefix: whole[:i], Suffix: whole[i+len(ridMark):]}, nil
 }
 
 // ridMark stands in for the request_id while an instance frame is encoded.

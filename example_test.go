@@ -167,9 +167,9 @@ func ExampleViewSet_scope() {
 
 	err = channelsapi.Add(api, channelsapi.ViewSet[Question]{
 		Stream: "questions",
-		Scope: func(r *channelsapi.Request, q *gorm.DB) *gorm.DB {
+		Scope: func(_ context.Context, r *channelsapi.Request, q *gorm.DB) (*gorm.DB, error) {
 			user, _ := r.User.(string)
-			return q.Where("owner = ?", user)
+			return q.Where("owner = ?", user), nil
 		},
 	})
 	if err != nil {

@@ -707,11 +707,11 @@ func notesViewSet() channelsapi.ViewSet[authNote] {
 		Label:          "tests.note",
 		ReadOnlyFields: []string{"owner_id"},
 		Permission:     channelsapi.IsAuthenticated(),
-		Scope: func(r *channelsapi.Request, db *gorm.DB) *gorm.DB {
+		Scope: func(_ context.Context, r *channelsapi.Request, db *gorm.DB) (*gorm.DB, error) {
 			if u := noteUser(r); u != nil && !u.Admin {
-				return db.Where("owner_id = ?", u.ID)
+				return db.Where("owner_id = ?", u.ID), nil
 			}
-			return db
+			return db, nil
 		},
 		ObjectPermission: func(_ context.Context, r *channelsapi.Request, n *authNote) error {
 			if u := noteUser(r); u != nil && (u.Admin || n.OwnerID == u.ID) {
@@ -813,8 +813,8 @@ func scopedNotes(ownerCheck bool, gate *deliveryGate) channelsapi.ViewSet[scoped
 	vs := channelsapi.ViewSet[scopedNote]{
 		Stream: "notes",
 		Label:  "tests.scopednote",
-		Scope: func(r *channelsapi.Request, db *gorm.DB) *gorm.DB {
-			return db.Where("owner = ?", scopeUserName(r))
+		Scope: func(_ context.Context, r *channelsapi.Request, db *gorm.DB) (*gorm.DB, error) {
+			return db.Where("owner = ?", scopeUserName(r)), nil
 		},
 	}
 	if ownerCheck || gate != nil {

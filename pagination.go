@@ -27,9 +27,9 @@ var errInvalidPage = NewError(http.StatusNotFound, msgInvalidPage)
 // means not given.
 type pageQuery struct{ page, size string }
 
-// listQuery reads list options from a WebSocket request's data: null, {} or
-// absent mean page 1 with the default size.
-func listQuery(data json.RawMessage) (pageQuery, error) {
+// pageOf reads the page of a list from a WebSocket request's data: null,
+// {} or absent mean page 1 with the default size.
+func pageOf(data json.RawMessage) (pageQuery, error) {
 	var q pageQuery
 	if !present(data) {
 		return q, nil

@@ -192,6 +192,10 @@ type API struct {
 	capture  *capture
 	relay    relay // localRelay, or brokerRelay with WithBroker
 	delivery *delivery
+	// fold and precision are how the database compares strings case
+	// insensitively and keeps times (query.go).
+	fold      func(string) string
+	precision time.Duration
 
 	reg       *registry
 	mu        sync.RWMutex // guards closing
@@ -273,6 +277,10 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 		log:  cfg.logger,
 		reg:  newRegistry(),
 	}
+	if a.fold, err = caseFolding(db); err != nil {
+		return nil, fmt.Errorf("channelsapi: %w", err)
+	}
+	a.precision = timePrecision(db)
 	if cfg.restPrefix != "" {
 		a.rest = router.Group(cfg.restPrefix)
 	}

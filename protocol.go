@@ -38,6 +38,16 @@ type groupEvent struct {
 	Model  string          `json:"model"`
 }
 
+// queryEvent is the payload of a live-query event (9): a channels-api
+// event with the subscription's request_id.
+type queryEvent struct {
+	Action    string          `json:"action"`
+	PK        json.RawMessage `json:"pk"`
+	Data      json.RawMessage `json:"data"`
+	Model     string          `json:"model"`
+	RequestID json.RawMessage `json:"request_id"`
+}
+
 // decodeFrame parses a client frame: {"stream": ..., "payload": {...}}. ok
 // is false when the frame is not a JSON object or its payload is neither an
 // object nor absent. Keys are matched exactly, as channels-api matches them

@@ -50,10 +50,11 @@ func (g *registry) ofType(t reflect.Type) []resource {
 	return g.byType[t]
 }
 
-// guarded reports whether some stream of t authorizes events per recipient.
-func (g *registry) guarded(t reflect.Type) bool {
+// stateful reports whether some stream of t needs its events' row states:
+// it authorizes them per recipient or takes live queries.
+func (g *registry) stateful(t reflect.Type) bool {
 	for _, r := range g.ofType(t) {
-		if r.guarded() {
+		if r.stateful() {
 			return true
 		}
 	}

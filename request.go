@@ -3,6 +3,9 @@ package channelsapi
 import (
 	"encoding/json"
 	"net/http"
+	"net/url"
+
+	"github.com/channelsapi/channelsapi/internal/query"
 )
 
 // Transport names the way a request arrived.
@@ -37,9 +40,28 @@ type Request struct {
 	User any
 	// Header is the header of the REST request or of the upgrade request.
 	Header http.Header
+	// Query is the request's query: the REST query string, or on the
+	// WebSocket the keys of a list or subscribe_list request's data, with
+	// a JSON array as several values. It may be nil.
+	Query url.Values
+	// Params are the REST route's path parameters (Gin's, pk included); on
+	// the WebSocket, "pk" when the request has one. It may be nil.
+	Params map[string]string
 
-	rawPK json.RawMessage
+	rawPK    json.RawMessage
+	params   map[string]query.Param // the query, for the filter grammar
+	queryErr error                  // the query could not be read
 }
 
 // Authenticated reports whether the request has a user.
 func (r *Request) Authenticated() bool { return r.User != nil }
+
+// readQuery reads the query of a WebSocket list or subscribe_list from its
+// data. A malformed one is answered by the action, after the permission.
+func (r *Request) readQuery() {
+	data, ok := jsonObject(r.Data)
+	if !ok {
+		return // pageOf answers it
+	}
+	r.params, r.Query, r.queryErr = jsonQuery(data, keyPage, keyPageSize, keySnapshot)
+}

@@ -54,13 +54,20 @@ func (a *API) restHandler(r resource, action string) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		req := &Request{
 			Transport: TransportREST, Stream: r.name(), Action: action,
-			User: a.userOf(c), Header: c.Request.Header,
+			User: a.userOf(c), Header: c.Request.Header, Query: c.Request.URL.Query(),
+		}
+		if len(c.Params) > 0 {
+			req.Params = make(map[string]string, len(c.Params))
+			for _, p := range c.Params {
+				req.Params[p.Key] = p.Value
+			}
 		}
 		if pk, ok := c.Params.Get("pk"); ok {
 			req.rawPK, _ = json.Marshal(pk)
 		}
 		if action == actionList {
-			req.Data = listData(c.Request.URL.Query())
+			req.Data = listData(req.Query)
+			req.params = restQuery(req.Query)
 		} else if c.Request.Body != nil {
 			body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, a.cfg.maxMessageSize))
 			var tooLarge *http.MaxBytesError

@@ -221,7 +221,7 @@ func (p *capture) create(db *gorm.DB, m *model) {
 	stmt.Build(stmt.BuildClauses...)
 
 	c := &created{m: m, columns: onConflict.Columns}
-	if updates && (!p.postgres || p.reg.guarded(m.schema.ModelType)) {
+	if updates && (!p.postgres || p.reg.stateful(m.schema.ModelType)) {
 		// The rows the upsert may update, as they are: on SQLite, where the
 		// write lock is held, they tell updated rows from inserted ones.
 		prior, err := p.conflicting(db, m, values, onConflict.Columns)
@@ -286,7 +286,7 @@ func (p *capture) conflicting(db *gorm.DB, m *model, values clause.Values, colum
 		any = append(any, clause.And(eq...))
 	}
 	slice := reflect.New(reflect.SliceOf(m.schema.ModelType))
-	q := query(db, m).Unscoped().Clauses(clause.Locking{Strength: clause.LockingStrengthUpdate}).Where(clause.Or(any...))
+	q := queryOn(db, m).Unscoped().Clauses(clause.Locking{Strength: clause.LockingStrengthUpdate}).Where(clause.Or(any...))
 	if err := q.Find(slice.Interface()).Error; err != nil {
 		return nil, err
 	}

@@ -147,7 +147,7 @@ type conn struct {
 	closing atomic.Bool // closeWith ran: nothing more is delivered
 
 	scopeMu sync.Mutex
-	scopes  map[string]string // stream -> Scope key (authorize.go)
+	scopes  map[string]connScope // by stream (authorize.go)
 }
 
 // Deliver queues an event frame without blocking. It reports false when the
@@ -262,6 +262,12 @@ func (a *API) dispatch(ctx context.Context, c *conn, msg []byte) []byte {
 		req := &Request{
 			Transport: TransportWebSocket, Stream: stream, Action: action,
 			Data: p.Data, RequestID: p.RequestID, User: c.user, Header: c.header, rawPK: p.PK,
+		}
+		if pk, ok := scalarText(p.PK); ok && pk != "" {
+			req.Params = map[string]string{"pk": pk}
+		}
+		if action == actionList || action == actionSubscribeList {
+			req.readQuery()
 		}
 		res, werr := a.run(ctx, r, req, c)
 		if werr != nil {

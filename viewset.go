@@ -11,6 +11,9 @@ import (
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
+
+	"github.com/channelsapi/channelsapi/internal/fanout"
+	"github.com/channelsapi/channelsapi/internal/query"
 )
 
 // ViewSet serves the GORM model T as one stream: the built-in actions of
@@ -26,11 +29,36 @@ type ViewSet[T any] struct {
 	Label string
 	// Scope narrows every query of this ViewSet for a request (retrieve,
 	// list, and the lookup before update, patch, delete and detail actions),
-	// for example to the rows a user owns. Nil means every row.
-	Scope func(r *Request, db *gorm.DB) *gorm.DB
+	// for example to the rows a user owns. An error answers the request
+	// (ErrNotAuthenticated, ErrPermissionDenied, an *Error). Nil means every
+	// row. Events are judged by it on their own row values, with one query
+	// per event (authorize.go); ScopeFilter needs none.
+	Scope func(ctx context.Context, r *Request, db *gorm.DB) (*gorm.DB, error)
+	// ScopeFilter narrows like Scope, declared in the filter grammar with
+	// values taken from the request, for example
+	// Filter{"owner_id": user.ID}. It is SQL for queries and is evaluated
+	// in memory for events, so a stream guarded by it costs no query per
+	// event. A nil Filter means every row; an error answers the request.
+	// With Scope as well, a row must pass both. For events it is asked
+	// once per connection, when it subscribes: it may depend on the
+	// Request's user and headers only.
+	ScopeFilter func(ctx context.Context, r *Request) (Filter, error)
+	// Filters declares the fields clients may filter on (PROTOCOL.md
+	// section 8), by JSON name, with their lookups: "exact", "iexact",
+	// "in", "gt", "gte", "lt", "lte", "contains", "icontains",
+	// "startswith", "istartswith", "isnull", "range", as the field's type
+	// allows. A stream with filters takes live queries (subscribe_list,
+	// section 9). Nil allows no filter: every filter key is a 400.
+	Filters map[string][]string
+	// OrderingFields are the JSON names a client's "ordering" may use.
+	// Empty allows no client ordering.
+	OrderingFields []string
+	// SearchFields are the string fields "search" looks in (case
+	// insensitive, every term in some field). Empty disables search.
+	SearchFields []string
 	// Ordering is the ORDER BY of list, written by the developer (never taken
-	// from clients), for example "pub_date desc, id". Empty means primary key
-	// order.
+	// from clients), for example "pub_date desc". It follows a client's
+	// ordering, and the primary key follows it, so that pages are stable.
 	Ordering string
 	// PageSize is the default list page size; 0 means the API default (25).
 	PageSize int
@@ -95,11 +123,14 @@ const (
 	actionUnsubscribe         = "unsubscribe"
 	actionSubscribeInstance   = "subscribe_instance"
 	actionUnsubscribeInstance = "unsubscribe_instance"
+	actionSubscribeList       = "subscribe_list"
+	actionUnsubscribeList     = "unsubscribe_list"
 )
 
 var (
 	builtinActions = []string{actionCreate, actionRetrieve, actionUpdate, actionPatch, actionDelete, actionList,
-		actionSubscribe, actionUnsubscribe, actionSubscribeInstance, actionUnsubscribeInstance}
+		actionSubscribe, actionUnsubscribe, actionSubscribeInstance, actionUnsubscribeInstance,
+		actionSubscribeList, actionUnsubscribeList}
 	nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 )
 
@@ -119,8 +150,10 @@ type resource interface {
 	label() string
 	mountREST(api *API) error
 	guarded() bool
+	stateful() bool
 	scoper
-	authorize(ctx context.Context, ch change) (authorization, error)
+	authorize(ctx context.Context, ch change, ev *fanout.Event) (authorization, error)
+	states(ctx context.Context, ch change) (before, after fanout.State)
 	describe() streamSchema
 }
 
@@ -129,6 +162,7 @@ type viewSet[T any] struct {
 	ViewSet[T]
 	api *API
 	m   *model
+	qs  *queries
 }
 
 // Add serves vs on api. Add every ViewSet before the router starts serving.
@@ -176,7 +210,11 @@ func Add[T any](api *API, vs ViewSet[T]) error {
 			return fmt.Errorf("channelsapi: add %s: action %q has no Handle", vs.Stream, name)
 		}
 	}
-	r := &viewSet[T]{ViewSet: vs, api: api, m: m}
+	qs, err := newQueries(m, api.fold, api.precision, vs.Filters, vs.OrderingFields, vs.SearchFields)
+	if err != nil {
+		return fmt.Errorf("channelsapi: add %s: %w", vs.Stream, err)
+	}
+	r := &viewSet[T]{ViewSet: vs, api: api, m: m, qs: qs}
 	return api.add(r)
 }
 
@@ -213,7 +251,7 @@ func (v *viewSet[T]) serve(ctx context.Context, req *Request, conn *conn) (res r
 	case actionCreate:
 		return v.create(ctx, req)
 	case actionRetrieve:
-		obj, err := v.object(ctx, v.query(ctx, req), req)
+		obj, err := v.find(ctx, v.api.db.WithContext(ctx), req)
 		return result{status: http.StatusOK, data: obj, err: err}
 	case actionUpdate, actionPatch:
 		w := writePatch
@@ -225,7 +263,8 @@ func (v *viewSet[T]) serve(ctx context.Context, req *Request, conn *conn) (res r
 		return v.delete(ctx, req)
 	case actionList:
 		return v.list(ctx, req)
-	case actionSubscribe, actionUnsubscribe, actionSubscribeInstance, actionUnsubscribeInstance:
+	case actionSubscribe, actionUnsubscribe, actionSubscribeInstance, actionUnsubscribeInstance,
+		actionSubscribeList, actionUnsubscribeList:
 		if conn == nil {
 			return result{err: ErrInvalidAction}
 		}
@@ -238,7 +277,7 @@ func (v *viewSet[T]) serve(ctx context.Context, req *Request, conn *conn) (res r
 	var obj *T
 	if a.Detail {
 		var err error
-		if obj, err = v.object(ctx, v.query(ctx, req), req); err != nil {
+		if obj, err = v.find(ctx, v.api.db.WithContext(ctx), req); err != nil {
 			return result{err: err}
 		}
 	}
@@ -261,7 +300,8 @@ func (v *viewSet[T]) method(action string) string {
 		return http.MethodPatch
 	case actionDelete:
 		return http.MethodDelete
-	case actionRetrieve, actionList, actionSubscribe, actionUnsubscribe, actionSubscribeInstance, actionUnsubscribeInstance:
+	case actionRetrieve, actionList, actionSubscribe, actionUnsubscribe, actionSubscribeInstance, actionUnsubscribeInstance,
+		actionSubscribeList, actionUnsubscribeList:
 		return http.MethodGet
 	}
 	if a, ok := v.Actions[action]; ok {
@@ -271,6 +311,16 @@ func (v *viewSet[T]) method(action string) string {
 		return a.Method
 	}
 	return ""
+}
+
+// find looks the object up within req's scope and asks the object
+// permission.
+func (v *viewSet[T]) find(ctx context.Context, db *gorm.DB, req *Request) (*T, error) {
+	db, err := v.scoped(ctx, db, req)
+	if err != nil {
+		return nil, err
+	}
+	return v.object(ctx, db, req)
 }
 
 // object looks the object up and asks the object permission.
@@ -288,16 +338,46 @@ func (v *viewSet[T]) object(ctx context.Context, db *gorm.DB, req *Request) (*T,
 }
 
 // query is the ViewSet's scoped query for req.
-func (v *viewSet[T]) query(ctx context.Context, req *Request) *gorm.DB {
-	return v.scoped(v.api.db.WithContext(ctx), req)
+func (v *viewSet[T]) query(ctx context.Context, req *Request) (*gorm.DB, error) {
+	return v.scoped(ctx, v.api.db.WithContext(ctx), req)
 }
 
-func (v *viewSet[T]) scoped(db *gorm.DB, req *Request) *gorm.DB {
+// scoped narrows db to the rows req may see: the Scope and the ScopeFilter.
+func (v *viewSet[T]) scoped(ctx context.Context, db *gorm.DB, req *Request) (*gorm.DB, error) {
 	db = db.Model(new(T))
-	if v.Scope != nil {
-		db = v.Scope(req, db)
+	if v.ScopeFilter != nil {
+		sq, err := v.scopeFilter(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		db = db.Where(v.qs.where(db, sq))
 	}
-	return db
+	if v.Scope != nil {
+		var err error
+		if db, err = v.Scope(ctx, req, db); err != nil {
+			return nil, err
+		}
+		if db == nil {
+			return nil, fmt.Errorf("scope of %s returned no query", v.Stream)
+		}
+	}
+	return db, nil
+}
+
+// scopeFilter is the ScopeFilter of req as a query; nil without one.
+func (v *viewSet[T]) scopeFilter(ctx context.Context, req *Request) (*query.Query, error) {
+	if v.ScopeFilter == nil {
+		return nil, nil
+	}
+	f, err := v.ScopeFilter(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	q, err := v.qs.scope(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", v.Stream, err)
+	}
+	return q, nil
 }
 
 // lookup loads the object req.PK names. The key is compared to the primary
@@ -347,7 +427,7 @@ func (v *viewSet[T]) update(ctx context.Context, req *Request, w write) result {
 	var obj *T
 	err := v.api.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		var err error
-		if obj, err = v.object(ctx, v.scoped(tx, req), req); err != nil {
+		if obj, err = v.find(ctx, tx, req); err != nil {
 			return err
 		}
 		columns, err := v.m.assign(ctx, reflect.ValueOf(obj).Elem(), req.Data, w)
@@ -379,7 +459,7 @@ func (v *viewSet[T]) update(ctx context.Context, req *Request, w write) result {
 
 func (v *viewSet[T]) delete(ctx context.Context, req *Request) result {
 	err := v.api.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		obj, err := v.object(ctx, v.scoped(tx, req), req)
+		obj, err := v.find(ctx, tx, req)
 		if err != nil {
 			return err
 		}
@@ -406,34 +486,54 @@ func hook[T any](ctx context.Context, tx *gorm.DB, req *Request, obj *T, h func(
 }
 
 func (v *viewSet[T]) list(ctx context.Context, req *Request) result {
-	q, err := listQuery(req.Data)
+	pq, err := pageOf(req.Data)
 	if err != nil {
 		return result{err: err}
 	}
-	page, size, err := q.resolve(v.PageSize, v.MaxPageSize)
+	lq, err := v.parseQuery(req)
 	if err != nil {
 		return result{err: err}
 	}
-	base := v.query(ctx, req).Session(&gorm.Session{})
+	page, size, err := pq.resolve(v.PageSize, v.MaxPageSize)
+	if err != nil {
+		return result{err: err}
+	}
+	objs, meta, err := v.page(ctx, v.api.db.WithContext(ctx), req, lq, page, size)
+	if err != nil {
+		return result{err: err}
+	}
+	return result{status: http.StatusOK, data: objs, page: meta}
+}
+
+// page reads page of lq's rows within req's scope, in the list's order.
+func (v *viewSet[T]) page(ctx context.Context, db *gorm.DB, req *Request, lq parsed, page, size int) ([]T, *pageMeta, error) {
+	base, err := v.scoped(ctx, db, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	base = base.Where(v.qs.where(base, lq.q)).Session(&gorm.Session{})
 	var count int64
 	if err := base.Count(&count).Error; err != nil {
-		return result{err: fmt.Errorf("count %s: %w", v.Stream, err)}
+		return nil, nil, fmt.Errorf("count %s: %w", v.Stream, err)
 	}
 	pages := numPages(count, size)
 	if page > pages {
-		return result{err: errInvalidPage}
+		return nil, nil, errInvalidPage
 	}
-	ordered := base
-	if v.Ordering != "" {
-		ordered = ordered.Order(v.Ordering)
-	} else {
-		ordered = ordered.Order(clause.OrderByColumn{Column: clause.Column{Table: clause.CurrentTable, Name: v.m.pk.DBName}})
-	}
-	objs := make([]T, 0, size)
+	objs := make([]T, 0, min(int64(size), count))
+	ordered := v.qs.orderBy(base, lq.order, v.Ordering, v.m.pk.DBName)
 	if err := ordered.Limit(size).Offset((page - 1) * size).Find(&objs).Error; err != nil {
-		return result{err: fmt.Errorf("list %s: %w", v.Stream, err)}
+		return nil, nil, fmt.Errorf("list %s: %w", v.Stream, err)
 	}
-	return result{status: http.StatusOK, data: objs, page: &pageMeta{Count: count, Page: page, PageSize: size, NumPages: pages}}
+	return objs, &pageMeta{Count: count, Page: page, PageSize: size, NumPages: pages}, nil
+}
+
+// parseQuery parses req's list query.
+func (v *viewSet[T]) parseQuery(req *Request) (parsed, error) {
+	if req.queryErr != nil {
+		return parsed{}, req.queryErr
+	}
+	return v.qs.parse(req.params)
 }
 
 // dbError adds context to an error of a write, leaving errors meant for the

@@ -13,24 +13,25 @@ type wireChange struct {
 	Action string          `json:"a"`
 	Key    string          `json:"k"` // pkKey of the primary key
 	Data   json.RawMessage `json:"d"`
-	// For models whose events are authorized per recipient: the row before
-	// an update, and the column values of the row and of the row before
-	// (every column, also those the JSON hides), which the Scope and the
-	// permissions are evaluated on.
+	// For models whose events need the row's states (authorized per
+	// recipient, or live queries): the row before an update, and the
+	// column values of the row and of the row before (every column, also
+	// those the JSON hides), which scopes, permissions and filters are
+	// evaluated on.
 	Before    json.RawMessage `json:"b,omitempty"`
 	Row       json.RawMessage `json:"r,omitempty"`
 	BeforeRow json.RawMessage `json:"p,omitempty"`
 }
 
-// encodeWireChange encodes ch for the streams of r's model; guarded says
-// whether one of them authorizes events per recipient, which needs the
-// column values.
-func encodeWireChange(r resource, guarded bool, ch change) ([]byte, error) {
+// encodeWireChange encodes ch for the streams of r's model; stateful says
+// whether one of them needs the row's states (registry.stateful), which
+// carry the column values.
+func encodeWireChange(r resource, stateful bool, ch change) ([]byte, error) {
 	if err := ch.encode(); err != nil {
 		return nil, err
 	}
 	w := wireChange{Action: ch.action, Key: pkKey(ch.pk), Data: ch.data}
-	if guarded {
+	if stateful {
 		m := r.model()
 		w.Before = ch.before
 		var err error
@@ -59,7 +60,7 @@ func decodeWireChange(r resource, payload []byte) (change, error) {
 		return change{}, fmt.Errorf("invalid key %q", w.Key)
 	}
 	ch := change{typ: m.schema.ModelType, action: w.Action, pk: pk, data: w.Data, before: w.Before}
-	if !r.guarded() {
+	if !r.stateful() {
 		return ch, nil
 	}
 	var err error

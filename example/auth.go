@@ -77,26 +77,27 @@ func currentUser(r *channelsapi.Request) *User {
 }
 
 // notes serves Note: only authenticated users, each sees only their own
-// notes (Scope for queries, ObjectPermission for objects and events), and a
-// new note belongs to whoever creates it.
+// notes and an admin every note (a ScopeFilter, which is SQL for queries
+// and is evaluated in memory for events), and a new note belongs to
+// whoever creates it.
 func notes() channelsapi.ViewSet[Note] {
 	return channelsapi.ViewSet[Note]{
 		Stream:         "notes",
 		Label:          "polls.note",
 		ReadOnlyFields: []string{"owner_id"},
 		Permission:     channelsapi.IsAuthenticated(),
-		Scope: func(r *channelsapi.Request, db *gorm.DB) *gorm.DB {
-			if u := currentUser(r); u != nil && !u.Admin {
-				return db.Where("owner_id = ?", u.ID)
+		ScopeFilter: func(_ context.Context, r *channelsapi.Request) (channelsapi.Filter, error) {
+			u := currentUser(r)
+			switch {
+			case u == nil:
+				return nil, channelsapi.ErrNotAuthenticated
+			case u.Admin:
+				return nil, nil
 			}
-			return db
+			return channelsapi.Filter{"owner_id": u.ID}, nil
 		},
-		ObjectPermission: func(_ context.Context, r *channelsapi.Request, n *Note) error {
-			if u := currentUser(r); u != nil && (u.Admin || n.OwnerID == u.ID) {
-				return nil
-			}
-			return channelsapi.ErrNotFound
-		},
+		Filters:      map[string][]string{"text": {"icontains"}},
+		SearchFields: []string{"text"},
 		Hooks: channelsapi.Hooks[Note]{
 			BeforeCreate: func(_ context.Context, _ *gorm.DB, r *channelsapi.Request, n *Note) error {
 				n.OwnerID = currentUser(r).ID

@@ -102,12 +102,27 @@ func run(addr, dsn, redisURL string, debug bool) error {
 	if err != nil {
 		return err
 	}
-	if err := channelsapi.Add(api, channelsapi.ViewSet[Question]{Stream: "questions", Label: "polls.question"}); err != nil {
+	if err := channelsapi.Add(api, channelsapi.ViewSet[Question]{
+		Stream: "questions",
+		Label:  "polls.question",
+		Filters: map[string][]string{
+			"question_text": {"exact", "icontains"},
+			"pub_date":      {"gte", "lte", "range"},
+		},
+		OrderingFields: []string{"pub_date", "id"},
+		SearchFields:   []string{"question_text"},
+	}); err != nil {
 		return err
 	}
 	if err := channelsapi.Add(api, channelsapi.ViewSet[Choice]{
 		Stream: "choices",
 		Label:  "polls.choice",
+		Filters: map[string][]string{
+			"question_id": {"exact", "in"},
+			"votes":       {"gte", "lte"},
+		},
+		OrderingFields: []string{"votes", "id"},
+		SearchFields:   []string{"choice_text"},
 		Actions: map[string]channelsapi.Action[Choice]{
 			"vote": {Detail: true, Method: http.MethodPost, Handle: vote(db)},
 		},

@@ -40,8 +40,25 @@ type Event struct {
 	// Allow, when non-nil, is called once per matching subscriber and
 	// event; if it returns false the subscriber receives no frame for the
 	// event. It is called without the hub's lock held, from the goroutine
-	// calling Publish.
+	// calling Publish. It does not apply to live queries (Visible does).
 	Allow func(Subscriber) bool
+
+	// Before and After are the row's states for live queries: nil when
+	// the event has none (a create has no Before, a delete no After; an
+	// update whose Before is nil is treated as possibly in every set).
+	Before, After State
+	// Query holds the live-query frames by kind (Enter, Change, Leave). A
+	// nil Prefix means no such frame; live queries receive nothing when
+	// all are nil.
+	Query [3]QueryFrame
+	// Visible, when non-nil, tells whether a live-query subscriber may see
+	// the state before (true) or after (false) the change: a state it
+	// may not see counts as outside its sets. It is called without the
+	// hub's lock held.
+	Visible func(s Subscriber, before bool) bool
+	// Seq is the event's place in commit order, or 0 when unknown; live
+	// queries subscribed with a from at or above it do not receive it.
+	Seq uint64
 }
 
 // A Hub indexes subscriptions and publishes events to them.
@@ -59,16 +76,19 @@ type Hub struct {
 	// streams counts the index keys of each stream, for interest.
 	streams  map[string]int
 	interest func(stream string, active bool)
+	queries  queryIndex
 }
 
 // New returns an empty Hub.
 func New() *Hub {
-	return &Hub{
+	h := &Hub{
 		groups:    make(map[groupKey]map[Subscriber]struct{}),
 		instances: make(map[instanceKey]map[Subscriber][]string),
 		subs:      make(map[Subscriber]*subscriptions),
 		streams:   make(map[string]int),
 	}
+	h.queries.init()
+	return h
 }
 
 // OnInterest sets fn to be told when a stream gains its first subscription
@@ -127,7 +147,7 @@ var targetPool = sync.Pool{New: func() any { return new([]target) }}
 // Deliver takes.
 func (h *Hub) Publish(ev *Event) (delivered, refused int) {
 	buf := targetPool.Get().(*[]target)
-	targets := h.route(ev, (*buf)[:0])
+	targets, queries := h.route(ev, (*buf)[:0], nil)
 	for i := range targets {
 		t := &targets[i]
 		if ev.Allow != nil && !ev.Allow(t.s) {
@@ -150,17 +170,23 @@ func (h *Hub) Publish(ev *Event) (delivered, refused int) {
 			}
 		}
 	}
+	for i := range queries {
+		d, r := deliverQuery(ev, &queries[i])
+		delivered, refused = delivered+d, refused+r
+	}
 	clear(targets) // do not keep subscribers reachable from the pool
 	*buf = targets[:0]
 	targetPool.Put(buf)
 	return delivered, refused
 }
 
-// route appends to targets one entry per subscriber matching ev and returns
-// the extended slice. Each subscriber appears at most once.
-func (h *Hub) route(ev *Event, targets []target) []target {
+// route appends to targets one entry per subscriber matching ev by its
+// group and instance subscriptions, each subscriber at most once, and to
+// queries one per subscriber and cohort of the live queries ev concerns.
+func (h *Hub) route(ev *Event, targets []target, queries []queryTarget) ([]target, []queryTarget) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
+	queries = h.routeQueries(ev, queries)
 	var all, one map[Subscriber]struct{}
 	if ev.Group != nil {
 		all = h.groups[groupKey{ev.Stream, ev.Action, ""}]
@@ -189,7 +215,7 @@ func (h *Hub) route(ev *Event, targets []target) []target {
 		}
 		targets = append(targets, target{s: s, ids: ids})
 	}
-	return targets
+	return targets, queries
 }
 
 // Stats reports the size of the index: the number of distinct group and
@@ -201,7 +227,7 @@ func (h *Hub) route(ev *Event, targets []target) []target {
 func (h *Hub) Stats() (keys, subscribers int) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	return len(h.groups) + len(h.instances), len(h.subs)
+	return len(h.groups) + len(h.instances) + len(h.queries.cohorts), len(h.subs)
 }
 
 // Active reports whether stream has at least one subscription of either
@@ -214,17 +240,36 @@ func (h *Hub) Active(stream string) bool {
 	return h.streams[stream] > 0
 }
 
-// Matching returns the subscribers an event of stream, action and pk would
-// be routed to (group and instance subscribers, each once), without
-// delivering anything. It costs what routing costs.
+// HasQueries reports whether stream has at least one live query.
+//
+// HasQueries is safe for concurrent use.
+func (h *Hub) HasQueries(stream string) bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.queries.fields[stream]) > 0 || len(h.queries.unanchored[stream]) > 0
+}
+
+// Matching returns the subscribers ev would be routed to (group, instance
+// and live-query subscribers, each once), without delivering anything and
+// without asking Allow or Visible. It costs what routing costs.
 //
 // Matching is safe for concurrent use.
-func (h *Hub) Matching(stream, action, pk string) []Subscriber {
-	ev := &Event{Stream: stream, Action: action, PK: pk, Group: []byte{}, InstancePrefix: []byte{}}
-	targets := h.route(ev, nil)
-	out := make([]Subscriber, len(targets))
-	for i, t := range targets {
-		out[i] = t.s
+func (h *Hub) Matching(ev *Event) []Subscriber {
+	probe := *ev
+	probe.Group, probe.InstancePrefix = []byte{}, []byte{}
+	probe.Query[Enter].Prefix = []byte{}
+	targets, queries := h.route(&probe, nil, nil)
+	out := make([]Subscriber, 0, len(targets)+len(queries))
+	seen := make(map[Subscriber]struct{}, len(targets)+len(queries))
+	for _, t := range targets {
+		seen[t.s] = struct{}{}
+		out = append(out, t.s)
+	}
+	for _, t := range queries {
+		if _, dup := seen[t.s]; !dup {
+			seen[t.s] = struct{}{}
+			out = append(out, t.s)
+		}
 	}
 	return out
 }

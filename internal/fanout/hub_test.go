@@ -469,8 +469,8 @@ func TestMatchingAndSubscribersOf(t *testing.T) {
 	h.SubscribeInstance(inst, "q", "1", []byte(`"r"`))
 	h.Subscribe(other, "notes", "update", "")
 
-	assert.ElementsMatch(t, []fanout.Subscriber{all, one, inst}, h.Matching("q", "update", "1"))
-	assert.ElementsMatch(t, []fanout.Subscriber{all}, h.Matching("q", "update", "2"))
+	assert.ElementsMatch(t, []fanout.Subscriber{all, one, inst}, h.Matching(&fanout.Event{Stream: "q", Action: "update", PK: "1"}))
+	assert.ElementsMatch(t, []fanout.Subscriber{all}, h.Matching(&fanout.Event{Stream: "q", Action: "update", PK: "2"}))
 	assert.Empty(t, all.Frames())
 	assert.ElementsMatch(t, []fanout.Subscriber{all, one, inst}, h.SubscribersOf("q"))
 	assert.ElementsMatch(t, []fanout.Subscriber{other}, h.SubscribersOf("notes"))

@@ -17,9 +17,10 @@ type instanceSub struct {
 type subscriptions struct {
 	groups    map[groupKey]struct{}
 	instances map[instanceSub]struct{}
+	queries   map[queryRef]string // live query -> its cohort's key
 }
 
-func (ss *subscriptions) count() int { return len(ss.groups) + len(ss.instances) }
+func (ss *subscriptions) count() int { return len(ss.groups) + len(ss.instances) + len(ss.queries) }
 
 // Subscribe adds a group subscription of s to action events of stream; an
 // empty pk subscribes to every object of the stream, otherwise only to the
@@ -161,6 +162,9 @@ func (h *Hub) Remove(s Subscriber) {
 		// iterations for the same key find nothing left to drop.
 		h.dropInstances(s, is.key)
 	}
+	for ref, key := range ss.queries {
+		h.dropQuery(s, ref, key)
+	}
 	delete(h.subs, s)
 }
 
@@ -238,6 +242,11 @@ func (ss *subscriptions) on(stream string) bool {
 	}
 	for k := range ss.instances {
 		if k.key.stream == stream {
+			return true
+		}
+	}
+	for k := range ss.queries {
+		if k.stream == stream {
 			return true
 		}
 	}
