@@ -189,7 +189,9 @@ func (v *viewSet[T]) authorize(ctx context.Context, ch change, ev *fanout.Event)
 			return false
 		}
 		state, obj := 0, now
-		if wasBefore {
+		if wasBefore && (before != nil || ch.action != actionUpdate) {
+			// (An update whose row before is unknown is judged on the
+			// row now: what nobody may see now is sent to nobody.)
 			state, obj = 1, before
 		}
 		if obj == nil {

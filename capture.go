@@ -327,6 +327,12 @@ func (p *capture) beforeUpdate(db *gorm.DB) {
 // readBefore reads the rows an update is about to touch, locked until the
 // transaction ends where the dialect can (FOR UPDATE), so that the rows it
 // then writes are the rows read.
+//
+// An update with conditions then writes exactly the rows it read: a row that
+// another transaction brings into its WHERE between the read and the
+// statement (committed meanwhile, under READ COMMITTED) is left alone, as if
+// the statement had run at the read. Otherwise its state before would be
+// unknown and the stream's subscribers would have to resync.
 func (p *capture) readBefore(db *gorm.DB, b *before) bool {
 	rows, resync, err := p.matching(db, b.m, true)
 	if err != nil {
@@ -334,6 +340,10 @@ func (p *capture) readBefore(db *gorm.DB, b *before) bool {
 		return false
 	}
 	b.read, b.rows, b.resync = true, rows, resync
+	if _, where := db.Statement.Clauses["WHERE"]; where && !resync {
+		col := clause.Column{Table: clause.CurrentTable, Name: b.m.pk.DBName}
+		db.Statement.AddClause(clause.Where{Exprs: []clause.Expression{clause.IN{Column: col, Values: keysOf(db, b.m, rows)}}})
+	}
 	return true
 }
 

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net/http"
 
+	"gorm.io/gorm"
+
 	"github.com/channelsapi/channelsapi/internal/fanout"
 	"github.com/channelsapi/channelsapi/internal/query"
 )
@@ -18,6 +20,7 @@ var (
 	errRequestIDRequired = NewError(http.StatusBadRequest, "request_id required")
 	errRequestIDTooLong  = NewError(http.StatusBadRequest, "request_id too long")
 	errSubscriptionLimit = NewError(http.StatusTooManyRequests, "Too many subscriptions.")
+	errPKConflict        = NewError(http.StatusBadRequest, "pk and data.pk differ")
 )
 
 // maxRequestIDSize bounds the compact JSON of a request_id that identifies
@@ -35,12 +38,9 @@ func (v *viewSet[T]) subscription(ctx context.Context, req *Request, c *conn) re
 		if err != nil {
 			return result{err: err}
 		}
-		key := ""
-		if present(req.rawPK) {
-			if req.PK == nil {
-				return result{err: ErrNotFound}
-			}
-			key = pkKey(req.PK)
+		key, err := v.subscribePK(req)
+		if err != nil {
+			return result{err: err}
 		}
 		if req.Action == actionSubscribe {
 			if _, err := c.scopeOf(v); err != nil {
@@ -91,6 +91,31 @@ func (v *viewSet[T]) subscription(ctx context.Context, req *Request, c *conn) re
 		}
 		return result{status: http.StatusNoContent}
 	}
+}
+
+// subscribePK returns the key of the object a subscribe or unsubscribe
+// names, at the top level or as data.pk (the form of the channels-api
+// README), or "" for every object.
+func (v *viewSet[T]) subscribePK(req *Request) (string, error) {
+	key := ""
+	if present(req.rawPK) {
+		if req.PK == nil {
+			return "", ErrNotFound
+		}
+		key = pkKey(req.PK)
+	}
+	d, _ := jsonObject(req.Data)
+	if raw := d["pk"]; present(raw) {
+		pk, ok := v.m.parsePK(raw)
+		switch {
+		case !ok:
+			return "", ErrNotFound
+		case key != "" && key != pkKey(pk):
+			return "", errPKConflict
+		}
+		key = pkKey(pk)
+	}
+	return key, nil
 }
 
 // subscribeAction reads {"action": "create"|"update"|"delete"}.
@@ -207,38 +232,55 @@ func (v *viewSet[T]) subscribeList(ctx context.Context, req *Request, c *conn) r
 }
 
 // snapshot subscribes (subscribe is given the sequence number of the last
-// change the snapshot holds) and reads the first page of lq's rows in one
-// read transaction, begun while no commit is under way: the rows hold
-// exactly the changes up to that number, and the subscription receives
-// exactly those after it.
-func (v *viewSet[T]) snapshot(ctx context.Context, req *Request, lq parsed, size int, subscribe func(from uint64) error) ([]T, int64, error) {
-	var opts []*sql.TxOptions
-	if v.api.db.Dialector.Name() == "postgres" {
-		opts = append(opts, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+// change the snapshot holds) and reads the first page of lq's rows as of
+// that change: the rows hold exactly the changes up to that number, and the
+// subscription receives exactly those after it.
+//
+// The point is taken while no commit is under way (sequencer.hold). On
+// PostgreSQL a repeatable-read transaction fixes its snapshot there with
+// one statement, and the page is read from it once commits go on. SQLite's
+// reads are short and its transactions may take the write lock
+// (_txlock=immediate), so the page is read on a connection of its own
+// while commits wait. Either way the connection is taken before the gate:
+// a writer waiting at the gate may hold the pool's last one.
+func (v *viewSet[T]) snapshot(ctx context.Context, req *Request, lq parsed, size int, subscribe func(from uint64) error) (objs []T, count int64, err error) {
+	read := func(db *gorm.DB) error {
+		var meta *pageMeta
+		objs, meta, err = v.page(ctx, db, req, lq, 1, size)
+		if meta != nil {
+			count = meta.Count
+		}
+		return err
 	}
-	// The connection is taken before the gate: a writer waiting at the
-	// gate may hold the pool's last one.
-	tx := v.api.db.WithContext(ctx).Begin(opts...)
+	db := v.api.db.WithContext(ctx)
+	if db.Dialector.Name() != "postgres" {
+		err = db.Connection(func(conn *gorm.DB) error {
+			seq, release := v.api.capture.order.hold()
+			defer release()
+			if err := subscribe(seq); err != nil {
+				return err
+			}
+			return read(conn)
+		})
+		return objs, count, err
+	}
+	tx := db.Begin(&sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
 	if tx.Error != nil {
 		return nil, 0, fmt.Errorf("snapshot %s: %w", v.Stream, tx.Error)
 	}
 	defer tx.Rollback()
 	seq, release := v.api.capture.order.hold()
-	err := subscribe(seq)
+	err = subscribe(seq)
 	if err == nil {
-		// The first read fixes the transaction's snapshot.
-		var one int
-		err = tx.Raw("SELECT 1 FROM " + tx.Statement.Quote(v.m.schema.Table) + " LIMIT 1").Scan(&one).Error
+		var one int // the first statement fixes the snapshot
+		err = tx.Raw("SELECT 1").Scan(&one).Error
 	}
 	release()
 	if err != nil {
 		return nil, 0, err
 	}
-	objs, meta, err := v.page(ctx, tx, req, lq, 1, size)
-	if err != nil {
-		return nil, 0, err
-	}
-	return objs, meta.Count, nil
+	err = read(tx)
+	return objs, count, err
 }
 
 // liveQuery is the matcher of a live query: its filter, within the

@@ -212,3 +212,29 @@ func TestRequestIDSizeBound(t *testing.T) {
 	rid, _ := ws.readPayload("testmodel")["request_id"].(string)
 	assert.True(t, rid == strings.Repeat("r", 254), "the event of the one subscription, with its request_id whole: got %d bytes", len(rid))
 }
+
+// TestSubscribePKInData checks the form of the channels-api README: the pk
+// inside data.
+func TestSubscribePKInData(t *testing.T) {
+	srv := testModelServer(t)
+	seed(t, srv.DB, "one", "two")
+	ws := srv.dial(t, nil)
+	got := ws.request("testmodel", map[string]any{"action": "subscribe", "data": map[string]any{"action": "update", "pk": "2"}, "request_id": 1})
+	require.EqualValues(t, 200, got["response_status"], "%v", got)
+	require.NoError(t, srv.DB.Model(&TestModel{ID: 1}).Update("name", "one!").Error)
+	require.NoError(t, srv.DB.Model(&TestModel{ID: 2}).Update("name", "two!").Error)
+	assert.Equal(t, event("update", 2, "two!"), ws.readPayload("testmodel"), "only the pk of data.pk")
+
+	got = ws.request("testmodel", map[string]any{"action": "subscribe", "pk": 1, "data": map[string]any{"action": "update", "pk": 2}, "request_id": 2})
+	assert.Equal(t, []any{"pk and data.pk differ"}, got["errors"])
+	assert.EqualValues(t, 400, got["response_status"])
+	got = ws.request("testmodel", map[string]any{"action": "subscribe", "pk": 2, "data": map[string]any{"action": "update", "pk": "2"}, "request_id": 3})
+	assert.EqualValues(t, 200, got["response_status"], "the same pk twice")
+	got = ws.request("testmodel", map[string]any{"action": "subscribe", "data": map[string]any{"action": "update", "pk": "x"}, "request_id": 4})
+	assert.EqualValues(t, 404, got["response_status"], "a pk that does not parse")
+
+	got = ws.request("testmodel", map[string]any{"action": "unsubscribe", "data": map[string]any{"action": "update", "pk": 2}, "request_id": 5})
+	require.EqualValues(t, 200, got["response_status"])
+	require.NoError(t, srv.DB.Model(&TestModel{ID: 2}).Update("name", "unheard").Error)
+	ws.assertAlive()
+}
