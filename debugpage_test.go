@@ -116,6 +116,20 @@ func TestDebugPageSchema(t *testing.T) {
 		require.NoError(t, db.AutoMigrate(&debugWidget{}))
 		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[debugWidget]{
 			Stream: "widgets", ReadOnly: true, ReadOnlyFields: []string{"note"}, PageSize: 10, MaxPageSize: 50,
+			Filters: map[string][]string{
+				"due":    {"isnull", "lte"},
+				"title":  {"icontains", "exact", "in"},
+				"count":  {"range", "in", "exact"},
+				"active": {"exact"},
+				"price":  {"range", "gte"},
+			},
+			OrderingFields: []string{"count", "title"},
+			SearchFields:   []string{"title", "note"},
+		}))
+		// Guarded by a scope, without filters: it takes live queries too.
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[debugWidget]{
+			Stream: "widgets_scoped", ReadOnly: true,
+			ScopeFilter: func(context.Context, *channelsapi.Request) (channelsapi.Filter, error) { return nil, nil },
 		}))
 	}, channelsapi.WithDebugPage(""), channelsapi.WithPath("/socket"), channelsapi.WithRESTPrefix("/api"))
 
@@ -125,7 +139,7 @@ func TestDebugPageSchema(t *testing.T) {
 	require.NoError(t, json.Unmarshal(body, &doc), "%s", body)
 	assert.Equal(t, "/socket", doc["websocket_path"])
 	streams := doc["streams"].([]any)
-	require.Len(t, streams, 2)
+	require.Len(t, streams, 3)
 
 	// Sorted by stream name.
 	assert.Equal(t, "testmodel", streams[0].(map[string]any)["name"])
@@ -151,7 +165,8 @@ func TestDebugPageSchema(t *testing.T) {
 			{"name": "named_list", "builtin": false, "detail": false, "method": "GET", "path": "/api/testmodel/named_list"},
 			{"name": "test_detail", "builtin": false, "detail": true, "method": "GET", "path": "/api/testmodel/:pk/test_detail"},
 			{"name": "test_list", "builtin": false, "detail": false, "method": "GET", "path": "/api/testmodel/test_list"}
-		]
+		],
+		"filters": [], "ordering_fields": [], "search_fields": []
 	}`
 	got, err := json.Marshal(streams[0])
 	require.NoError(t, err)
@@ -167,8 +182,41 @@ func TestDebugPageSchema(t *testing.T) {
 	for _, a := range widgets["actions"].([]any) {
 		actions = append(actions, a.(map[string]any)["name"].(string))
 	}
-	assert.Equal(t, []string{"list", "retrieve", "subscribe", "unsubscribe", "subscribe_instance", "unsubscribe_instance"}, actions,
-		"a read-only stream serves no create, update, patch or delete")
+	assert.Equal(t, []string{"list", "retrieve", "subscribe", "unsubscribe", "subscribe_instance", "unsubscribe_instance",
+		"subscribe_list", "unsubscribe_list"}, actions,
+		"a read-only stream serves no create, update, patch or delete; one with filters takes live queries")
+
+	// The query grammar: filters in the order of the fields, each with its
+	// value type and its lookups in the order of PROTOCOL.md section 8.
+	query, err := json.Marshal(map[string]any{
+		"filters": widgets["filters"], "ordering_fields": widgets["ordering_fields"], "search_fields": widgets["search_fields"],
+	})
+	require.NoError(t, err)
+	assert.JSONEq(t, `{
+		"filters": [
+			{"name": "title", "type": "string", "lookups": ["exact", "in", "icontains"]},
+			{"name": "price", "type": "number", "lookups": ["gte", "range"]},
+			{"name": "count", "type": "integer", "lookups": ["exact", "in", "range"]},
+			{"name": "active", "type": "boolean", "lookups": ["exact"]},
+			{"name": "due", "type": "datetime", "lookups": ["lte", "isnull"]}
+		],
+		"ordering_fields": ["count", "title"],
+		"search_fields": ["title", "note"]
+	}`, string(query))
+
+	scoped := streams[2].(map[string]any)
+	assert.Equal(t, "widgets_scoped", scoped["name"])
+	assert.Empty(t, scoped["filters"])
+	actions = nil
+	for _, a := range scoped["actions"].([]any) {
+		a := a.(map[string]any)
+		actions = append(actions, a["name"].(string))
+		if strings.HasSuffix(a["name"].(string), "_list") {
+			assert.Equal(t, map[string]any{"name": a["name"], "builtin": true, "detail": false}, a, "WebSocket only")
+		}
+	}
+	assert.Equal(t, []string{"list", "retrieve", "subscribe", "unsubscribe", "subscribe_instance", "unsubscribe_instance",
+		"subscribe_list", "unsubscribe_list"}, actions, "a guarded stream takes live queries")
 
 	type fieldInfo struct {
 		Type     string
