@@ -116,6 +116,20 @@ func TestDebugPageSchema(t *testing.T) {
 		require.NoError(t, db.AutoMigrate(&debugWidget{}))
 		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[debugWidget]{
 			Stream: "widgets", ReadOnly: true, ReadOnlyFields: []string{"note"}, PageSize: 10, MaxPageSize: 50,
+			Filters: map[string][]string{
+				"due":    {"isnull", "lte"},
+				"title":  {"icontains", "exact", "in"},
+				"count":  {"range", "in", "exact"},
+				"active": {"exact"},
+				"price":  {"range", "gte"},
+			},
+			OrderingFields: []string{"count", "title"},
+			SearchFields:   []string{"title", "note"},
+		}))
+		// Guarded by a scope, without filters: it takes live queries too.
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[debugWidget]{
+			Stream: "widgets_scoped", ReadOnly: true,
+			ScopeFilter: func(context.Context, *channelsapi.Request) (channelsapi.Filter, error) { return nil, nil },
 		}))
 	}, channelsapi.WithDebugPage(""), channelsapi.WithPath("/socket"), channelsapi.WithRESTPrefix("/api"))
 
@@ -125,7 +139,7 @@ func TestDebugPageSchema(t *testing.T) {
 	require.NoError(t, json.Unmarshal(body, &doc), "%s", body)
 	assert.Equal(t, "/socket", doc["websocket_path"])
 	streams := doc["streams"].([]any)
-	require.Len(t, streams, 2)
+	require.Len(t, streams, 3)
 
 	// Sorted by stream name.
 	assert.Equal(t, "testmodel", streams[0].(map[string]any)["name"])
@@ -151,7 +165,8 @@ func TestDebugPageSchema(t *testing.T) {
 			{"name": "named_list", "builtin": false, "detail": false, "method": "GET", "path": "/api/testmodel/named_list"},
 			{"name": "test_detail", "builtin": false, "detail": true, "method": "GET", "path": "/api/testmodel/:pk/test_detail"},
 			{"name": "test_list", "builtin": false, "detail": false, "method": "GET", "path": "/api/testmodel/test_list"}
-		]
+		],
+		"filters": [], "ordering_fields": [], "search_fields": []
 	}`
 	got, err := json.Marshal(streams[0])
 	require.NoError(t, err)
@@ -167,8 +182,41 @@ func TestDebugPageSchema(t *testing.T) {
 	for _, a := range widgets["actions"].([]any) {
 		actions = append(actions, a.(map[string]any)["name"].(string))
 	}
-	assert.Equal(t, []string{"list", "retrieve", "subscribe", "unsubscribe", "subscribe_instance", "unsubscribe_instance"}, actions,
-		"a read-only stream serves no create, update, patch or delete")
+	assert.Equal(t, []string{"list", "retrieve", "subscribe", "unsubscribe", "subscribe_instance", "unsubscribe_instance",
+		"subscribe_list", "unsubscribe_list"}, actions,
+		"a read-only stream serves no create, update, patch or delete; one with filters takes live queries")
+
+	// The query grammar: filters in the order of the fields, each with its
+	// value type and its lookups in the order of PROTOCOL.md section 8.
+	query, err := json.Marshal(map[string]any{
+		"filters": widgets["filters"], "ordering_fields": widgets["ordering_fields"], "search_fields": widgets["search_fields"],
+	})
+	require.NoError(t, err)
+	assert.JSONEq(t, `{
+		"filters": [
+			{"name": "title", "type": "string", "lookups": ["exact", "in", "icontains"]},
+			{"name": "price", "type": "number", "lookups": ["gte", "range"]},
+			{"name": "count", "type": "integer", "lookups": ["exact", "in", "range"]},
+			{"name": "active", "type": "boolean", "lookups": ["exact"]},
+			{"name": "due", "type": "datetime", "lookups": ["lte", "isnull"]}
+		],
+		"ordering_fields": ["count", "title"],
+		"search_fields": ["title", "note"]
+	}`, string(query))
+
+	scoped := streams[2].(map[string]any)
+	assert.Equal(t, "widgets_scoped", scoped["name"])
+	assert.Empty(t, scoped["filters"])
+	actions = nil
+	for _, a := range scoped["actions"].([]any) {
+		a := a.(map[string]any)
+		actions = append(actions, a["name"].(string))
+		if strings.HasSuffix(a["name"].(string), "_list") {
+			assert.Equal(t, map[string]any{"name": a["name"], "builtin": true, "detail": false}, a, "WebSocket only")
+		}
+	}
+	assert.Equal(t, []string{"list", "retrieve", "subscribe", "unsubscribe", "subscribe_instance", "unsubscribe_instance",
+		"subscribe_list", "unsubscribe_list"}, actions, "a guarded stream takes live queries")
 
 	type fieldInfo struct {
 		Type     string
@@ -362,6 +410,192 @@ func TestDebugPageListAndDelete(t *testing.T) {
 	var rows []TestModel
 	require.NoError(t, srv.DB.Order("id").Find(&rows).Error)
 	assert.Equal(t, []TestModel{{ID: 1, Name: "a"}, {ID: 3, Name: "c"}}, rows)
+}
+
+// debugTask is the model of the list query tests.
+type debugTask struct {
+	ID    uint       `json:"id" gorm:"primaryKey"`
+	Title string     `json:"title"`
+	Votes int        `json:"votes"`
+	Done  bool       `json:"done"`
+	Due   *time.Time `json:"due"`
+}
+
+// newTasksServer serves debugTask as "tasks", declaring filters of each
+// value type, ordering and search, with the debugger page, and stores
+// tasks.
+func newTasksServer(t *testing.T, tasks ...debugTask) *testServer {
+	t.Helper()
+	srv := newServer(t, func(api *channelsapi.API, db *gorm.DB) {
+		require.NoError(t, db.AutoMigrate(&debugTask{}))
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[debugTask]{
+			Stream: "tasks",
+			Filters: map[string][]string{
+				"title": {"exact", "icontains", "in"},
+				"votes": {"exact", "gte", "lte", "range", "in"},
+				"done":  {"exact"},
+				"due":   {"isnull"},
+			},
+			OrderingFields: []string{"votes", "title"},
+			SearchFields:   []string{"title"},
+		}))
+	}, channelsapi.WithDebugPage(""))
+	if len(tasks) > 0 {
+		require.NoError(t, srv.DB.Create(&tasks).Error)
+	}
+	return srv
+}
+
+func TestDebugPageListQuery(t *testing.T) {
+	due := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	srv := newTasksServer(t,
+		debugTask{Title: "alpha", Votes: 1},
+		debugTask{Title: "banana", Votes: 3, Done: true},
+		debugTask{Title: "cherry", Votes: 5},
+		debugTask{Title: "avocado", Votes: 7, Due: &due},
+		debugTask{Title: "date", Votes: 4})
+	p := openDebugPage(t, srv, "/channels-api/")
+
+	p.choose("#stream", "tasks")
+	p.choose("#action", "list")
+	// A row per declared filter, offering its declared lookups only.
+	var filters map[string][]string
+	p.evaluate(`JSON.stringify(Object.fromEntries([...document.querySelectorAll("#filters .filter")].map((r) =>
+		[r.dataset.filter, [...r.querySelectorAll("[data-lookup] option")].map((o) => o.value)])))`, &filters)
+	assert.Equal(t, map[string][]string{
+		"title": {"exact", "in", "icontains"},
+		"votes": {"exact", "in", "gte", "lte", "range"},
+		"done":  {"exact"},
+		"due":   {"isnull"},
+	}, filters)
+	p.waitVisible("#ordering-row")
+	p.waitVisible("#search-row")
+	assert.NotContains(t, p.rawFrame().Payload, "data", "empty inputs are not sent")
+
+	// Values are sent with the JSON type of their field: in as an array,
+	// isnull and booleans as booleans.
+	p.choose("#filter-title-lookup", "in")
+	p.fill("#filter-title", "alpha, avocado")
+	p.choose("#filter-votes-lookup", "in")
+	p.fill("#filter-votes", "1, 7")
+	p.choose("#filter-done", "false")
+	p.choose("#filter-due", "true")
+	p.fill("#search", "a")
+	assert.Equal(t, map[string]any{
+		"title__in": []any{"alpha", "avocado"}, "votes__in": []any{float64(1), float64(7)},
+		"done": false, "due__isnull": true, "search": "a",
+	}, p.rawFrame().Payload["data"])
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	first := p.listReply()
+	assert.Equal(t, []string{"alpha"}, first.titles(), "avocado has a due date")
+
+	// Clearing inputs drops their keys; a range is two numbers; ordering
+	// takes several declared keys.
+	p.choose("#filter-title-lookup", "icontains")
+	p.fill("#filter-title", "A")
+	p.choose("#filter-votes-lookup", "range")
+	p.fill("#filter-votes", "2")
+	p.fill("#filter-votes-to", "5")
+	p.choose("#filter-done", "")
+	p.choose("#filter-due", "")
+	p.fill("#search", "")
+	p.choose("#order-field-0", "votes")
+	p.choose("#order-dir-0", "-")
+	p.do(chromedp.Click(chromedp.CSS("#ordering-add")))
+	p.choose("#order-field-1", "title")
+	p.fill("#page-size", "10")
+	assert.Equal(t, map[string]any{
+		"title__icontains": "A", "votes__range": []any{float64(2), float64(5)}, "ordering": "-votes,title", "page_size": float64(10),
+	}, p.rawFrame().Payload["data"])
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	second := p.listReply()
+	assert.Equal(t, []string{"date", "banana"}, second.titles(), "cherry has no a, alpha and avocado are out of range")
+	assert.Contains(t, p.text("#result"), "2 objects, page 1 of 1")
+
+	// The page shows the rows: expanded, the reply holds those and no other.
+	p.do(chromedp.Click(chromedp.CSS(second.sel + " > summary")))
+	p.waitVisible(second.sel + " pre.json")
+	shown := p.text(second.sel + " pre.json")
+	for _, title := range []string{"date", "banana"} {
+		assert.Contains(t, shown, strconv.Quote(title))
+	}
+	for _, title := range []string{"alpha", "cherry", "avocado"} {
+		assert.NotContains(t, shown, strconv.Quote(title))
+	}
+
+	// A bad value is answered next to its filter.
+	p.fill("#filter-votes", "2.5")
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	msg := `#filters .filter[data-filter="votes"] .field-error`
+	p.waitVisible(msg)
+	assert.Equal(t, "Enter a number.", p.text(msg))
+}
+
+func TestDebugPageLiveQuery(t *testing.T) {
+	srv := newTasksServer(t,
+		debugTask{Title: "alpha", Votes: 1},
+		debugTask{Title: "banana", Votes: 5},
+		debugTask{Title: "cherry", Votes: 7})
+	p := openDebugPage(t, srv, "/channels-api/")
+
+	p.choose("#stream", "tasks")
+	p.choose("#action", "subscribe_list")
+	// No ordering or page in a subscription; a snapshot instead.
+	p.waitVisible("#snapshot-row")
+	p.waitVisible("#filters")
+	p.do(chromedp.WaitNotVisible(chromedp.CSS("#ordering-row")),
+		chromedp.WaitNotVisible(chromedp.CSS("#page-field")))
+	p.choose("#filter-votes-lookup", "gte")
+	p.fill("#filter-votes", "5")
+	p.do(chromedp.Click(chromedp.CSS("#snapshot")))
+	frame := p.rawFrame()
+	rid := frame.Payload["request_id"].(string)
+	assert.Equal(t, map[string]any{"votes__gte": float64(5), "snapshot": true}, frame.Payload["data"])
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+
+	reply := p.reply("subscribe_list", rid)
+	assert.Equal(t, []string{"banana", "cherry"}, reply.titles(), "the snapshot holds the matching rows")
+	assert.Contains(t, p.text("#result"), "snapshot: 2 objects")
+	sub := fmt.Sprintf(`#subscriptions .sub[data-kind="query"][data-stream="tasks"][data-request-id=%q][data-state="active"]`, rid)
+	p.waitVisible(sub)
+	assert.Contains(t, p.text(sub), "votes__gte=5")
+
+	// One row that does not match, then one that does. Events reach the
+	// connection in commit order: once the second row's event is shown, an
+	// event for the first would have been shown before it.
+	miss := debugTask{Title: "fig", Votes: 1}
+	require.NoError(t, srv.DB.Create(&miss).Error)
+	hit := debugTask{Title: "grape", Votes: 9}
+	require.NoError(t, srv.DB.Create(&hit).Error)
+	events := fmt.Sprintf(`#log .entry[data-kind="event"][data-stream="tasks"][data-request-id=%q][data-subscription="query"]`, rid)
+	enter := fmt.Sprintf(`%s[data-action="create"][data-pk="%d"]`, events, hit.ID)
+	p.waitVisible(enter)
+	assert.Contains(t, p.text(enter), "grape")
+	assert.Equal(t, 1, p.count(events), "the live query's only event is the matching row's")
+	assert.Zero(t, p.count(fmt.Sprintf(`#log .entry[data-kind="event"][data-pk="%d"]`, miss.ID)))
+
+	// Updated out of the filter, the row leaves.
+	require.NoError(t, srv.DB.Model(&hit).Update("votes", 2).Error)
+	p.waitVisible(fmt.Sprintf(`%s[data-action="delete"][data-pk="%d"]`, events, hit.ID))
+
+	// Unsubscribe from the list of subscriptions.
+	p.do(chromedp.Click(chromedp.CSS(sub + ` button[data-act="unsubscribe"]`)))
+	p.do(chromedp.WaitNotPresent(chromedp.CSS(`#subscriptions .sub[data-kind="query"]`)))
+	p.reply("unsubscribe_list", rid)
+
+	// A second live query on the same filter is the fence: once it has the
+	// events of two more matching rows, the first would have had them too.
+	p.do(chromedp.Click(chromedp.CSS("#snapshot")))
+	rid2 := p.rawFrame().Payload["request_id"].(string)
+	require.NotEqual(t, rid, rid2)
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	p.reply("subscribe_list", rid2)
+	for _, title := range []string{"kiwi", "lemon"} {
+		task := debugTask{Title: title, Votes: 6}
+		require.NoError(t, srv.DB.Create(&task).Error)
+		p.waitVisible(fmt.Sprintf(`#log .entry[data-kind="event"][data-action="create"][data-request-id=%q][data-pk="%d"]`, rid2, task.ID))
+	}
+	assert.Equal(t, 2, p.count(events), "no event after unsubscribe_list")
 }
 
 func TestDebugPageRawFrameAndConsole(t *testing.T) {
@@ -646,6 +880,65 @@ func (p *debugPage) fill(sel, value string) {
 		e.dispatchEvent(new Event("input", {bubbles: true}));
 		return true;
 	})()`, jsString(sel), jsString(value)), nil)
+}
+
+// count is the number of elements sel matches.
+func (p *debugPage) count(sel string) int {
+	p.t.Helper()
+	var n int
+	p.evaluate(fmt.Sprintf(`document.querySelectorAll(%s).length`, jsString(sel)), &n)
+	return n
+}
+
+// pageReply is a successful reply the page logged.
+type pageReply struct {
+	sel     string // its log entry
+	objects []debugTask
+}
+
+func (r pageReply) titles() []string {
+	titles := []string{}
+	for _, o := range r.objects {
+		titles = append(titles, o.Title)
+	}
+	return titles
+}
+
+// reply waits for the page to log the 200 reply to action with request_id
+// rid and returns it, with the objects of a list or snapshot.
+func (p *debugPage) reply(action, rid string) pageReply {
+	p.t.Helper()
+	sel := fmt.Sprintf(`#log .entry[data-kind="reply"][data-action=%q][data-status="200"][data-request-id=%q]`, action, rid)
+	p.waitVisible(sel)
+	var payload struct {
+		Data json.RawMessage `json:"data"`
+	}
+	p.evaluate(fmt.Sprintf(`JSON.stringify(channelsapi.frames().find((f) =>
+		f.kind === "reply" && f.frame.payload.action === %s && f.frame.payload.request_id === %s).frame.payload)`,
+		jsString(action), jsString(rid)), &payload)
+	r := pageReply{sel: sel}
+	switch action {
+	case "list":
+		require.NoError(p.t, json.Unmarshal(payload.Data, &r.objects))
+	case "subscribe_list":
+		var d struct {
+			Subscription string      `json:"subscription"`
+			Results      []debugTask `json:"results"`
+		}
+		require.NoError(p.t, json.Unmarshal(payload.Data, &d))
+		assert.Equal(p.t, rid, d.Subscription)
+		r.objects = d.Results
+	}
+	return r
+}
+
+// listReply waits for the reply to the list sent last, whose request_id
+// the frame editor no longer shows (it has a fresh one after a send).
+func (p *debugPage) listReply() pageReply {
+	p.t.Helper()
+	var rid string
+	p.evaluate(`channelsapi.frames().filter((f) => f.kind === "sent" && f.frame.payload.action === "list").pop().frame.payload.request_id`, &rid)
+	return p.reply("list", rid)
 }
 
 // rawFrame is the frame in the page's frame editor.

@@ -35,7 +35,13 @@ func (q *queries) where(db *gorm.DB, lq *query.Query) clause.Expression {
 		for _, f := range lq.SearchFields {
 			or = append(or, clause.Expr{SQL: "LOWER(?) LIKE LOWER(?) ESCAPE '\\'", Vars: []any{q.column(f), "%" + escapeLike(term) + "%"}})
 		}
-		and = append(and, clause.Or(or...))
+		if len(or) == 1 {
+			// GORM joins a clause.Or of one expression to the expression
+			// before it with OR, which would widen the filters.
+			and = append(and, or[0])
+		} else {
+			and = append(and, clause.Or(or...))
+		}
 	}
 	if len(and) == 0 {
 		return clause.Expr{SQL: "1=1"}

@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+
+	"github.com/channelsapi/channelsapi/internal/query"
 )
 
 // streamSchema describes one added ViewSet for the debugger page: what a
@@ -24,6 +26,31 @@ type streamSchema struct {
 	MaxPageSize int            `json:"max_page_size"`
 	Fields      []fieldSchema  `json:"fields"`
 	Actions     []actionSchema `json:"actions"`
+	// Filters are the fields list and subscribe_list filter on, in the
+	// order of Fields, with their lookups (PROTOCOL.md section 8); never
+	// nil, empty when the ViewSet declares none.
+	Filters []filterSchema `json:"filters"`
+	// OrderingFields are the JSON names a list's "ordering" may use, as
+	// declared; never nil, empty when clients may not order.
+	OrderingFields []string `json:"ordering_fields"`
+	// SearchFields are the fields "search" looks in, as declared; never
+	// nil, empty when search is disabled.
+	SearchFields []string `json:"search_fields"`
+}
+
+// filterSchema describes one filterable field: the keys "<name>" and
+// "<name>__<lookup>".
+type filterSchema struct {
+	Name string `json:"name"`
+	// Type is the JSON type of its values: "string", "integer", "number",
+	// "boolean" or "datetime" (an RFC 3339 string). The values of in and
+	// range are arrays of it; the value of isnull is a boolean.
+	Type string `json:"type"`
+	// Lookups are the declared lookups, in the order of PROTOCOL.md
+	// section 8: "exact", "iexact", "in", "gt", "gte", "lt", "lte",
+	// "contains", "icontains", "startswith", "istartswith", "isnull",
+	// "range".
+	Lookups []string `json:"lookups"`
 }
 
 // fieldSchema describes one JSON key of a serialized object.
@@ -51,7 +78,9 @@ type actionSchema struct {
 	// optional, and Detail is false).
 	Detail bool `json:"detail"`
 	// Method and Path are its REST route, both empty for the subscription
-	// actions, which exist on the WebSocket only.
+	// actions, which exist on the WebSocket only. subscribe_list and
+	// unsubscribe_list are listed only for a stream that takes live
+	// queries (PROTOCOL.md section 9).
 	Method string `json:"method,omitempty"`
 	Path   string `json:"path,omitempty"`
 }
@@ -81,6 +110,7 @@ func (v *viewSet[T]) describe() streamSchema {
 		MaxPageSize: v.MaxPageSize,
 		Fields:      make([]fieldSchema, 0, len(v.m.fields)),
 	}
+	s.Filters, s.OrderingFields, s.SearchFields = v.qs.queryable()
 	if t := fieldType(v.m.pk.FieldType); t == "integer" {
 		s.PKType = t
 	}
@@ -117,6 +147,11 @@ func (v *viewSet[T]) describe() streamSchema {
 		builtin(actionUnsubscribe, false, "", ""),
 		builtin(actionSubscribeInstance, true, "", ""),
 		builtin(actionUnsubscribeInstance, true, "", ""))
+	if v.stateful() {
+		s.Actions = append(s.Actions,
+			builtin(actionSubscribeList, false, "", ""),
+			builtin(actionUnsubscribeList, false, "", ""))
+	}
 
 	custom := make([]actionSchema, 0, len(v.Actions))
 	for name, act := range v.Actions {
@@ -129,6 +164,48 @@ func (v *viewSet[T]) describe() streamSchema {
 	slices.SortFunc(custom, func(x, y actionSchema) int { return cmp.Compare(x.Name, y.Name) })
 	s.Actions = append(s.Actions, custom...)
 	return s
+}
+
+// queryable returns what q lets clients query, for the schema: the
+// filters, in the order of the model's fields, the ordering fields and the
+// search fields.
+func (q *queries) queryable() (filters []filterSchema, ordering, search []string) {
+	filters, ordering, search = []filterSchema{}, []string{}, []string{}
+	for f, field := range q.schema.Fields {
+		ops := q.declared.Lookups[f]
+		if ops == 0 {
+			continue
+		}
+		fs := filterSchema{Name: field.Name, Type: kindType(field.Kind), Lookups: []string{}}
+		for op := query.Exact; op <= query.Range; op++ {
+			if ops.Has(op) {
+				fs.Lookups = append(fs.Lookups, op.String())
+			}
+		}
+		filters = append(filters, fs)
+	}
+	for _, f := range q.declared.Ordering {
+		ordering = append(ordering, q.schema.Fields[f].Name)
+	}
+	for _, f := range q.declared.Search {
+		search = append(search, q.schema.Fields[f].Name)
+	}
+	return filters, ordering, search
+}
+
+// kindType names the JSON type of the values of a field of kind k.
+func kindType(k query.Kind) string {
+	switch k {
+	case query.Int, query.Uint:
+		return "integer"
+	case query.Float:
+		return "number"
+	case query.Bool:
+		return "boolean"
+	case query.Time:
+		return "datetime"
+	}
+	return "string"
 }
 
 var (

@@ -34,12 +34,26 @@
 //	 "actions": [
 //	   {"name": "list", "builtin": true, "detail": false, "method": "GET", "path": "/api/questions"},
 //	   {"name": "subscribe", "builtin": true, "detail": false},
+//	   {"name": "subscribe_list", "builtin": true, "detail": false},
+//	   {"name": "unsubscribe_list", "builtin": true, "detail": false},
 //	   {"name": "vote", "builtin": false, "detail": true, "method": "POST",
-//	    "path": "/api/questions/:pk/vote"}]}
+//	    "path": "/api/questions/:pk/vote"}],
+//	 "filters": [
+//	   {"name": "question_text", "type": "string", "lookups": ["exact", "icontains"]},
+//	   {"name": "pub_date", "type": "datetime", "lookups": ["gte", "lte", "range"]}],
+//	 "ordering_fields": ["pub_date", "id"],
+//	 "search_fields": ["question_text"]}
 //
 // A field's type is "string", "integer", "number", "boolean", "datetime",
 // "object", "array" or "any"; its rules are the parts of its binding tag. An
 // action without method and path exists on the WebSocket only.
+//
+// Filters, ordering_fields and search_fields are what list and
+// subscribe_list accept (channelsapi's PROTOCOL.md sections 8 and 9), each
+// an empty list when nothing is declared. A filter's type is the JSON type
+// of its values ("string", "integer", "number", "boolean" or "datetime");
+// its lookups are those declared, in the protocol's order. subscribe_list
+// and unsubscribe_list are listed only for streams that take live queries.
 package debugpage
 
 import (

@@ -8,6 +8,7 @@
   const PREVIEW_CHARS = 160;
   const WRITE_ACTIONS = new Set(['create', 'update', 'patch']);
   const SUB_ACTIONS = new Set(['subscribe', 'unsubscribe']);
+  const QUERY_ACTIONS = new Set(['list', 'subscribe_list']); // take the filter grammar
   const STATUS_TEXT = {
     200: 'OK', 201: 'Created', 204: 'No Content', 400: 'Bad Request', 401: 'Unauthorized',
     403: 'Forbidden', 404: 'Not Found', 413: 'Too Large', 500: 'Server Error', 503: 'Unavailable',
@@ -93,6 +94,7 @@
     syncing: false,        // the form is being filled from the frame editor
     sendMeta: null,        // what the page knows about the frame it sends next
     fieldsOf: '',          // stream whose fields the form shows
+    queryOf: '',           // stream whose filters, ordering and search the form shows
     idPrefix: Math.random().toString(36).slice(2, 6),
     idSeq: 0,
   };
@@ -128,7 +130,7 @@
     filter.value = fprev;
     if (filter.value !== fprev) filter.value = '';
 
-    state.fieldsOf = '';
+    state.fieldsOf = state.queryOf = '';
     showSchemaError(doc.streams.length ? '' : 'No stream is added: add ViewSets with channelsapi.Add.');
     onStreamChange();
   }
@@ -342,6 +344,7 @@
     addEntry({
       dir: 'in', kind, stream, text: data, frame: parsed.value, action, pk,
       rid: 'request_id' in p ? p.request_id : undefined,
+      sub: kind === 'event' ? subscriptionOf(stream, p.request_id) : undefined,
       status: p.response_status, latency: req ? performance.now() - req.sentAt : undefined,
     });
     if (req) onReply(req, p, stream);
@@ -354,6 +357,17 @@
       if (sub.kind === 'instance' && sub.stream === stream && JSON.stringify(sub.rid) === rid) return true;
     }
     return false;
+  }
+
+  // subscriptionOf returns the kind of the subscription whose events carry
+  // this request_id ("instance" or "query"), if the page knows it.
+  function subscriptionOf(stream, rid) {
+    if (rid === undefined || rid === null) return undefined;
+    const key = JSON.stringify(rid);
+    for (const sub of state.subs.values()) {
+      if (sub.rid !== null && sub.stream === stream && JSON.stringify(sub.rid) === key) return sub.kind;
+    }
+    return undefined;
   }
 
   // onReply applies a reply to the page: subscriptions, the form's errors,
@@ -380,6 +394,17 @@
         case 'unsubscribe_instance':
           state.subs.delete(subKey({ kind: 'instance', stream, pk, rid: req.rid }));
           break;
+        case 'subscribe_list': {
+          // Kept with its data: after a reconnect the page subscribes
+          // again with the same filters and request_id.
+          const data = isObject(req.data) ? req.data : {};
+          state.subs.set(subKey({ kind: 'query', stream, rid: req.rid }),
+            { kind: 'query', stream, event: null, pk: null, rid: req.rid, data, state: 'active' });
+          break;
+        }
+        case 'unsubscribe_list':
+          state.subs.delete(subKey({ kind: 'query', stream, rid: req.rid }));
+          break;
       }
     }
     renderSubs();
@@ -390,10 +415,16 @@
   // ------------------------------------------------------------- subscriptions
 
   function subKey(s) {
-    return JSON.stringify([s.kind, s.stream, s.event, s.pk === null ? null : String(s.pk), s.kind === 'instance' ? s.rid : null]);
+    const pk = s.pk === null || s.pk === undefined ? null : String(s.pk);
+    return JSON.stringify([s.kind, s.stream, s.event || null, pk, s.kind === 'group' ? null : s.rid]);
   }
 
   function subscriptionFrame(sub, unsubscribe) {
+    if (sub.kind === 'query') {
+      return unsubscribe
+        ? { stream: sub.stream, payload: { action: 'unsubscribe_list', request_id: sub.rid } }
+        : { stream: sub.stream, payload: { action: 'subscribe_list', data: sub.data, request_id: sub.rid } };
+    }
     if (sub.kind === 'instance') {
       return { stream: sub.stream, payload: { action: unsubscribe ? 'unsubscribe_instance' : 'subscribe_instance', pk: sub.pk, request_id: sub.rid } };
     }
@@ -427,15 +458,16 @@
   function renderSubs() {
     const list = $('#subscriptions');
     const items = [...state.subs].map(([key, sub]) => {
-      const what = sub.kind === 'instance' ? 'instance' : sub.event;
-      const scope = sub.pk === null ? 'every object' : `pk ${sub.pk}`;
+      const what = sub.kind === 'instance' ? 'instance' : sub.kind === 'query' ? 'live query' : sub.event;
+      const scope = sub.kind === 'query' ? queryText(sub.data) : sub.pk === null ? 'every object' : `pk ${sub.pk}`;
       return el('li', {
         class: 'sub', 'data-sub-key': key, 'data-stream': sub.stream, 'data-kind': sub.kind,
         'data-event': sub.event || '', 'data-pk': sub.pk === null ? '' : String(sub.pk), 'data-state': sub.state,
+        'data-request-id': sub.rid === null ? undefined : ridText(sub.rid),
       },
       el('span', { class: 'badge sub-' + sub.kind, text: what }),
       el('span', { class: 'sub-what' }, el('b', { text: sub.stream }), ' · ', scope,
-        sub.kind === 'instance' ? el('span', { class: 'rid', text: ` #${ridText(sub.rid)}` }) : null),
+        sub.rid !== null ? el('span', { class: 'rid', text: ` #${ridText(sub.rid)}` }) : null),
       sub.state !== 'active' ? el('span', { class: 'sub-state', text: sub.state === 'lost' ? 'connection closed' : 'subscribing…' }) : null,
       el('button', {
         type: 'button', 'data-act': 'unsubscribe', text: 'Unsubscribe',
@@ -448,6 +480,13 @@
     list.replaceChildren(...items);
     $('#sub-count').textContent = String(items.length);
     show($('#sub-empty'), items.length === 0);
+  }
+
+  // queryText shows the filters of a live query.
+  function queryText(data) {
+    const keys = Object.entries(data || {}).filter(([k]) => k !== 'snapshot' && k !== 'page_size');
+    if (!keys.length) return 'every object';
+    return keys.map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' · ');
   }
 
   // -------------------------------------------------------------------- log
@@ -482,6 +521,7 @@
       'data-status': e.status === undefined ? undefined : e.status,
       'data-request-id': e.rid === undefined || e.rid === null ? undefined : ridText(e.rid),
       'data-pk': e.pk === undefined || e.pk === null ? undefined : String(e.pk),
+      'data-subscription': e.sub,
     };
     if (e.kind === 'system') {
       return el('div', attrs, el('div', { class: 'sum' },
@@ -498,7 +538,8 @@
       e.status !== undefined ? el('span', { class: 'status s' + String(e.status).charAt(0), text: String(e.status) }) : null,
       e.pk !== undefined && e.pk !== null ? el('span', { class: 'pk', text: `pk ${compact(e.pk)}` }) : null,
       e.rid !== undefined && e.rid !== null ? el('span', {
-        class: 'rid', title: 'Show the frames of this request_id', text: `#${ridText(e.rid)}`,
+        class: 'rid', title: (e.sub === 'query' ? 'An event of the live query with this request_id. ' : '') + 'Show the frames of this request_id',
+        text: (e.sub === 'query' ? 'live ' : '') + `#${ridText(e.rid)}`,
         onclick: (ev) => { ev.preventDefault(); $('#filter-text').value = ridText(e.rid); applyFilter(); },
       }) : null,
       el('span', { class: 'preview', text: preview(e) }),
@@ -519,7 +560,14 @@
     if (e.kind === 'error' && Array.isArray(p.errors) && p.errors.length) return compact(p.errors.length === 1 ? p.errors[0] : p.errors);
     let text = p.data === undefined ? '' : compact(p.data);
     if (isObject(p.meta)) text = `${p.meta.count} objects, page ${p.meta.page} of ${p.meta.num_pages}  ${text}`;
+    else if (isSnapshot(p)) text = `snapshot: ${snapshotText(p.data)}  ${compact(p.data.results)}`;
     return text;
+  }
+
+  function isSnapshot(p) { return p.action === 'subscribe_list' && isObject(p.data) && Array.isArray(p.data.results); }
+
+  function snapshotText(d) {
+    return `${d.count} object${d.count === 1 ? '' : 's'}` + (d.results.length < d.count ? `, the first ${d.results.length}` : '');
   }
 
   function fillBody(e, body) {
@@ -652,6 +700,7 @@
       if (s.read_only) info.append(' ', el('span', { class: 'badge ro', text: 'read-only' }));
     }
     if (s && state.fieldsOf !== s.name) renderFields(s);
+    if (s && state.queryOf !== s.name) renderQuery(s);
     onActionChange();
   }
 
@@ -671,11 +720,24 @@
           : '';
     show($('#load-object'), name === 'update' || name === 'patch');
 
-    show($('#list-row'), name === 'list');
+    const isQuery = QUERY_ACTIONS.has(name);
+    const isLive = name === 'subscribe_list';
+    const filters = s && s.filters ? s.filters.length : 0;
+    const ordering = name === 'list' && s && s.ordering_fields ? s.ordering_fields.length : 0;
+    const search = s && s.search_fields ? s.search_fields.length : 0;
+    show($('#query-row'), isQuery && filters + ordering + search > 0);
+    show($('#filters'), filters > 0);
+    show($('#ordering-row'), ordering > 0);
+    show($('#search-row'), search > 0);
+    show($('#list-row'), isQuery);
+    show($('#page-field'), name === 'list');
+    show($('#snapshot-row'), isLive);
     if (s) {
       $('#page-size').placeholder = String(s.page_size);
-      $('#page-size-hint').textContent = `default ${s.page_size}, at most ${s.max_page_size}`;
+      $('#page-size-hint').textContent = (isLive ? 'rows of the snapshot: ' : '') + `default ${s.page_size}, at most ${s.max_page_size}`;
     }
+    $('#request-id-hint').textContent = isLive ? 'Required: the live query\'s events carry it, and unsubscribe_list takes it.'
+      : name === 'unsubscribe_list' ? 'The request_id of the subscribe_list to end (or use Unsubscribe below).' : '';
     show($('#sub-row'), isSub);
     show($('#fields'), isWrite);
     show($('#readonly-fields'), isWrite && $('#readonly-fields').textContent !== '');
@@ -691,6 +753,211 @@
       if (s && s.read_only && isWrite) info.append(' · this stream is read-only');
     }
     clearFieldErrors();
+    rebuildRaw();
+  }
+
+  // ------------------------------------------------------------ list queries
+
+  // renderQuery builds the inputs of the filter grammar (PROTOCOL.md 8) that
+  // stream s declares: a row per filter field with its lookups, the
+  // ordering keys, the search.
+  function renderQuery(s) {
+    state.queryOf = s.name;
+    $('#filters').replaceChildren(...(s.filters || []).map(renderFilter));
+    $('#ordering').replaceChildren();
+    if (s.ordering_fields && s.ordering_fields.length) addOrderKey(s, '', false);
+    const search = s.search_fields || [];
+    $('#search').value = '';
+    $('#search-hint').textContent = search.length
+      ? `Case-insensitive, in ${search.join(', ')}; every word must appear in one of them.` : '';
+  }
+
+  function renderFilter(f) {
+    const id = 'filter-' + f.name;
+    const lookup = el('select', { id: id + '-lookup', class: 'lookup', 'data-lookup': true, 'aria-label': f.name + ' lookup' },
+      f.lookups.map((l) => el('option', { value: l, text: l })));
+    const row = el('div', { class: 'field filter', 'data-filter': f.name, 'data-type': f.type },
+      el('div', { class: 'field-head' },
+        el('label', { for: id, text: f.name }),
+        el('span', { class: 'type', text: f.type }),
+        el('code', { class: 'filter-key', title: 'The key sent in data' })),
+      el('div', { class: 'inline' }, lookup, el('div', { class: 'filter-values' })),
+      el('p', { class: 'field-error', 'data-error-for': f.name, role: 'alert', hidden: true }));
+    renderFilterValues(row);
+    return row;
+  }
+
+  // renderFilterValues builds the value inputs of a filter row for its
+  // lookup: in takes a comma-separated list, range two values, isnull and
+  // booleans a choice. A typed value is kept when the input stays a text box.
+  function renderFilterValues(row) {
+    const f = row.dataset.filter;
+    const type = row.dataset.type;
+    const lookup = $('[data-lookup]', row).value;
+    const box = $('.filter-values', row);
+    const prev = $$('[data-value]', box).map((i) => (i.tagName === 'INPUT' ? i.value : ''));
+    const id = 'filter-' + f;
+    const choice = () => el('select', { id, 'data-value': true },
+      el('option', { value: '', text: '(not sent)' }), el('option', { value: 'true', text: 'true' }), el('option', { value: 'false', text: 'false' }));
+    const text = (inputId, numeric, placeholder) => el('input', {
+      id: inputId, 'data-value': true, spellcheck: 'false',
+      type: numeric ? 'number' : 'text',
+      step: type === 'integer' ? '1' : type === 'number' ? 'any' : undefined,
+      placeholder,
+    });
+    const numeric = type === 'integer' || type === 'number';
+    const example = type === 'datetime' ? '2006-01-02T15:04:05Z' : undefined;
+    let inputs;
+    if (lookup === 'isnull' || (type === 'boolean' && lookup !== 'in')) {
+      inputs = [choice()];
+    } else if (lookup === 'in') {
+      inputs = [text(id, false, type === 'boolean' ? 'true, false' : numeric ? 'comma-separated: 1, 2, 3' : 'comma-separated: a, b')];
+    } else if (lookup === 'range') {
+      inputs = [text(id, numeric, example || 'from'), el('span', { class: 'and', text: 'and' }), text(id + '-to', numeric, example || 'to')];
+    } else {
+      inputs = [text(id, numeric, example ? 'RFC 3339, e.g. ' + example : undefined)];
+    }
+    box.replaceChildren(...inputs);
+    $$('input[data-value]', box).forEach((input, i) => { if (prev[i] !== undefined) input.value = prev[i]; });
+    $('.filter-key', row).textContent = filterKey(f, lookup);
+  }
+
+  function filterKey(field, lookup) { return lookup === 'exact' ? field : `${field}__${lookup}`; }
+
+  // typedValue is one value of a filter as the JSON type of its field:
+  // what does not parse is sent as typed, so that the server says why.
+  function typedValue(text, type) {
+    if (type === 'integer' || type === 'number') return scalar(text, type);
+    if (type === 'boolean' && (text === 'true' || text === 'false')) return text === 'true';
+    return text;
+  }
+
+  // filterValue returns the key and value a filter row sends, or null when
+  // its inputs are empty.
+  function filterValue(row) {
+    const type = row.dataset.type;
+    const lookup = $('[data-lookup]', row).value;
+    const inputs = $$('[data-value]', row);
+    const key = filterKey(row.dataset.filter, lookup);
+    const trimmed = (i) => (type === 'string' ? inputs[i].value : inputs[i].value.trim());
+    if (inputs[0].tagName === 'SELECT') {
+      const v = inputs[0].value;
+      return v === '' ? null : { key, value: v === 'true' };
+    }
+    if (lookup === 'in') {
+      const parts = inputs[0].value.split(',').map((v) => v.trim()).filter((v) => v !== '');
+      return parts.length ? { key, value: parts.map((v) => typedValue(v, type)) } : null;
+    }
+    if (lookup === 'range') {
+      const ends = [trimmed(0), trimmed(1)].filter((v) => v !== '');
+      return ends.length ? { key, value: ends.map((v) => typedValue(v, type)) } : null;
+    }
+    const v = trimmed(0);
+    return v === '' ? null : { key, value: typedValue(v, type) };
+  }
+
+  // addOrderKey adds an ordering key: a declared field and a direction.
+  function addOrderKey(s, field, desc) {
+    const row = el('div', { class: 'inline order-key' },
+      el('select', { 'data-order-field': true, 'aria-label': 'ordering field' },
+        el('option', { value: '', text: '(not sent)' }), s.ordering_fields.map((f) => el('option', { value: f, text: f }))),
+      el('select', { 'data-order-dir': true, 'aria-label': 'direction' },
+        el('option', { value: '', text: 'ascending' }), el('option', { value: '-', text: 'descending' })),
+      el('button', {
+        type: 'button', class: 'mini', 'data-act': 'remove-key', title: 'Remove this key', text: '×',
+        onclick: () => {
+          row.remove();
+          if (!$('#ordering .order-key')) addOrderKey(s, '', false);
+          numberOrderKeys(s);
+          rebuildRaw();
+        },
+      }));
+    $('[data-order-field]', row).value = s.ordering_fields.includes(field) ? field : '';
+    $('[data-order-dir]', row).value = desc ? '-' : '';
+    $('#ordering').append(row);
+    numberOrderKeys(s);
+  }
+
+  function numberOrderKeys(s) {
+    const rows = $$('#ordering .order-key');
+    rows.forEach((row, i) => {
+      $('[data-order-field]', row).id = `order-field-${i}`;
+      $('[data-order-dir]', row).id = `order-dir-${i}`;
+    });
+    $('#ordering-add').disabled = rows.length >= s.ordering_fields.length;
+  }
+
+  function orderingValue() {
+    return $$('#ordering .order-key')
+      .filter((row) => $('[data-order-field]', row).value !== '')
+      .map((row) => $('[data-order-dir]', row).value + $('[data-order-field]', row).value)
+      .join(',');
+  }
+
+  // queryData is the data of a list or subscribe_list: the filled filters,
+  // ordering (list only), search, pagination, snapshot (subscribe_list).
+  function queryData(s, action) {
+    const data = {};
+    for (const row of $$('#filters .filter')) {
+      const f = filterValue(row);
+      if (f) data[f.key] = f.value;
+    }
+    if (action === 'list' && s.ordering_fields && s.ordering_fields.length) {
+      const ordering = orderingValue();
+      if (ordering) data.ordering = ordering;
+    }
+    if (s.search_fields && s.search_fields.length && $('#search').value.trim() !== '') data.search = $('#search').value;
+    const page = $('#page').value.trim();
+    const size = $('#page-size').value.trim();
+    if (page && action === 'list') data.page = scalar(page, 'integer');
+    if (size) data.page_size = scalar(size, 'integer');
+    if (action === 'subscribe_list' && $('#snapshot').checked) data.snapshot = true;
+    return data;
+  }
+
+  // syncQuery shows the data of a list or subscribe_list frame in the form.
+  function syncQuery(data) {
+    const s = currentStream();
+    const str = (v) => (v === undefined || v === null ? '' : typeof v === 'string' ? v : JSON.stringify(v));
+    $('#page').value = str(data.page);
+    $('#page-size').value = str(data.page_size);
+    $('#snapshot').checked = data.snapshot === true;
+    $('#search').value = typeof data.search === 'string' ? data.search : '';
+    for (const row of $$('#filters .filter')) {
+      const f = row.dataset.filter;
+      const select = $('[data-lookup]', row);
+      const lookup = [...select.options].map((o) => o.value).find((l) => filterKey(f, l) in data || `${f}__${l}` in data);
+      if (lookup !== undefined) select.value = lookup;
+      renderFilterValues(row);
+      const inputs = $$('[data-value]', row);
+      for (const input of inputs) input.value = '';
+      if (lookup === undefined) continue;
+      const v = filterKey(f, lookup) in data ? data[filterKey(f, lookup)] : data[`${f}__${lookup}`];
+      if (lookup === 'range') {
+        const ends = Array.isArray(v) ? v : str(v).split(',');
+        inputs[0].value = str(ends[0]);
+        inputs[1].value = str(ends[1]);
+      } else {
+        inputs[0].value = Array.isArray(v) ? v.map(str).join(', ') : str(v);
+      }
+    }
+    if (s && s.ordering_fields && s.ordering_fields.length) {
+      $('#ordering').replaceChildren();
+      const keys = typeof data.ordering === 'string' ? data.ordering.split(',').map((k) => k.trim()).filter(Boolean) : [];
+      for (const k of keys.length ? keys : ['']) addOrderKey(s, k.replace(/^-/, ''), k.startsWith('-'));
+    }
+  }
+
+  // queryEdited follows an edit of the query inputs.
+  function queryEdited(ev) {
+    if (state.syncing) return;
+    const row = ev.target.closest('.field');
+    if (ev.type === 'change' && ev.target.matches('[data-lookup]')) renderFilterValues(row);
+    if (row) {
+      row.classList.remove('invalid');
+      const err = $('.field-error', row);
+      if (err) err.hidden = true;
+    }
     rebuildRaw();
   }
 
@@ -857,12 +1124,8 @@
       const pk = pkValue(s);
       if (pk !== undefined) payload.pk = pk;
     }
-    if (name === 'list') {
-      const data = {};
-      const page = $('#page').value.trim();
-      const size = $('#page-size').value.trim();
-      if (page) data.page = scalar(page, 'integer');
-      if (size) data.page_size = scalar(size, 'integer');
+    if (QUERY_ACTIONS.has(name)) {
+      const data = queryData(s, name);
       if (Object.keys(data).length) payload.data = data;
     } else if (SUB_ACTIONS.has(name)) {
       payload.data = { action: $('#sub-event').value };
@@ -934,9 +1197,8 @@
       if (typeof p.request_id === 'string') $('#request-id').value = p.request_id;
       const data = p.data;
       const name = $('#action').value;
-      if (name === 'list') {
-        $('#page').value = isObject(data) && data.page !== undefined ? String(data.page) : '';
-        $('#page-size').value = isObject(data) && data.page_size !== undefined ? String(data.page_size) : '';
+      if (QUERY_ACTIONS.has(name)) {
+        syncQuery(isObject(data) ? data : {});
       } else if (SUB_ACTIONS.has(name)) {
         if (isObject(data) && ['create', 'update', 'delete'].includes(data.action)) $('#sub-event').value = data.action;
       } else if (WRITE_ACTIONS.has(name)) {
@@ -999,6 +1261,7 @@
     if (st < 400) {
       let text = `${head} · ${ms}`;
       if (isObject(p.meta)) text += ` · ${p.meta.count} objects, page ${p.meta.page} of ${p.meta.num_pages}`;
+      else if (isSnapshot(p)) text += ` · snapshot: ${snapshotText(p.data)}`;
       setResult('ok', text, st);
       return;
     }
@@ -1008,8 +1271,8 @@
       if (!isObject(err)) { messages.push(String(err)); continue; }
       for (const [key, msgs] of Object.entries(err)) {
         const text = Array.isArray(msgs) ? msgs.join(' ') : String(msgs);
-        const row = req.stream === $('#stream').value ? $(`#fields .field[data-field="${CSS.escape(key)}"]`) : null;
-        if (row && !$('#fields').hidden) {
+        const row = req.stream === $('#stream').value ? errorRow(key) : null;
+        if (row) {
           const box = $('.field-error', row);
           box.textContent = text;
           box.hidden = false;
@@ -1026,9 +1289,23 @@
     setResult('error', `${head} · ${ms} · ` + (all.length ? all.join('; ') : 'see the fields'), st);
   }
 
+  // errorRow returns the shown row of the form for the key of a field
+  // error: an object field, or a filter ("<field>__<lookup>"), ordering or
+  // search.
+  function errorRow(key) {
+    let row = null;
+    if (!$('#fields').hidden) {
+      row = $(`#fields .field[data-field="${CSS.escape(key)}"]`);
+    } else if (!$('#query-row').hidden) {
+      row = key === 'ordering' ? $('#ordering-row') : key === 'search' ? $('#search-row')
+        : $(`#filters .filter[data-filter="${CSS.escape(key.split('__')[0])}"]`);
+    }
+    return row && !row.hidden ? row : null;
+  }
+
   function clearFieldErrors() {
-    for (const row of $$('#fields .field.invalid')) row.classList.remove('invalid');
-    for (const box of $$('#fields .field-error')) { box.hidden = true; box.textContent = ''; }
+    for (const row of $$('#form .field.invalid')) row.classList.remove('invalid');
+    for (const box of $$('#form .field-error')) { box.hidden = true; box.textContent = ''; }
     const fe = $('#form-errors');
     fe.replaceChildren();
     fe.hidden = true;
@@ -1039,7 +1316,7 @@
   function wire() {
     $('#stream').addEventListener('change', () => { onStreamChange(); });
     $('#action').addEventListener('change', () => { onActionChange(); });
-    for (const id of ['#pk', '#page', '#page-size', '#sub-event', '#custom-data', '#request-id']) {
+    for (const id of ['#pk', '#page', '#page-size', '#snapshot', '#sub-event', '#custom-data', '#request-id']) {
       $(id).addEventListener('input', rebuildRaw);
       $(id).addEventListener('change', rebuildRaw);
     }
@@ -1049,6 +1326,13 @@
       } else if (ev.target.matches('[data-include]')) {
         rebuildRaw();
       }
+    });
+    $('#query-row').addEventListener('input', queryEdited);
+    $('#query-row').addEventListener('change', queryEdited);
+    $('#ordering-add').addEventListener('click', () => {
+      const s = currentStream();
+      if (s) addOrderKey(s, '', false);
+      rebuildRaw();
     });
     $('#form').addEventListener('submit', (ev) => { ev.preventDefault(); send(); });
     $('#new-id').addEventListener('click', newRequestID);
