@@ -625,3 +625,35 @@ func writeOne(db *gorm.DB, r *rand.Rand, newRow func(*rand.Rand) pollQuestion, i
 		return db.Delete(&pollQuestion{}, pick()).Error
 	}
 }
+
+// TestScopeFilterGroupEvents checks events of the channels-api
+// subscriptions on a stream guarded by a ScopeFilter: each user receives
+// the rows in their scope, and a row that leaves it arrives as a delete.
+func TestScopeFilterGroupEvents(t *testing.T) {
+	srv := newServerOn(t, openDB(t, &pollQuestion{}), func(api *channelsapi.API, _ *gorm.DB) {
+		vs := pollQuestions()
+		ownQuestions(&vs)
+		require.NoError(t, channelsapi.Add(api, vs))
+	})
+	alice, bob := srv.dial(t, asUser("alice")), srv.dial(t, asUser("bob"))
+	alice.subscribeTo("questions", "create", "update", "delete")
+	bob.subscribeTo("questions", "create", "update", "delete")
+	group := func(action string, q pollQuestion) map[string]any {
+		return map[string]any{"action": action, "pk": float64(q.ID), "data": jsonOf(t, q), "model": "polls.question"}
+	}
+	hers := pollQuestion{QuestionText: "hers", Owner: "alice"}
+	his := pollQuestion{QuestionText: "his", Owner: "bob"}
+	require.NoError(t, srv.DB.Create(&hers).Error)
+	require.NoError(t, srv.DB.Create(&his).Error)
+	assert.Equal(t, group("create", hers), alice.readPayload("questions"))
+	assert.Equal(t, group("create", his), bob.readPayload("questions"))
+
+	was := hers
+	require.NoError(t, srv.DB.Model(&hers).Update("owner", "bob").Error)
+	hers.Owner = "bob"
+	assert.Equal(t, group("delete", was), alice.readPayload("questions"), "out of her sight: a delete of what she saw")
+	assert.Equal(t, group("update", hers), bob.readPayload("questions"))
+	require.NoError(t, srv.DB.Delete(&hers).Error)
+	assert.Equal(t, group("delete", hers), bob.readPayload("questions"))
+	alice.assertAliveOn("questions") // nothing more for alice
+}

@@ -337,11 +337,6 @@ func (v *viewSet[T]) object(ctx context.Context, db *gorm.DB, req *Request) (*T,
 	return obj, nil
 }
 
-// query is the ViewSet's scoped query for req.
-func (v *viewSet[T]) query(ctx context.Context, req *Request) (*gorm.DB, error) {
-	return v.scoped(ctx, v.api.db.WithContext(ctx), req)
-}
-
 // scoped narrows db to the rows req may see: the Scope and the ScopeFilter.
 func (v *viewSet[T]) scoped(ctx context.Context, db *gorm.DB, req *Request) (*gorm.DB, error) {
 	db = db.Model(new(T))
