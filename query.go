@@ -58,18 +58,27 @@ type queries struct {
 }
 
 var (
-	valuerType    = reflect.TypeFor[driver.Valuer]()
-	nullTypeKinds = map[reflect.Type]query.Kind{
-		reflect.TypeFor[sql.NullString]():  query.String,
-		reflect.TypeFor[sql.NullInt64]():   query.Int,
-		reflect.TypeFor[sql.NullInt32]():   query.Int,
-		reflect.TypeFor[sql.NullInt16]():   query.Int,
-		reflect.TypeFor[sql.NullByte]():    query.Uint,
-		reflect.TypeFor[sql.NullFloat64](): query.Float,
-		reflect.TypeFor[sql.NullBool]():    query.Bool,
-		reflect.TypeFor[sql.NullTime]():    query.Time,
+	valuerType = reflect.TypeFor[driver.Valuer]()
+	// nullTypeKinds are the kinds and sizes of the sql.Null types: the size
+	// of the value they hold, which is the column's (GORM types the column
+	// by it, smallint for a NullInt16), so that a value beyond it is a 400
+	// as for an int16 field rather than a value PostgreSQL cannot bind.
+	nullTypeKinds = map[reflect.Type]nullKind{
+		reflect.TypeFor[sql.NullString]():  {query.String, 0},
+		reflect.TypeFor[sql.NullInt64]():   {query.Int, 64},
+		reflect.TypeFor[sql.NullInt32]():   {query.Int, 32},
+		reflect.TypeFor[sql.NullInt16]():   {query.Int, 16},
+		reflect.TypeFor[sql.NullByte]():    {query.Uint, 8},
+		reflect.TypeFor[sql.NullFloat64](): {query.Float, 64},
+		reflect.TypeFor[sql.NullBool]():    {query.Bool, 0},
+		reflect.TypeFor[sql.NullTime]():    {query.Time, 0},
 	}
 )
+
+type nullKind struct {
+	kind query.Kind
+	bits int
+}
 
 // kindOf returns the query kind of a field of type t, and whether it can
 // be NULL; ok is false for a type the grammar cannot compare.
@@ -77,8 +86,8 @@ func kindOf(t reflect.Type) (k query.Kind, bits int, nullable, ok bool) {
 	if t.Kind() == reflect.Pointer {
 		t, nullable = t.Elem(), true
 	}
-	if k, ok := nullTypeKinds[t]; ok {
-		return k, 64, true, true
+	if nk, ok := nullTypeKinds[t]; ok {
+		return nk.kind, nk.bits, true, true
 	}
 	if t == timeType {
 		return query.Time, 64, nullable, true

@@ -2,6 +2,7 @@ package channelsapi
 
 import (
 	"strings"
+	"time"
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
@@ -119,9 +120,18 @@ func escapeLike(s string) string {
 	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
 }
 
-// sqliteTime is the text SQLite compares times in: UTC with nine
-// fractional digits.
-const sqliteTime = "2006-01-02 15:04:05000000000"
+// sqliteTime is the layout of the text SQLite compares times in: UTC with
+// nine fractional digits, whose point sqliteText drops as sqliteInstant
+// does not write it. (A layout's fraction needs its point: without it,
+// "05000000000" would write nine literal zeros.)
+const sqliteTime = "2006-01-02 15:04:05.000000000"
+
+// sqliteText is t as sqliteInstant writes a column's time.
+func sqliteText(t time.Time) string {
+	s := t.UTC().Format(sqliteTime)
+	i := strings.LastIndexByte(s, '.')
+	return s[:i] + s[i+1:]
+}
 
 // bindValue is the value bound for v.
 func bindValue(pg bool, k query.Kind, v query.Value) any {
@@ -140,7 +150,7 @@ func bindValue(pg bool, k query.Kind, v query.Value) any {
 		if pg {
 			return v.T
 		}
-		return v.T.UTC().Format(sqliteTime) // "2006-01-02 15:04:05" and nine digits
+		return sqliteText(v.T) // "2006-01-02 15:04:05" and nine digits
 	}
 	return nil
 }
