@@ -92,6 +92,10 @@ func (h *Hub) SubscribeQuery(s Subscriber, stream string, requestID []byte, key 
 	}
 	replaced := false
 	if old, ok := ss.queries[ref]; ok {
+		// The stream keeps its interest across the replacement, so that
+		// a broker does not drop its channel and subscribe to it again.
+		h.streams[stream]++
+		defer h.keyDropped(stream)
 		h.dropQuery(s, ref, old)
 		replaced = true
 	}

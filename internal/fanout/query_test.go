@@ -501,6 +501,25 @@ func TestQueryInterest(t *testing.T) {
 	assert.Empty(t, activeStreams(active))
 }
 
+// TestQueryReplaceKeepsInterest checks that replacing a stream's only live
+// query with another filter does not report the stream inactive in
+// between: with a broker, that would drop the stream's channel and
+// subscribe to it again.
+func TestQueryReplaceKeepsInterest(t *testing.T) {
+	h := fanout.New()
+	var got []string
+	h.OnInterest(func(stream string, on bool) { got = append(got, fmt.Sprintf("%s %v", stream, on)) })
+	r := &recorder{}
+	ka, ma := eq(0, "a", nil)
+	kb, mb := eq(0, "b", nil)
+	h.SubscribeQuery(r, "questions", []byte(`1`), ka, ma, 0)
+	h.SubscribeQuery(r, "questions", []byte(`1`), kb, mb, 0)
+	h.SubscribeQuery(r, "questions", []byte(`1`), kb, mb, 5)
+	assert.Equal(t, []string{"questions true"}, got)
+	h.Remove(r)
+	assert.Equal(t, []string{"questions true", "questions false"}, got)
+}
+
 func TestQuerySeq(t *testing.T) {
 	h := fanout.New()
 	early, late := &recorder{}, &recorder{}
