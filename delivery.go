@@ -329,8 +329,8 @@ func newEvent(r resource, ch change, queries bool) (*fanout.Event, error) {
 // queryFrames returns the frames of ch's live-query events by kind: a
 // create enters, a delete leaves, an update may do either or change.
 //
-// A live-query event (queryEvent) is the channels-api event with the
-// request_id after its other keys, so its frame is the channels-api frame
+// A live-query event is the channels-api event (groupEvent) with
+// "request_id" after its other keys, so its frame is the channels-api frame
 // group, of the same action and data, up to its two closing braces, then
 // the request_id. Only a leave after an update, which carries the row
 // before it (the last state its recipients could see), needs a frame of
