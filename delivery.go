@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"reflect"
@@ -306,24 +307,8 @@ func newEvent(r resource, ch change, queries bool) (*fanout.Event, error) {
 	}
 	ev := &fanout.Event{Stream: stream, Action: ch.action, PK: pkKey(ch.pk), Group: group}
 	if queries {
-		// A delete carries the row as it was; a leave after an update the
-		// row before it, the last state its recipients could see.
-		left := ch.data
-		if ch.action == actionUpdate && ch.before != nil {
-			left = ch.before
-		}
-		rid := json.RawMessage(ridMark)
-		for kind, e := range []queryEvent{
-			fanout.Enter:  {Action: actionCreate, PK: pk, Data: ch.data, Model: r.label(), RequestID: rid},
-			fanout.Change: {Action: actionUpdate, PK: pk, Data: ch.data, Model: r.label(), RequestID: rid},
-			fanout.Leave:  {Action: actionDelete, PK: pk, Data: left, Model: r.label(), RequestID: rid},
-		} {
-			if (ch.action == actionDelete && kind != fanout.Leave) || (ch.action == actionCreate && kind != fanout.Enter) {
-				continue
-			}
-			if ev.Query[kind], err = splitFrame(stream, e); err != nil {
-				return nil, err
-			}
+		if ev.Query, err = queryFrames(r, ch, pk, group); err != nil {
+			return nil, err
 		}
 	}
 	if ch.action == actionCreate {
@@ -339,6 +324,68 @@ func newEvent(r resource, ch change, queries bool) (*fanout.Event, error) {
 	}
 	ev.InstancePrefix, ev.InstanceSuffix = f.Prefix, f.Suffix
 	return ev, nil
+}
+
+// queryFrames returns the frames of ch's live-query events by kind: a
+// create enters, a delete leaves, an update may do either or change.
+//
+// A live-query event is the channels-api event (groupEvent) with
+// "request_id" after its other keys, so its frame is the channels-api frame
+// group, of the same action and data, up to its two closing braces, then
+// the request_id. Only a leave after an update, which carries the row
+// before it (the last state its recipients could see), needs a frame of
+// its own.
+func queryFrames(r resource, ch change, pk json.RawMessage, group []byte) (frames [3]fanout.QueryFrame, err error) {
+	switch ch.action {
+	case actionCreate:
+		frames[fanout.Enter] = withRequestID(group)
+		return frames, nil
+	case actionDelete:
+		frames[fanout.Leave] = withRequestID(group)
+		return frames, nil
+	}
+	enter, err := withAction(group, actionUpdate, actionCreate)
+	if err != nil {
+		return frames, err
+	}
+	var left []byte
+	if ch.before != nil {
+		left, err = encodeFrame(r.name(), groupEvent{Action: actionDelete, PK: pk, Data: ch.before, Model: r.label()})
+	} else {
+		left, err = withAction(group, actionUpdate, actionDelete)
+	}
+	if err != nil {
+		return frames, err
+	}
+	frames[fanout.Enter] = withRequestID(enter)
+	frames[fanout.Change] = withRequestID(group)
+	frames[fanout.Leave] = withRequestID(left)
+	return frames, nil
+}
+
+// withRequestID splits a channels-api frame into the halves of the frame
+// with a request_id: the frame up to its two closing braces and
+// `,"request_id":`, then the braces.
+func withRequestID(frame []byte) fanout.QueryFrame {
+	end := len(frame) - len(`}}`)
+	prefix := make([]byte, 0, end+len(`,"request_id":`))
+	prefix = append(append(prefix, frame[:end]...), `,"request_id":`...)
+	return fanout.QueryFrame{Prefix: prefix, Suffix: frame[end:]}
+}
+
+// withAction returns a copy of frame, a channels-api frame of action from,
+// with action to. The action is the payload's first key; the stream before
+// it is a JSON string, in which no unescaped quote can start the match.
+func withAction(frame []byte, from, to string) ([]byte, error) {
+	const key = `,"payload":{"action":"`
+	i := bytes.Index(frame, []byte(key+from+`"`))
+	if i < 0 {
+		return nil, fmt.Errorf("event frame without action %q", from)
+	}
+	i += len(key)
+	out := make([]byte, 0, len(frame)-len(from)+len(to))
+	out = append(append(out, frame[:i]...), to...)
+	return append(out, frame[i+len(from):]...), nil
 }
 
 // splitFrame encodes payload, whose request_id is ridMark, and splits the

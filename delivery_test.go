@@ -1,9 +1,10 @@
 package channelsapi_test
 
 // This file tests delivery.go: every 1013 names its cause, a full delivery
-// queue resyncs its stream's subscribers after what was queued, and a
+// queue resyncs its stream's subscribers after what was queued, a
 // permission that panics while an event is delivered resyncs the stream's
-// subscribers and leaves the server serving.
+// subscribers and leaves the server serving, and the frames of a live
+// query's events are exact.
 
 import (
 	"context"
@@ -144,4 +145,45 @@ func TestPanickingPermissionDuringDelivery(t *testing.T) {
 	assert.Equal(t, 1013, anonymous.closeCode(), "the stream's subscribers resync")
 	status, _ = srv.doREST(t, http.MethodGet, "/testmodel/1", "", "X-User", "alice")
 	assert.Equal(t, http.StatusOK, status, "the server keeps serving")
+}
+
+// TestLiveQueryFrames checks the exact frames of a live query's events
+// (PROTOCOL.md 9): a row updated into the set is a create, one changing
+// within it an update, one updated out of it a delete carrying the row
+// before the update, a created one a create and a deleted one a delete
+// carrying the row as it was, each with the subscription's request_id as
+// the client sent it, and nothing for rows outside the set.
+func TestLiveQueryFrames(t *testing.T) {
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) {
+		addTestModel(t, api, func(vs *channelsapi.ViewSet[TestModel]) {
+			vs.Filters = map[string][]string{"name": {"startswith"}}
+		})
+	})
+	ws := srv.dial(t, nil)
+	got := ws.request("testmodel", map[string]any{"action": "subscribe_list", "data": map[string]any{"name__startswith": "in"}, "request_id": map[string]any{"q": 1}})
+	require.EqualValues(t, http.StatusOK, got["response_status"], "%v", got)
+	// name is as JSON writes it: json.Marshal escapes <, & and >.
+	frame := func(action string, id int, name string) string {
+		return fmt.Sprintf(`{"stream":"testmodel","payload":{"action":%q,"pk":%d,"data":{"id":%[2]d,"name":"%s"},"model":"tests.testmodel","request_id":{"q":1}}}`, action, id, name)
+	}
+
+	row := &TestModel{Name: "out"}
+	require.NoError(t, srv.DB.Create(row).Error)
+	for _, step := range []struct{ name, want string }{
+		{"in <&>", frame("create", 1, `in \u003c\u0026\u003e`)},
+		{"in 2", frame("update", 1, "in 2")},
+		{"out 2", frame("delete", 1, "in 2")},
+		{"out 3", ""},
+	} {
+		require.NoError(t, srv.DB.Model(row).Update("name", step.name).Error)
+		if step.want != "" {
+			assert.Equal(t, step.want, string(ws.readRaw()), "update to %q", step.name)
+		}
+	}
+	created := &TestModel{Name: "in new"}
+	require.NoError(t, srv.DB.Create(created).Error)
+	assert.Equal(t, frame("create", 2, "in new"), string(ws.readRaw()))
+	require.NoError(t, srv.DB.Delete(row).Error)
+	require.NoError(t, srv.DB.Delete(created).Error)
+	assert.Equal(t, frame("delete", 2, "in new"), string(ws.readRaw()), "nothing for the row outside")
 }

@@ -31,21 +31,13 @@ type reply struct {
 }
 
 // groupEvent is the payload of a channels-api subscription event (4.7).
+// The payload of a live-query event (9) is the same with "request_id" after
+// its other keys (queryFrames in delivery.go).
 type groupEvent struct {
 	Action string          `json:"action"`
 	PK     json.RawMessage `json:"pk"`
 	Data   json.RawMessage `json:"data"`
 	Model  string          `json:"model"`
-}
-
-// queryEvent is the payload of a live-query event (9): a channels-api
-// event with the subscription's request_id.
-type queryEvent struct {
-	Action    string          `json:"action"`
-	PK        json.RawMessage `json:"pk"`
-	Data      json.RawMessage `json:"data"`
-	Model     string          `json:"model"`
-	RequestID json.RawMessage `json:"request_id"`
 }
 
 // decodeFrame parses a client frame: {"stream": ..., "payload": {...}}. ok

@@ -28,6 +28,7 @@ type dialOptions struct {
 	stream      string           // the stream subscribed to; empty: streamName
 	srcIPs      int              // source addresses 127.0.0.1.. to spread over (1 = no bind)
 	subscribe   func(i int) int  // lib: the pk connection i subscribes to (0 = every object); nil = no subscription (raw)
+	list        func(i int) int  // lib: the id connection i's live query of qStreamName selects; nil = none
 	stalled     func(i int) bool // connections that stop reading until resume
 	stallRcvBuf int              // SO_RCVBUF of stalled connections
 	workers     int
@@ -148,24 +149,41 @@ func dialOne(ctx context.Context, o dialOptions, i int) (*wsClient, error) {
 			frame = strconv.AppendInt(frame, int64(pk), 10)
 		}
 		frame = append(frame, "}}"...)
-		_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if err := conn.WriteMessage(websocket.TextMessage, frame); err != nil {
+		if err := request(conn, frame); err != nil {
 			_ = conn.Close()
 			return nil, err
 		}
-		_, reply, err := conn.ReadMessage()
-		if err != nil {
+	}
+	if o.list != nil {
+		// The request id is the connection's second, as a client
+		// numbering its requests would send.
+		frame := []byte(`{"stream":"` + qStreamName + `","payload":{"action":"subscribe_list","data":{"id":`)
+		frame = strconv.AppendInt(frame, int64(o.list(i)), 10)
+		frame = append(frame, `},"request_id":2}}`...)
+		if err := request(conn, frame); err != nil {
 			_ = conn.Close()
 			return nil, err
 		}
-		if !bytes.Contains(reply, []byte(`"response_status":200`)) {
-			_ = conn.Close()
-			return nil, fmt.Errorf("subscribe refused: %s", reply)
-		}
-		_ = conn.SetReadDeadline(time.Time{})
 	}
 	return c, nil
+}
+
+// request sends a subscribe request and reads its reply, which must say
+// 200.
+func request(conn *websocket.Conn, frame []byte) error {
+	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if err := conn.WriteMessage(websocket.TextMessage, frame); err != nil {
+		return err
+	}
+	_, reply, err := conn.ReadMessage()
+	if err != nil {
+		return err
+	}
+	if !bytes.Contains(reply, []byte(`"response_status":200`)) {
+		return fmt.Errorf("subscribe refused: %s", reply)
+	}
+	return conn.SetReadDeadline(time.Time{})
 }
 
 var (

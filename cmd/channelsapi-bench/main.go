@@ -1,6 +1,7 @@
 // Command channelsapi-bench measures channelsapi against its anchors: raw
 // melody Broadcast of identical bytes, Gin serving the same actions over
-// REST, one loopback write(2), and plain GORM writers (S7).
+// REST, one loopback write(2), plain GORM writers (S7), and for live
+// queries the per-pk subscriptions of S3 (S8).
 //
 // It is a load generator that re-executes itself as a server subprocess
 // (-role=server) for every scenario, pinned to its own CPU with taskset when
@@ -10,7 +11,7 @@
 // writes to PostgreSQL: the server CHANNELSAPI_BENCH_POSTGRES names, or a
 // throwaway one it starts with initdb and pg_ctl.
 //
-//	go run ./cmd/channelsapi-bench              # S0-S7, about 3 minutes
+//	go run ./cmd/channelsapi-bench              # S0-S8, about 4 minutes
 //	go run ./cmd/channelsapi-bench -quick       # every scenario at small N, < 60 s
 //	go run ./cmd/channelsapi-bench -scenarios s1,s5 -s1-n 2000
 //
@@ -81,9 +82,10 @@ func main() {
 	flag.BoolVar(&sc.unlimited, "unlimited", false, "server: lift the library's per-connection rate limit")
 	flag.StringVar(&sc.cpuProfile, "cpuprofile", "", "server: write a CPU profile to this file")
 	flag.StringVar(&sc.db, "db", "", "server, writers mode: sqlite or postgres")
+	flag.BoolVar(&sc.queries, "queries", false, "server, lib mode: also serve the qitems stream, with a filter (S8)")
 
 	var c benchConfig
-	flag.StringVar(&c.scenarios, "scenarios", "s0,s1,s2,s3,s4,s5,s6,s7", "comma-separated scenarios to run")
+	flag.StringVar(&c.scenarios, "scenarios", "s0,s1,s2,s3,s4,s5,s6,s7,s8", "comma-separated scenarios to run")
 	flag.BoolVar(&c.quick, "quick", false, "every scenario at small N (CI), < 60 s in all")
 	flag.StringVar(&c.jsonPath, "json", "bench-results.json", "write results to this file (empty: do not)")
 	flag.BoolVar(&c.pin, "pin", true, "pin server and load generator to different CPUs with taskset")
@@ -95,9 +97,9 @@ func main() {
 	flag.IntVar(&c.s1Events, "s1-events", 100, "S1: events per burst (below the queue size, 256)")
 	flag.IntVar(&c.s1Repeat, "s1-repeat", 3, "S1: bursts per case and server (the median is reported)")
 	s2 := flag.String("s2", "1000@20/5,10000@1/8", "S2: cases N@writes-per-second/seconds")
-	flag.IntVar(&c.s3N, "s3-n", 10000, "S3: connections")
-	flag.IntVar(&c.s3Match, "s3-match", 10, "S3: subscribers each event matches")
-	flag.IntVar(&c.s3Events, "s3-events", 3000, "S3: events per measurement")
+	flag.IntVar(&c.s3N, "s3-n", 10000, "S3 and S8: connections")
+	flag.IntVar(&c.s3Match, "s3-match", 10, "S3 and S8: subscribers each event matches")
+	flag.IntVar(&c.s3Events, "s3-events", 3000, "S3 and S8: events per measurement (S8: of each kind)")
 	flag.IntVar(&c.s4Conns, "s4-conns", 16, "S4: connections per transport")
 	flag.Float64Var(&c.s4Seconds, "s4-seconds", 6, "S4: seconds per transport (two rounds each)")
 	flag.IntVar(&c.s5N, "s5-n", 5000, "S5: idle connections")
@@ -235,9 +237,16 @@ type driver struct {
 	noFile    uint64 // RLIMIT_NOFILE (soft, as raised by the Go runtime)
 	noFileMax uint64
 	start     time.Time
-	writeCPU  float64 // S0: server CPU-µs of one loopback write(2), once measured
-	scenario  string  // the running scenario, for profile names
+	writeCPU  float64  // S0: server CPU-µs of one loopback write(2), once measured
+	s3Result  s3Figure // S3's figure, for S8
+	scenario  string   // the running scenario, for profile names
 	profiles  int
+}
+
+// s3Figure is S3's CPU per event with every connection connected, for S8.
+type s3Figure struct {
+	n, match int
+	cpu      float64 // µs, median window; 0: S3 did not run
 }
 
 const pinnedEnv = "CHANNELSAPI_BENCH_PINNED"
@@ -285,7 +294,7 @@ func run(c benchConfig) error {
 		limit time.Duration // 0: scenarioLimit
 	}{
 		{"s0", d.s0, 0}, {"s1", d.s1, 0}, {"s2", d.s2, 0}, {"s3", d.s3, 0}, {"s4", d.s4, 0}, {"s5", d.s5, 0}, {"s6", d.s6, 0},
-		{"s7", d.s7, d.s7Limit()},
+		{"s7", d.s7, d.s7Limit()}, {"s8", d.s8, 2 * scenarioLimit},
 	}
 	want := map[string]bool{}
 	for _, s := range strings.Split(strings.ToLower(c.scenarios), ",") {

@@ -36,6 +36,9 @@ func (d *driver) startServer(ctx context.Context, cfg serverConfig) (*serverProc
 	if cfg.db != "" {
 		args = append(args, "-db="+cfg.db)
 	}
+	if cfg.queries {
+		args = append(args, "-queries")
+	}
 	if d.cfg.profile != "" {
 		d.profiles++
 		args = append(args, "-cpuprofile="+filepath.Join(d.cfg.profile, fmt.Sprintf("%s-%02d-%s.pprof", d.scenario, d.profiles, cfg.mode)))
@@ -148,6 +151,15 @@ func (p *serverProc) mem(ctx context.Context) (memReply, error) {
 func (p *serverProc) writes(ctx context.Context, count int, rate float64, pk, pks, pad int) (writesReply, error) {
 	var r writesReply
 	path := fmt.Sprintf("/ctl/writes?count=%d&rate=%g&pk=%d&pks=%d&pad=%d", count, rate, pk, pks, pad)
+	err := p.call(ctx, http.MethodPost, path, &r)
+	return r, err
+}
+
+// writesOf asks the server for count back-to-back updates of the row pk
+// of stream's model: Item (streamName) or QItem (qStreamName).
+func (p *serverProc) writesOf(ctx context.Context, stream string, count, pk int) (writesReply, error) {
+	var r writesReply
+	path := fmt.Sprintf("/ctl/writes?count=%d&pk=%d&stream=%s", count, pk, stream)
 	err := p.call(ctx, http.MethodPost, path, &r)
 	return r, err
 }

@@ -33,7 +33,7 @@ func (d *driver) withServer(ctx context.Context, cfg serverConfig, fn func(p *se
 func (d *driver) dial(ctx context.Context, p *serverProc, n int, o dialOptions) (*fleet, error) {
 	o.url, o.srcIPs, o.workers = p.wsURL(), d.srcIPs(n), 16
 	if p.raw() {
-		o.subscribe = nil
+		o.subscribe, o.list = nil, nil
 	}
 	t0 := time.Now()
 	f, err := dialFleet(ctx, o, n)
@@ -515,6 +515,150 @@ func (d *driver) s3(ctx context.Context) scenarioResult {
 	)
 	res.Details["measurements"] = details
 	res.Notes = append(res.Notes, fmt.Sprintf("CPU per event includes the SQLite update and the read-back of the row; windows of %d events after a forced GC; the baseline is the mean of a phase before the others connect and one after they left", s3Window))
+	d.s3Result = s3Figure{n: n, match: match, cpu: all}
+	return res
+}
+
+// ---- S8 ------------------------------------------------------------------
+
+// s8Kind is one of S8's two kinds of subscription, by the stream its
+// updates go to.
+type s8Kind struct{ name, stream string }
+
+var s8Kinds = [2]s8Kind{{"per_pk", streamName}, {"live_query", qStreamName}}
+
+// s8 measures live queries (PROTOCOL.md 9) against S3's per-pk
+// subscriptions, on the same connections: each subscribes to the updates of
+// one pk of items, as in S3, and holds a live query of qitems (the same
+// rows, on a stream with a filter on id) selecting the row with the same
+// id, so that an update of either matches s3Match connections. Windows of
+// updates of the two alternate, so that both see the same machine.
+func (d *driver) s8(ctx context.Context) scenarioResult {
+	res := scenarioResult{Title: "live queries: CPU per event routed among many live queries vs per-pk subscriptions (S3), on the same connections", Details: map[string]any{}}
+	n, match := d.fitConns("S8", d.cfg.s3N), d.cfg.s3Match
+	groups := n / match // ids 1..groups, match live queries each
+	if groups < 2 {
+		return fail(res, fmt.Errorf("s8 needs at least 2*%d connections, got %d", match, n))
+	}
+	n = groups * match
+	details := map[string]float64{}
+	subscribe := func(id func(int) int) dialOptions { return dialOptions{subscribe: id, list: id} }
+	err := d.withServer(ctx, serverConfig{mode: "lib", rows: groups + 10, queries: true}, func(p *serverProc) error {
+		var matching *fleet // nil: nobody subscribed, nothing to wait for
+		expected := int64(0)
+		write := func(kind s8Kind, k int) (float64, error) {
+			st0, err := p.stats(ctx)
+			if err != nil {
+				return 0, err
+			}
+			if _, err := p.writesOf(ctx, kind.stream, k, 1); err != nil {
+				return 0, err
+			}
+			if matching != nil {
+				expected += int64(match * k)
+				if !matching.waitFrames(ctx, expected, 20*time.Second) {
+					return 0, fmt.Errorf("%s: %d of %d frames; %s", kind.name, matching.recv.Load(), expected, matching.closes())
+				}
+			}
+			st1, err := p.stats(ctx)
+			if err != nil {
+				return 0, err
+			}
+			return float64(st1.CPUMicros - st0.CPUMicros), nil
+		}
+		// measure runs s3Events updates of each kind in windows of
+		// s3Window, the kinds alternating (and which goes first), after a
+		// forced GC.
+		measure := func(phase string) error {
+			if _, err := p.mem(ctx); err != nil { // runtime.GC
+				return err
+			}
+			perEvent := map[string][]float64{}
+			var ratios []float64
+			for w, done := 0, 0; done < d.cfg.s3Events; w, done = w+1, done+s3Window {
+				k := min(s3Window, d.cfg.s3Events-done)
+				cpu := map[string]float64{}
+				for j := range s8Kinds {
+					kind := s8Kinds[(w+j)%2]
+					us, err := write(kind, k)
+					if err != nil {
+						return fmt.Errorf("%s: %w", phase, err)
+					}
+					cpu[kind.name] = us / float64(k)
+					perEvent[kind.name] = append(perEvent[kind.name], us/float64(k))
+				}
+				ratios = append(ratios, ratio(cpu["live_query"], cpu["per_pk"]))
+			}
+			for _, kind := range s8Kinds {
+				details[phase+"_"+kind.name+"_cpu_us_per_event_median_window"] = median(perEvent[kind.name])
+			}
+			details[phase+"_ratio_median_of_windows"] = median(ratios)
+			d.logf("  %s: %.1f µs CPU/event live query, %.1f per pk (median windows); median window ratio %.2f", phase,
+				median(perEvent["live_query"]), median(perEvent["per_pk"]), median(ratios))
+			return nil
+		}
+		// Without subscribers nothing is delivered: what an update costs
+		// the writer, capture included, on each stream.
+		if err := measure("no_subscriber"); err != nil {
+			return err
+		}
+		var err error
+		if matching, err = d.dial(ctx, p, match, subscribe(func(int) int { return 1 })); err != nil {
+			return err
+		}
+		defer matching.closeAll()
+		if err := expectConns(ctx, p, match, match); err != nil {
+			return err
+		}
+		for _, kind := range s8Kinds { // warm-up
+			if _, err := write(kind, 50); err != nil {
+				return fmt.Errorf("warm-up: %w", err)
+			}
+		}
+		if err := measure("only_matching"); err != nil {
+			return err
+		}
+		others, err := d.dial(ctx, p, n-match, subscribe(func(i int) int { return 2 + i%(groups-1) }))
+		if err != nil {
+			return err
+		}
+		defer others.closeAll()
+		if err := expectConns(ctx, p, n, n); err != nil {
+			return err
+		}
+		if err := measure("all_connected"); err != nil {
+			return err
+		}
+		if others.recv.Load() != 0 {
+			return fmt.Errorf("%d frames reached connections the events did not match", others.recv.Load())
+		}
+		return nil
+	})
+	if err != nil {
+		return fail(res, err)
+	}
+	med := func(phase, kind string) float64 { return details[phase+"_"+kind+"_cpu_us_per_event_median_window"] }
+	lq, pk := med("all_connected", "live_query"), med("all_connected", "per_pk")
+	lq10, pk10 := med("only_matching", "live_query"), med("only_matching", "per_pk")
+	lq0, pk0 := med("no_subscriber", "live_query"), med("no_subscriber", "per_pk")
+	c := fmt.Sprintf("N=%d, %d match", n, match)
+	res.Rows = append(res.Rows,
+		row{Case: c, Metric: "server CPU per event, live query (median window)", Unit: "µs", Value: lq,
+			Baseline: pk, BaselineName: "per pk, same conns", Ratio: ratio(lq, pk), Target: "<= 1.2x", Status: status(lq <= 1.2*pk)},
+		row{Case: c, Metric: "... median of the windows' own ratios", Value: details["all_connected_ratio_median_of_windows"], Status: "info"},
+		row{Case: c, Metric: "server CPU per event, live query, vs only matching connected", Unit: "µs", Value: lq,
+			Baseline: lq10, BaselineName: fmt.Sprintf("only %d connected", match), Ratio: ratio(lq, lq10), Status: "info"},
+		row{Case: fmt.Sprintf("only %d connected", match), Metric: "server CPU per event, live query", Unit: "µs", Value: lq10,
+			Baseline: pk10, BaselineName: "per pk", Ratio: ratio(lq10, pk10), Status: "info"},
+		row{Case: "no subscriber", Metric: "server CPU per update of qitems (capture reads the row before)", Unit: "µs", Value: lq0,
+			Baseline: pk0, BaselineName: "items", Ratio: ratio(lq0, pk0), Status: "info"},
+	)
+	if d.s3Result.n == n && d.s3Result.match == match {
+		res.Rows = append(res.Rows, row{Case: c, Metric: "server CPU per event, live query, vs S3 of this run", Unit: "µs", Value: lq,
+			Baseline: d.s3Result.cpu, BaselineName: "S3", Ratio: ratio(lq, d.s3Result.cpu), Status: "info"})
+	}
+	res.Details["measurements"] = details
+	res.Notes = append(res.Notes, fmt.Sprintf("every connection subscribes to the updates of one pk of items and holds a live query {\"id\": pk} of qitems (the same rows; its ViewSet declares a filter on id, so an update of it also reads the row before); CPU per event includes the SQLite update; windows of %d updates, items and qitems alternating, after a forced GC per phase; first with no subscriber (nothing delivered: the writer and its capture), then with the matching connections, then with all", s3Window))
 	return res
 }
 

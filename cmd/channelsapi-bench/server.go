@@ -46,6 +46,17 @@ const (
 	modelLabel = "bench.item"
 )
 
+// QItem is Item in a table of its own (q_items), with the same fields and
+// so the same JSON, on a stream whose ViewSet declares a filter: S8's live
+// queries. A stream with filters reads the row before every update, so
+// Item's stream, which the other scenarios measure, does not get one.
+type QItem Item
+
+const (
+	qStreamName = "qitems"
+	qModelLabel = "bench.qitem"
+)
+
 func itemName(id uint) string { return "item-" + strconv.FormatUint(uint64(id), 10) }
 
 // serverConfig is what the driver passes to a server subprocess.
@@ -57,6 +68,7 @@ type serverConfig struct {
 	sndbuf     int    // SO_SNDBUF of accepted connections; 0 keeps the kernel's autotuning
 	unlimited  bool   // lib: lift the per-connection rate limit (S4 sends hundreds of requests/s per socket)
 	cpuProfile string // write a CPU profile of the whole server run to this file
+	queries    bool   // lib: also serve QItem on qStreamName, with a filter on id (S8)
 }
 
 // hello is the first line a server prints on stdout.
@@ -113,7 +125,7 @@ func runServer(cfg serverConfig) error {
 		return err
 	}
 	sqlDB.SetMaxOpenConns(1)
-	if err := db.AutoMigrate(&Item{}); err != nil {
+	if err := db.AutoMigrate(&Item{}, &QItem{}); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	// Seed before Register so that seeding publishes nothing.
@@ -124,6 +136,15 @@ func runServer(cfg serverConfig) error {
 	if len(rows) > 0 {
 		if err := db.CreateInBatches(rows, 500).Error; err != nil {
 			return fmt.Errorf("seed: %w", err)
+		}
+		if cfg.queries {
+			qrows := make([]QItem, len(rows))
+			for i, r := range rows {
+				qrows[i] = QItem(r)
+			}
+			if err := db.CreateInBatches(qrows, 500).Error; err != nil {
+				return fmt.Errorf("seed: %w", err)
+			}
 		}
 	}
 
@@ -141,6 +162,12 @@ func runServer(cfg serverConfig) error {
 		}
 		if err := channelsapi.Add(api, channelsapi.ViewSet[Item]{Stream: streamName, Label: modelLabel}); err != nil {
 			return err
+		}
+		if cfg.queries {
+			vs := channelsapi.ViewSet[QItem]{Stream: qStreamName, Label: qModelLabel, Filters: map[string][]string{"id": {"exact"}}}
+			if err := channelsapi.Add(api, vs); err != nil {
+				return err
+			}
 		}
 		s.api = api
 	case "raw", "raw-default":
@@ -298,12 +325,14 @@ type writesReply struct {
 }
 
 // writes updates rows through GORM: count updates, back to back (rate 0) or
-// paced at rate per second, of the row pk (or round robin over pk..pk+pks-1).
-// In lib mode the library publishes each committed update; in raw mode the
-// same update is followed by melody Broadcast of the frame the library would
-// have sent (identical bytes).
+// paced at rate per second, of the row pk (or round robin over pk..pk+pks-1),
+// of Item or, with stream=qitems, of QItem. In lib mode the library
+// publishes each committed update; in raw mode the same update is followed
+// by melody Broadcast of the frame the library would have sent (identical
+// bytes).
 func (s *benchServer) writes(c *gin.Context) {
 	q := c.Request.URL.Query()
+	queried := q.Get("stream") == qStreamName
 	count, _ := strconv.Atoi(q.Get("count"))
 	rate, _ := strconv.ParseFloat(q.Get("rate"), 64)
 	pk, _ := strconv.Atoi(q.Get("pk"))
@@ -331,7 +360,14 @@ func (s *benchServer) writes(c *gin.Context) {
 		s.seq++
 		it := Item{ID: id, Name: itemName(id), Seq: s.seq, Pad: pad}
 		it.TS = time.Now().UnixNano()
-		if err := s.db.Model(&it).Select("seq", "ts", "pad").Updates(&it).Error; err != nil {
+		var err error
+		if queried {
+			qit := QItem(it)
+			err = s.db.Model(&qit).Select("seq", "ts", "pad").Updates(&qit).Error
+		} else {
+			err = s.db.Model(&it).Select("seq", "ts", "pad").Updates(&it).Error
+		}
+		if err != nil {
 			c.JSON(http.StatusInternalServerError, gin.H{"error": err.Error()})
 			return
 		}

@@ -126,8 +126,14 @@ type target struct {
 	ids   []string // request ids of instance frames; never modified
 }
 
-// targetPool recycles the per-event target buffers of Publish.
-var targetPool = sync.Pool{New: func() any { return new([]target) }}
+// routed is what an event was routed to.
+type routed struct {
+	targets []target
+	queries []queryTarget
+}
+
+// routedPool recycles the per-event buffers of Publish.
+var routedPool = sync.Pool{New: func() any { return new(routed) }}
 
 // Publish delivers ev to the matching subscribers and returns the number of
 // frames handed to [Subscriber.Deliver], accepted or not, and how many of
@@ -146,8 +152,8 @@ var targetPool = sync.Pool{New: func() any { return new([]target) }}
 // refused a frame). Publish never blocks on a subscriber beyond the time
 // Deliver takes.
 func (h *Hub) Publish(ev *Event) (delivered, refused int) {
-	buf := targetPool.Get().(*[]target)
-	targets, queries := h.route(ev, (*buf)[:0], nil)
+	buf := routedPool.Get().(*routed)
+	targets, queries := h.route(ev, buf.targets, buf.queries)
 	for i := range targets {
 		t := &targets[i]
 		if ev.Allow != nil && !ev.Allow(t.s) {
@@ -174,9 +180,11 @@ func (h *Hub) Publish(ev *Event) (delivered, refused int) {
 		d, r := deliverQuery(ev, &queries[i])
 		delivered, refused = delivered+d, refused+r
 	}
-	clear(targets) // do not keep subscribers reachable from the pool
-	*buf = targets[:0]
-	targetPool.Put(buf)
+	// Do not keep subscribers reachable from the pool.
+	clear(targets)
+	clear(queries)
+	buf.targets, buf.queries = targets[:0], queries[:0]
+	routedPool.Put(buf)
 	return delivered, refused
 }
 

@@ -92,6 +92,10 @@ func (h *Hub) SubscribeQuery(s Subscriber, stream string, requestID []byte, key 
 	}
 	replaced := false
 	if old, ok := ss.queries[ref]; ok {
+		// The stream keeps its interest across the replacement, so that
+		// a broker does not drop its channel and subscribe to it again.
+		h.streams[stream]++
+		defer h.keyDropped(stream)
 		h.dropQuery(s, ref, old)
 		replaced = true
 	}
@@ -231,15 +235,11 @@ func (h *Hub) routeQueries(ev *Event, out []queryTarget) []queryTarget {
 	if ev.Query[Enter].Prefix == nil && ev.Query[Leave].Prefix == nil {
 		return out
 	}
-	var seen map[*cohort]struct{}
+	var seen visited
 	visit := func(c *cohort) {
-		if seen == nil {
-			seen = make(map[*cohort]struct{}, 4)
-		}
-		if _, done := seen[c]; done {
+		if !seen.add(c) {
 			return
 		}
-		seen[c] = struct{}{}
 		inB, inA := false, false
 		if ev.After != nil {
 			inA = c.m.Match(ev.After)
@@ -260,12 +260,19 @@ func (h *Hub) routeQueries(ev *Event, out []queryTarget) []queryTarget {
 		}
 	}
 	for field := range h.queries.fields[ev.Stream] {
-		for _, st := range [2]State{ev.Before, ev.After} {
-			if st == nil {
-				continue
+		var before string
+		hasBefore := false
+		if ev.Before != nil {
+			if before, hasBefore = ev.Before.AnchorKey(field); hasBefore {
+				for c := range h.queries.anchored[anchorKey{ev.Stream, field, before}] {
+					visit(c)
+				}
 			}
-			if k, ok := st.AnchorKey(field); ok {
-				for c := range h.queries.anchored[anchorKey{ev.Stream, field, k}] {
+		}
+		if ev.After != nil {
+			// An unchanged value finds the cohorts it found before.
+			if after, ok := ev.After.AnchorKey(field); ok && (!hasBefore || after != before) {
+				for c := range h.queries.anchored[anchorKey{ev.Stream, field, after}] {
 					visit(c)
 				}
 			}
@@ -286,6 +293,38 @@ func (h *Hub) routeQueries(ev *Event, out []queryTarget) []queryTarget {
 		visit(c)
 	}
 	return out
+}
+
+// visited is the set of cohorts an event has been routed to, so that a
+// cohort reached through several anchor values is evaluated once. An event
+// reaches a few cohorts, unless its row before is unknown: they are kept in
+// an array, and those beyond it in a map.
+type visited struct {
+	few  [16]*cohort
+	n    int
+	many map[*cohort]struct{}
+}
+
+// add reports whether c is new to v, and adds it.
+func (v *visited) add(c *cohort) bool {
+	for _, x := range v.few[:v.n] {
+		if x == c {
+			return false
+		}
+	}
+	if v.n < len(v.few) {
+		v.few[v.n] = c
+		v.n++
+		return true
+	}
+	if _, ok := v.many[c]; ok {
+		return false
+	}
+	if v.many == nil {
+		v.many = make(map[*cohort]struct{})
+	}
+	v.many[c] = struct{}{}
+	return true
 }
 
 // deliverQuery sends one live-query target its frames.
