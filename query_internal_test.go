@@ -117,7 +117,7 @@ func TestFilterSQLMatchesMemory(t *testing.T) {
 		if dsn == "" {
 			t.Skip("CHANNELSAPI_TEST_POSTGRES is not set")
 		}
-		db, err := gorm.Open(postgres.Open(filterSchema(t, dsn)), &gorm.Config{Logger: logger.Discard})
+		db, err := gorm.Open(postgres.Open(propertySchema(t, dsn)), &gorm.Config{Logger: logger.Discard})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,9 +142,9 @@ func closeOnCleanup(t *testing.T, db *gorm.DB) {
 	t.Cleanup(func() { _ = sqlDB.Close() })
 }
 
-// filterSchema creates a schema of the test's own on the server of dsn,
+// propertySchema creates a schema of the test's own on the server of dsn,
 // dropped when the test ends, and returns a DSN working in it.
-func filterSchema(t *testing.T, dsn string) string {
+func propertySchema(t *testing.T, dsn string) string {
 	admin, err := gorm.Open(postgres.Open(dsn), &gorm.Config{Logger: logger.Discard})
 	if err != nil {
 		t.Fatal(err)
