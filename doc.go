@@ -26,7 +26,19 @@
 // are closed with 1013 to resync. A connection that cannot keep up is closed
 // with 1013 instead of losing events silently; every 1013 names its cause.
 // Each event is authorized for each recipient on the state it carries: the
-// Permission and ObjectPermission on its object, the Scope on its row values.
+// Permission and ObjectPermission on its object, the Scope on its row values,
+// the ScopeFilter in memory.
+//
+// # Queries
+//
+// A ViewSet declares the fields clients may filter on, with their lookups
+// (Filters), order by (OrderingFields) and search in (SearchFields), in the
+// grammar of django-filter (docs/PROTOCOL.md section 8), on both
+// transports. The same parsed query is compiled to SQL for lists and
+// evaluated in memory for live queries: subscribe_list (section 9) sends a
+// create when a row enters a subscriber's filtered set, an update while it
+// stays, and a delete when it leaves, decided per recipient on the row
+// before and after each change.
 //
 // # Errors
 //
