@@ -226,61 +226,90 @@ func (v *viewSet[T]) subscribeList(ctx context.Context, req *Request, c *conn) r
 		v.api.hub.UnsubscribeQuery(c, v.Stream, rid)
 		return result{err: err}
 	}
-	v.api.relay.ready(ctx, v.Stream)
 	reply.Results, reply.Count = objs, &count
 	return result{status: http.StatusOK, data: reply}
 }
 
-// snapshot subscribes (subscribe is given the sequence number of the last
-// change the snapshot holds) and reads the first page of lq's rows as of
-// that change: the rows hold exactly the changes up to that number, and the
-// subscription receives exactly those after it.
+// snapshot subscribes and reads the first page of lq's rows, so that no
+// change is in neither.
 //
-// The point is taken while no commit is under way (sequencer.hold). On
-// PostgreSQL a repeatable-read transaction fixes its snapshot there with
-// one statement, and the page is read from it once commits go on. SQLite's
-// reads are short and its transactions may take the write lock
-// (_txlock=immediate), so the page is read on a connection of its own
-// while commits wait. Either way the connection is taken before the gate:
-// a writer waiting at the gate may hold the pool's last one.
+// On one instance the point is exact: the read's snapshot is fixed while no
+// commit is under way (sequencer.hold), and subscribe is given the sequence
+// number of the last change released, which the snapshot holds: the
+// subscription receives exactly the changes after it. With a broker, events
+// come in the broker's order and carry no sequence number: the subscription
+// starts, the broker is made to deliver the stream, and then the snapshot is
+// read; a change committed just before it may arrive as an event as well.
 func (v *viewSet[T]) snapshot(ctx context.Context, req *Request, lq parsed, size int, subscribe func(from uint64) error) (objs []T, count int64, err error) {
-	read := func(db *gorm.DB) error {
+	fix := func() (func(), error) {
+		seq, release := v.api.capture.order.hold()
+		if err := subscribe(seq); err != nil {
+			release()
+			return nil, err
+		}
+		return release, nil
+	}
+	if v.api.cfg.broker != nil {
+		if err := subscribe(0); err != nil {
+			return nil, 0, err
+		}
+		v.api.relay.ready(ctx, v.Stream)
+		fix = func() (func(), error) { return func() {}, nil }
+	}
+	err = v.readSnapshot(ctx, fix, func(db *gorm.DB) error {
 		var meta *pageMeta
 		objs, meta, err = v.page(ctx, db, req, lq, 1, size)
 		if meta != nil {
 			count = meta.Count
 		}
 		return err
-	}
+	})
+	return objs, count, err
+}
+
+// readSnapshot runs read in a read-only transaction whose snapshot is fixed
+// right after fix, and before the function fix returns is called. The
+// connection is taken before fix: a writer waiting at the sequencer's gate
+// may hold the pool's last one.
+//
+// On PostgreSQL it is a repeatable-read transaction. SQLite's transactions
+// may begin with the write lock (_txlock=immediate), so a deferred one is
+// begun by hand on a connection of its own (in WAL mode a reader holds no
+// lock that keeps writers waiting).
+func (v *viewSet[T]) readSnapshot(ctx context.Context, fix func() (func(), error), read func(*gorm.DB) error) error {
 	db := v.api.db.WithContext(ctx)
-	if db.Dialector.Name() != "postgres" {
-		err = db.Connection(func(conn *gorm.DB) error {
-			seq, release := v.api.capture.order.hold()
-			defer release()
-			if err := subscribe(seq); err != nil {
-				return err
-			}
-			return read(conn)
-		})
-		return objs, count, err
+	if db.Dialector.Name() == "postgres" {
+		tx := db.Begin(&sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+		if tx.Error != nil {
+			return fmt.Errorf("snapshot %s: %w", v.Stream, tx.Error)
+		}
+		defer tx.Rollback()
+		return fixThenRead(tx, "SELECT 1", fix, read)
 	}
-	tx := db.Begin(&sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
-	if tx.Error != nil {
-		return nil, 0, fmt.Errorf("snapshot %s: %w", v.Stream, tx.Error)
+	return db.Connection(func(conn *gorm.DB) error {
+		if err := conn.Exec("BEGIN DEFERRED").Error; err != nil {
+			return fmt.Errorf("snapshot %s: %w", v.Stream, err)
+		}
+		defer conn.Exec("ROLLBACK")
+		// SQLite fixes a snapshot at the first read of the database.
+		return fixThenRead(conn, "SELECT 1 FROM "+conn.Statement.Quote(v.m.schema.Table)+" LIMIT 1", fix, read)
+	})
+}
+
+// fixThenRead runs fix, then first (the statement that fixes the
+// transaction's snapshot), then fix's release, then read.
+func fixThenRead(tx *gorm.DB, first string, fix func() (func(), error), read func(*gorm.DB) error) error {
+	release, err := fix()
+	if err != nil {
+		return err
 	}
-	defer tx.Rollback()
-	seq, release := v.api.capture.order.hold()
-	err = subscribe(seq)
-	if err == nil {
-		var one int // the first statement fixes the snapshot
-		err = tx.Raw("SELECT 1").Scan(&one).Error
-	}
+	var one int
+	err = tx.Raw(first).Scan(&one).Error
 	release()
 	if err != nil {
-		return nil, 0, err
+		return err
 	}
-	err = read(tx)
-	return objs, count, err
+	return read(tx)
 }
 
 // liveQuery is the matcher of a live query: its filter, within the
