@@ -476,3 +476,28 @@ func TestFilterDeclarationErrors(t *testing.T) {
 		})
 	}
 }
+
+// apiKey has a hidden column "token" and a visible field whose JSON key is
+// "token" too (a masked value shown under the hidden column's name).
+type apiKey struct {
+	ID        uint   `json:"id" gorm:"primaryKey"`
+	Token     string `json:"-"`
+	TokenHint string `json:"token"`
+}
+
+// TestHiddenColumnNamedLikeAJSONKey checks that a hidden column is never
+// reached by a client's filter or ordering through a visible field's name.
+func TestHiddenColumnNamedLikeAJSONKey(t *testing.T) {
+	srv := newServerOn(t, openDB(t, &apiKey{}), func(api *channelsapi.API, _ *gorm.DB) {
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[apiKey]{
+			Stream:         "keys",
+			Filters:        map[string][]string{"token": {"exact", "startswith"}},
+			OrderingFields: []string{"token"},
+		}))
+	})
+	require.NoError(t, srv.DB.Create(&apiKey{Token: "s3cr3t-a", TokenHint: "****"}).Error)
+	require.NoError(t, srv.DB.Create(&apiKey{Token: "s3cr3t-b", TokenHint: "***"}).Error)
+	assert.Equal(t, []float64{1}, restIDs(t, srv, "/keys?token=****"), "the visible field's value")
+	assert.Empty(t, restIDs(t, srv, "/keys?token__startswith=s3c"), "no oracle on the hidden column")
+	assert.Equal(t, []float64{2, 1}, restIDs(t, srv, "/keys?ordering=token"), "ordered by the visible field")
+}
