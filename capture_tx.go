@@ -143,6 +143,14 @@ func (t *txPool) StmtContext(ctx context.Context, stmt *sql.Stmt) *sql.Stmt {
 // database's row lock, so the later one reserves its place only after the
 // earlier one's COMMIT began, and the events of a row go out in commit
 // order while commits themselves run in parallel.
+//
+// From before its place until it is filled, the commit holds the
+// sequencer's gate shared (so across COMMIT): commits never wait for each
+// other there, only for a live query's snapshot taking its point, which
+// waits for the commits under way and holds them back for one statement.
+// (A COMMIT that itself waits for another transaction, on a deferred
+// constraint, while a snapshot waits for the gate, would hold up both: the
+// gate is a sync.RWMutex, which lets no new holder in while one waits.)
 func (t *txPool) Commit() error {
 	t.mu.Lock()
 	changes := t.changes

@@ -295,6 +295,7 @@ func TestListQueryErrors(t *testing.T) {
 		{"range of three values", "votes__range=1,2,3", map[string]any{"votes__range": "1,2,3"}, map[string]any{"votes__range": []any{"Enter two values."}}},
 		{"a bad value in a list", "votes__in=1,x", map[string]any{"votes__in": []any{1, "x"}}, map[string]any{"votes__in": []any{"Enter a number."}}},
 		{"a null character", "question_text=a%00b", map[string]any{"question_text": "a\x00b"}, map[string]any{"question_text": []any{"Null characters are not allowed."}}},
+		{"a key of subscribe_list", "snapshot=true", map[string]any{"snapshot": true}, map[string]any{"snapshot": []any{"Unknown filter."}}},
 		{"two errors at once", "nope=1&votes=x", map[string]any{"nope": 1, "votes": "x"}, map[string]any{"nope": []any{"Unknown filter."}, "votes": []any{"Enter a number."}}},
 	}
 	for _, tt := range tests {

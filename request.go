@@ -63,5 +63,9 @@ func (r *Request) readQuery() {
 	if !ok {
 		return // pageOf answers it
 	}
-	r.params, r.Query, r.queryErr = jsonQuery(data, keyPage, keyPageSize, keySnapshot)
+	skip := []string{keyPage, keyPageSize}
+	if r.Action == actionSubscribeList {
+		skip = append(skip, keySnapshot)
+	}
+	r.params, r.Query, r.queryErr = jsonQuery(data, skip...)
 }

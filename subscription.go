@@ -219,9 +219,12 @@ func (v *viewSet[T]) subscribeList(ctx context.Context, req *Request, c *conn) r
 		v.api.relay.ready(ctx, v.Stream)
 		return result{status: http.StatusOK, data: reply}
 	}
-	pq, _ := pageOf(req.Data)
+	pq, err := pageOf(req.Data)
+	if err != nil {
+		return result{err: err}
+	}
 	_, size, _ := pageQuery{size: pq.size}.resolve(v.PageSize, v.MaxPageSize)
-	objs, count, err := v.snapshot(ctx, req, lq, size, subscribe)
+	objs, count, err := v.snapshot(ctx, req, cs.filter, lq, size, subscribe)
 	if err != nil {
 		v.api.hub.UnsubscribeQuery(c, v.Stream, rid)
 		return result{err: err}
@@ -240,7 +243,10 @@ func (v *viewSet[T]) subscribeList(ctx context.Context, req *Request, c *conn) r
 // come in the broker's order and carry no sequence number: the subscription
 // starts, the broker is made to deliver the stream, and then the snapshot is
 // read; a change committed just before it may arrive as an event as well.
-func (v *viewSet[T]) snapshot(ctx context.Context, req *Request, lq parsed, size int, subscribe func(from uint64) error) (objs []T, count int64, err error) {
+//
+// The rows are those of the connection's ScopeFilter as the subscription
+// holds it (sf), evaluated before the read takes its connection.
+func (v *viewSet[T]) snapshot(ctx context.Context, req *Request, sf *query.Query, lq parsed, size int, subscribe func(from uint64) error) (objs []T, count int64, err error) {
 	fix := func() (func(), error) {
 		seq, release := v.api.capture.order.hold()
 		if err := subscribe(seq); err != nil {
@@ -258,7 +264,7 @@ func (v *viewSet[T]) snapshot(ctx context.Context, req *Request, lq parsed, size
 	}
 	err = v.readSnapshot(ctx, fix, func(db *gorm.DB) error {
 		var meta *pageMeta
-		objs, meta, err = v.page(ctx, db, req, lq, 1, size)
+		objs, meta, err = v.page(ctx, db, req, sf, lq, 1, size)
 		if meta != nil {
 			count = meta.Count
 		}
@@ -290,7 +296,12 @@ func (v *viewSet[T]) readSnapshot(ctx context.Context, fix func() (func(), error
 		if err := conn.Exec("BEGIN DEFERRED").Error; err != nil {
 			return fmt.Errorf("snapshot %s: %w", v.Stream, err)
 		}
-		defer conn.Exec("ROLLBACK")
+		defer func() {
+			// Never left open on the pool, whatever became of ctx.
+			if err := conn.WithContext(context.WithoutCancel(ctx)).Exec("ROLLBACK").Error; err != nil {
+				v.api.log.Error("channelsapi: end a snapshot's read transaction", "stream", v.Stream, "err", err)
+			}
+		}()
 		// SQLite fixes a snapshot at the first read of the database.
 		return fixThenRead(conn, "SELECT 1 FROM "+conn.Statement.Quote(v.m.schema.Table)+" LIMIT 1", fix, read)
 	})

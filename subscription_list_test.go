@@ -657,3 +657,39 @@ func TestScopeFilterGroupEvents(t *testing.T) {
 	assert.Equal(t, group("delete", hers), bob.readPayload("questions"))
 	alice.assertAliveOn("questions") // nothing more for alice
 }
+
+// member is whom a user's questions belong to, looked up by a ScopeFilter.
+type member struct {
+	ID    uint `gorm:"primaryKey"`
+	User  string
+	Owner string
+}
+
+// TestSnapshotWithAScopeFilterThatQueries: on SQLite with one connection in
+// the pool, a ScopeFilter that looks something up in the database must not
+// wait for the connection a snapshot holds.
+func TestSnapshotWithAScopeFilterThatQueries(t *testing.T) {
+	db := openSQLite(t, "", &pollQuestion{}, &member{})
+	sqlDB, err := db.DB()
+	require.NoError(t, err)
+	sqlDB.SetMaxOpenConns(1)
+	require.NoError(t, db.Create(&member{User: "alice", Owner: "alice"}).Error)
+	srv := newServerOn(t, db, func(api *channelsapi.API, db *gorm.DB) {
+		vs := pollQuestions()
+		vs.ScopeFilter = func(ctx context.Context, r *channelsapi.Request) (channelsapi.Filter, error) {
+			var m member
+			if err := db.WithContext(ctx).Where("user = ?", r.Header.Get("X-User")).Take(&m).Error; err != nil {
+				return nil, err
+			}
+			return channelsapi.Filter{"owner": m.Owner}, nil
+		}
+		require.NoError(t, channelsapi.Add(api, vs))
+	})
+	mine := pollQuestion{QuestionText: "mine", Owner: "alice"}
+	require.NoError(t, db.Create(&mine).Error)
+	require.NoError(t, db.Create(&pollQuestion{QuestionText: "bob's", Owner: "bob"}).Error)
+	ws := srv.dial(t, asUser("alice"))
+	got := ws.request("questions", map[string]any{"action": "subscribe_list", "request_id": "s", "data": map[string]any{"snapshot": true}})
+	require.EqualValues(t, 200, got["response_status"], "%v", got)
+	assert.Equal(t, []float64{float64(mine.ID)}, idsOf(t, got["data"].(map[string]any)["results"]))
+}

@@ -339,13 +339,19 @@ func (v *viewSet[T]) object(ctx context.Context, db *gorm.DB, req *Request) (*T,
 
 // scoped narrows db to the rows req may see: the Scope and the ScopeFilter.
 func (v *viewSet[T]) scoped(ctx context.Context, db *gorm.DB, req *Request) (*gorm.DB, error) {
+	sf, err := v.scopeFilter(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return v.within(ctx, db, req, sf)
+}
+
+// within narrows db to the rows of the ScopeFilter's query sf (nil: every
+// row) and of req's Scope.
+func (v *viewSet[T]) within(ctx context.Context, db *gorm.DB, req *Request, sf *query.Query) (*gorm.DB, error) {
 	db = db.Model(new(T))
-	if v.ScopeFilter != nil {
-		sq, err := v.scopeFilter(ctx, req)
-		if err != nil {
-			return nil, err
-		}
-		db = db.Where(v.qs.where(db, sq))
+	if sf != nil {
+		db = db.Where(v.qs.where(db, sf))
 	}
 	if v.Scope != nil {
 		var err error
@@ -493,16 +499,21 @@ func (v *viewSet[T]) list(ctx context.Context, req *Request) result {
 	if err != nil {
 		return result{err: err}
 	}
-	objs, meta, err := v.page(ctx, v.api.db.WithContext(ctx), req, lq, page, size)
+	sf, err := v.scopeFilter(ctx, req)
+	if err != nil {
+		return result{err: err}
+	}
+	objs, meta, err := v.page(ctx, v.api.db.WithContext(ctx), req, sf, lq, page, size)
 	if err != nil {
 		return result{err: err}
 	}
 	return result{status: http.StatusOK, data: objs, page: meta}
 }
 
-// page reads page of lq's rows within req's scope, in the list's order.
-func (v *viewSet[T]) page(ctx context.Context, db *gorm.DB, req *Request, lq parsed, page, size int) ([]T, *pageMeta, error) {
-	base, err := v.scoped(ctx, db, req)
+// page reads page of lq's rows within sf (req's ScopeFilter) and req's
+// Scope, in the list's order.
+func (v *viewSet[T]) page(ctx context.Context, db *gorm.DB, req *Request, sf *query.Query, lq parsed, page, size int) ([]T, *pageMeta, error) {
+	base, err := v.within(ctx, db, req, sf)
 	if err != nil {
 		return nil, nil, err
 	}
