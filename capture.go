@@ -46,6 +46,10 @@ type change struct {
 	data   json.RawMessage // obj serialized, once; nil until encode
 	resync string          // not empty: no event, the subscribers resync for this reason
 	seq    uint64          // the place of its transaction in commit order; 0 unknown (from a broker)
+	// same is set on an update that assigned no column a live query of
+	// the model reads, whose row before was not read: it was in the sets
+	// the row after is in.
+	same bool
 
 	// For an update of a model whose events are authorized per recipient:
 	// the row before the statement, for leave detection (authorize.go).
@@ -287,6 +291,7 @@ type before struct {
 	resync  bool            // more rows than the bulk event limit
 	pk      bool            // the statement assigns the primary key
 	undel   bool            // the statement assigns the soft-delete column
+	same    bool            // not read: the statement assigns no column a live query reads
 }
 
 func (p *capture) beforeUpdate(db *gorm.DB) {
@@ -299,10 +304,13 @@ func (p *capture) beforeUpdate(db *gorm.DB) {
 	if p.returning(db) {
 		b.pk = assigns(db, m.pk)
 		b.undel = m.softDelete != nil && assigns(db, m.softDelete)
-		if stateful || b.pk || b.undel {
+		switch {
+		case b.pk || b.undel || stateful && p.reg.rowsBefore(m.schema.ModelType, func(c string) bool { return mayAssign(db, m, c) }):
 			if !p.readBefore(db, b) {
 				return
 			}
+		case stateful:
+			b.same = true // no live query's set changes: the rows after tell
 		}
 		p.markReturning(db, b)
 		return
@@ -376,6 +384,22 @@ func (p *capture) returning(db *gorm.DB) bool {
 	}
 	_, own := db.Statement.Clauses["RETURNING"]
 	return !own
+}
+
+// mayAssign reports whether db's update may set the column of m: a map
+// destination names it, or it is selected; a struct destination without
+// a selection writes any of its fields, and an automatic update time is
+// written by every update.
+func mayAssign(db *gorm.DB, m *model, column string) bool {
+	f := m.schema.LookUpField(column)
+	if f == nil || f.AutoUpdateTime > 0 {
+		return true
+	}
+	switch db.Statement.Dest.(type) {
+	case map[string]any, *map[string]any:
+		return assigns(db, f)
+	}
+	return len(db.Statement.Selects) == 0 || assigns(db, f)
 }
 
 // assigns reports whether an update may set f: its destination is a map
@@ -495,6 +519,7 @@ func (p *capture) afterUpdate(db *gorm.DB) {
 			if known {
 				ch.beforeObj = prev.Addr().Interface()
 			}
+			ch.same = b.same
 			changes = append(changes, ch)
 		}
 	}

@@ -466,3 +466,16 @@ func timePrecision(db *gorm.DB) time.Duration {
 	}
 	return 0
 }
+
+// queried returns the columns a client's live query may read: those of
+// the declared filters and search fields.
+func (v *viewSet[T]) queried() []string {
+	var columns []string
+	for f := range v.qs.declared.Lookups {
+		columns = append(columns, v.qs.gorm[f].DBName)
+	}
+	for _, f := range v.qs.declared.Search {
+		columns = append(columns, v.qs.gorm[f].DBName)
+	}
+	return columns
+}

@@ -50,6 +50,25 @@ func (g *registry) ofType(t reflect.Type) []resource {
 	return g.byType[t]
 }
 
+// rowsBefore reports whether an update of t whose statement may assign
+// the columns assigned says yes to needs the rows as they were: a stream
+// of t authorizes events per recipient (who could see the row before), or
+// takes live queries on a column it may assign (was the row in the set).
+// An update of columns no live query reads leaves every row where it was.
+func (g *registry) rowsBefore(t reflect.Type, assigned func(column string) bool) bool {
+	for _, r := range g.ofType(t) {
+		if r.guarded() {
+			return true
+		}
+		for _, column := range r.queried() {
+			if assigned(column) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // stateful reports whether some stream of t needs its events' row states:
 // it authorizes them per recipient or takes live queries.
 func (g *registry) stateful(t reflect.Type) bool {

@@ -351,8 +351,11 @@ func (v *viewSet[T]) states(ctx context.Context, ch change) (before, after fanou
 	if obj != nil {
 		after = v.qs.row(ctx, obj)
 	}
-	if prev != nil {
+	switch {
+	case prev != nil:
 		before = v.qs.row(ctx, prev)
+	case ch.same:
+		before = after // the columns live queries read did not change
 	}
 	return before, after
 }

@@ -68,6 +68,12 @@ func TestSubscribeListExampleOfTheProtocol(t *testing.T) {
 	q.Votes = 3
 	assert.Equal(t, queryEvent(t, "update", q, "q1"), ws.readPayload("questions"), "changed and still inside: update")
 
+	// A column no filter reads: the rows are not read before the update,
+	// and stay where they were.
+	require.NoError(t, db.Model(&other).Update("secret", "x").Error) // outside: nothing
+	require.NoError(t, db.Model(&q).Update("secret", "y").Error)
+	assert.Equal(t, queryEvent(t, "update", q, "q1"), ws.readPayload("questions"), "an unfiltered column changed inside: update")
+
 	left := q
 	require.NoError(t, db.Model(&q).Update("question_text", "How?").Error)
 	assert.Equal(t, queryEvent(t, "delete", left, "q1"), ws.readPayload("questions"), "updated out: delete with the last state inside")
@@ -693,3 +699,40 @@ func TestSnapshotWithAScopeFilterThatQueries(t *testing.T) {
 	require.EqualValues(t, 200, got["response_status"], "%v", got)
 	assert.Equal(t, []float64{float64(mine.ID)}, idsOf(t, got["data"].(map[string]any)["results"]))
 }
+
+// TestRowsBeforeReadOnlyWhenALiveQueryMayChange checks that an update of
+// a stream serving live queries reads its rows first when it may assign a
+// column a filter reads, and only then (on a stream that authorizes no
+// event per recipient).
+func TestRowsBeforeReadOnlyWhenALiveQueryMayChange(t *testing.T) {
+	var reads sync.Map
+	srv := newServerOn(t, openDB(t, &pollQuestion{}), func(api *channelsapi.API, db *gorm.DB) {
+		require.NoError(t, channelsapi.Add(api, pollQuestions()))
+		require.NoError(t, db.Callback().Query().Before("gorm:query").Register("test:count_reads", func(db *gorm.DB) {
+			if v, ok := db.Statement.Context.Value(readsKey{}).(string); ok {
+				n, _ := reads.LoadOrStore(v, new(int))
+				*(n.(*int))++
+			}
+		}))
+	})
+	q := pollQuestion{QuestionText: "q"}
+	require.NoError(t, srv.DB.Create(&q).Error)
+	update := func(name string, write func(db *gorm.DB) error) int {
+		ctx := context.WithValue(context.Background(), readsKey{}, name)
+		require.NoError(t, write(srv.DB.WithContext(ctx)))
+		n, ok := reads.Load(name)
+		if !ok {
+			return 0
+		}
+		return *(n.(*int))
+	}
+	assert.Equal(t, 1, update("votes", func(db *gorm.DB) error { return db.Model(&q).Update("votes", 1).Error }), "a filtered column")
+	assert.Equal(t, 1, update("struct", func(db *gorm.DB) error { return db.Model(&q).Updates(pollQuestion{Secret: "x"}).Error }), "a struct writes any field")
+	assert.Equal(t, 1, update("save", func(db *gorm.DB) error { return db.Save(&q).Error }), "Save writes every column")
+	assert.Equal(t, 0, update("secret", func(db *gorm.DB) error { return db.Model(&q).Update("secret", "y").Error }), "a column no filter reads")
+	assert.Equal(t, 0, update("selected", func(db *gorm.DB) error {
+		return db.Model(&q).Select("secret").Updates(pollQuestion{Secret: "z", Votes: 9}).Error
+	}), "a selection of such columns")
+}
+
+type readsKey struct{}

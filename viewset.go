@@ -151,6 +151,7 @@ type resource interface {
 	mountREST(api *API) error
 	guarded() bool
 	stateful() bool
+	queried() []string
 	scoper
 	authorize(ctx context.Context, ch change, ev *fanout.Event) (authorization, error)
 	states(ctx context.Context, ch change) (before, after fanout.State)

@@ -19,6 +19,7 @@ type wireChange struct {
 	// those the JSON hides), which scopes, permissions and filters are
 	// evaluated on.
 	Before    json.RawMessage `json:"b,omitempty"`
+	Same      bool            `json:"s,omitempty"` // change.same
 	Row       json.RawMessage `json:"r,omitempty"`
 	BeforeRow json.RawMessage `json:"p,omitempty"`
 }
@@ -30,7 +31,7 @@ func encodeWireChange(r resource, stateful bool, ch change) ([]byte, error) {
 	if err := ch.encode(); err != nil {
 		return nil, err
 	}
-	w := wireChange{Action: ch.action, Key: pkKey(ch.pk), Data: ch.data}
+	w := wireChange{Action: ch.action, Key: pkKey(ch.pk), Data: ch.data, Same: ch.same}
 	if stateful {
 		m := r.model()
 		w.Before = ch.before
@@ -59,7 +60,7 @@ func decodeWireChange(r resource, payload []byte) (change, error) {
 	if !ok {
 		return change{}, fmt.Errorf("invalid key %q", w.Key)
 	}
-	ch := change{typ: m.schema.ModelType, action: w.Action, pk: pk, data: w.Data, before: w.Before}
+	ch := change{typ: m.schema.ModelType, action: w.Action, pk: pk, data: w.Data, before: w.Before, same: w.Same}
 	if !r.stateful() {
 		return ch, nil
 	}
