@@ -4,8 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"gorm.io/gorm"
 )
@@ -144,13 +146,11 @@ func (t *txPool) StmtContext(ctx context.Context, stmt *sql.Stmt) *sql.Stmt {
 // earlier one's COMMIT began, and the events of a row go out in commit
 // order while commits themselves run in parallel.
 //
-// From before its place until it is filled, the commit holds the
-// sequencer's gate shared (so across COMMIT): commits never wait for each
-// other there, only for a live query's snapshot taking its point, which
-// waits for the commits under way and holds them back for one statement.
-// (A COMMIT that itself waits for another transaction, on a deferred
-// constraint, while a snapshot waits for the gate, would hold up both: the
-// gate is a sync.RWMutex, which lets no new holder in while one waits.)
+// From before its place until it is filled, the commit is inside the
+// sequencer's gate (so across COMMIT): commits never wait for each other
+// there, only for a live query's snapshot taking its point, which waits for
+// the commits under way and holds new ones back for one statement; a
+// snapshot that cannot get its point in time gives up (see gate).
 func (t *txPool) Commit() error {
 	t.mu.Lock()
 	changes := t.changes
@@ -161,8 +161,8 @@ func (t *txPool) Commit() error {
 	}
 	t.capture.prepare(changes)
 	order := t.capture.order
-	order.gate.RLock()
-	defer order.gate.RUnlock()
+	order.gate.enter()
+	defer order.gate.leave()
 	place := order.reserve()
 	if err := t.committer.Commit(); err != nil {
 		place.fill(nil)
@@ -183,31 +183,114 @@ func (t *txPool) Rollback() error {
 // sequencer hands committed changes to the relay in the order their
 // transactions reserved their places.
 //
-// Its gate is held shared by every commit from before its place is reserved
-// until it is released, and exclusively by hold: while it is held, no
-// commit is under way, so that a reader can take a database snapshot that
-// holds exactly the changes released so far (a live query's snapshot,
+// Every commit is inside its gate from before its place is reserved until
+// the place is released; hold waits until no commit is inside and keeps
+// new ones out, so that a reader can take a database snapshot that holds
+// exactly the changes released so far (a live query's snapshot,
 // subscription.go).
 type sequencer struct {
 	publish func([]change)
 	log     *slog.Logger
-	gate    sync.RWMutex
+	gate    gate
 
 	mu      sync.Mutex
 	pending []*place // reserved and not yet released, in order
 	seq     uint64   // the sequence number of the last released place
 }
 
+// holdTimeout bounds how long a snapshot waits for the commits under way.
+// A COMMIT may itself wait for another transaction (a deferred constraint)
+// that cannot reach its own COMMIT while new commits are held back: giving
+// up breaks that cycle.
+const holdTimeout = 5 * time.Second
+
+var errBusy = NewError(http.StatusServiceUnavailable, "Server busy, try again.")
+
 // hold waits until no commit is under way and keeps new ones from
 // starting until release is called; seq is the sequence number of the
 // last changes released. Hold it only for the time a database snapshot
-// takes to begin.
-func (s *sequencer) hold() (seq uint64, release func()) {
-	s.gate.Lock()
+// takes to begin. It fails with errBusy when the commits under way do not
+// end within holdTimeout.
+func (s *sequencer) hold() (seq uint64, release func(), err error) {
+	release, ok := s.gate.hold(holdTimeout)
+	if !ok {
+		return 0, nil, errBusy
+	}
 	s.mu.Lock()
 	seq = s.seq
 	s.mu.Unlock()
-	return seq, s.gate.Unlock
+	return seq, release, nil
+}
+
+// gate lets any number of commits in at once, or one holder with no commit
+// inside. Unlike a sync.RWMutex, a holder waiting for the commits inside
+// can give up, and lets the commits it held back in.
+type gate struct {
+	mu      sync.Mutex
+	inside  int
+	closed  chan struct{} // while a holder waits or holds: closed when it is done
+	drained chan struct{} // closed when the last commit inside leaves, for a waiting holder
+}
+
+// enter waits while the gate is held, then counts a commit inside.
+func (g *gate) enter() {
+	g.mu.Lock()
+	for g.closed != nil {
+		c := g.closed
+		g.mu.Unlock()
+		<-c
+		g.mu.Lock()
+	}
+	g.inside++
+	g.mu.Unlock()
+}
+
+// leave counts a commit out.
+func (g *gate) leave() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.inside--; g.inside == 0 && g.drained != nil {
+		close(g.drained)
+		g.drained = nil
+	}
+}
+
+// hold closes the gate to new commits and waits until those inside have
+// left, at most timeout: ok is false when they have not, and the gate is
+// open again.
+func (g *gate) hold(timeout time.Duration) (release func(), ok bool) {
+	g.mu.Lock()
+	for g.closed != nil { // one holder at a time
+		c := g.closed
+		g.mu.Unlock()
+		<-c
+		g.mu.Lock()
+	}
+	closed := make(chan struct{})
+	g.closed = closed
+	var drained chan struct{}
+	if g.inside > 0 {
+		drained = make(chan struct{})
+		g.drained = drained
+	}
+	g.mu.Unlock()
+	open := func() {
+		g.mu.Lock()
+		g.closed, g.drained = nil, nil
+		g.mu.Unlock()
+		close(closed)
+	}
+	if drained != nil {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		select {
+		case <-drained:
+		case <-t.C:
+			open()
+			return nil, false
+		}
+	}
+	return open, true
 }
 
 // place is one transaction's place in the order of changes.

@@ -248,7 +248,10 @@ func (v *viewSet[T]) subscribeList(ctx context.Context, req *Request, c *conn) r
 // holds it (sf), evaluated before the read takes its connection.
 func (v *viewSet[T]) snapshot(ctx context.Context, req *Request, sf *query.Query, lq parsed, size int, subscribe func(from uint64) error) (objs []T, count int64, err error) {
 	fix := func() (func(), error) {
-		seq, release := v.api.capture.order.hold()
+		seq, release, err := v.api.capture.order.hold()
+		if err != nil {
+			return nil, err
+		}
 		if err := subscribe(seq); err != nil {
 			release()
 			return nil, err
