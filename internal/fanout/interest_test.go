@@ -11,22 +11,35 @@ import (
 	"github.com/channelsapi/channelsapi/internal/fanout"
 )
 
+// interest is what a hub told OnInterest: "+stream" and "-stream" in
+// order, and the streams it last told active.
+type interest struct {
+	told   []string
+	active map[string]bool
+}
+
+// recordInterest records what h tells OnInterest, and fails the test when
+// a stream is told the same twice in a row.
+func recordInterest(t *testing.T, h *fanout.Hub) *interest {
+	in := &interest{active: map[string]bool{}}
+	h.OnInterest(func(stream string, on bool) {
+		assert.NotEqual(t, in.active[stream], on, "%s reported %v twice in a row", stream, on)
+		in.active[stream] = on
+		if on {
+			in.told = append(in.told, "+"+stream)
+		} else {
+			in.told = append(in.told, "-"+stream)
+		}
+	})
+	return in
+}
+
 // TestOnInterest checks that a stream is reported active on its first
 // subscription of either kind and inactive after its last one goes, whether
 // by unsubscribing or by Remove, and never twice in a row.
 func TestOnInterest(t *testing.T) {
 	h := fanout.New()
-	var got []string
-	active := map[string]bool{}
-	h.OnInterest(func(stream string, on bool) {
-		assert.NotEqual(t, active[stream], on, "%s reported %v twice in a row", stream, on)
-		active[stream] = on
-		if on {
-			got = append(got, "+"+stream)
-		} else {
-			got = append(got, "-"+stream)
-		}
-	})
+	in := recordInterest(t, h)
 	a, b := &recorder{}, &recorder{}
 
 	h.Subscribe(a, "questions", "update", "")
@@ -34,25 +47,25 @@ func TestOnInterest(t *testing.T) {
 	h.Subscribe(b, "questions", "create", "")
 	h.SubscribeInstance(b, "choices", "1", []byte(`"r1"`))
 	h.SubscribeInstance(a, "choices", "1", []byte(`"r2"`))
-	assert.Equal(t, []string{"+questions", "+choices"}, got)
+	assert.Equal(t, []string{"+questions", "+choices"}, in.told)
 
 	h.Unsubscribe(a, "questions", "update", "")
 	h.Unsubscribe(a, "questions", "update", "1")
 	h.UnsubscribeInstance(b, "choices", "1", []byte(`"r1"`))
-	assert.Equal(t, []string{"+questions", "+choices"}, got, "other subscriptions remain")
+	assert.Equal(t, []string{"+questions", "+choices"}, in.told, "other subscriptions remain")
 
 	h.Remove(b) // its last "questions" subscription
-	assert.Equal(t, []string{"+questions", "+choices", "-questions"}, got)
+	assert.Equal(t, []string{"+questions", "+choices", "-questions"}, in.told)
 	h.Remove(b)
 	h.UnsubscribeInstance(a, "choices", "1", []byte(`"r2"`))
-	assert.Equal(t, []string{"+questions", "+choices", "-questions", "-choices"}, got)
+	assert.Equal(t, []string{"+questions", "+choices", "-questions", "-choices"}, in.told)
 
 	h.SubscribeInstance(a, "choices", "2", []byte(`1`))
 	h.SubscribeInstance(a, "choices", "2", []byte(`2`))
 	h.Subscribe(a, "choices", "delete", "")
 	h.Remove(a)
-	assert.Equal(t, []string{"+questions", "+choices", "-questions", "-choices", "+choices", "-choices"}, got)
-	assert.Empty(t, activeStreams(active))
+	assert.Equal(t, []string{"+questions", "+choices", "-questions", "-choices", "+choices", "-choices"}, in.told)
+	assert.Empty(t, activeStreams(in.active))
 }
 
 func activeStreams(m map[string]bool) []string {

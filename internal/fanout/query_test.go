@@ -457,17 +457,7 @@ func TestQueryRemoveLeavesNothing(t *testing.T) {
 // subscription of any kind to its last.
 func TestQueryInterest(t *testing.T) {
 	h := fanout.New()
-	var got []string
-	active := map[string]bool{}
-	h.OnInterest(func(stream string, on bool) {
-		assert.NotEqual(t, active[stream], on, "%s reported %v twice in a row", stream, on)
-		active[stream] = on
-		if on {
-			got = append(got, "+"+stream)
-		} else {
-			got = append(got, "-"+stream)
-		}
-	})
+	in := recordInterest(t, h)
 	a, b := &recorder{}, &recorder{}
 	ka, ma := eq(0, "a", nil)
 	kb, mb := eq(0, "b", nil)
@@ -479,26 +469,26 @@ func TestQueryInterest(t *testing.T) {
 	h.SubscribeQuery(b, "questions", []byte(`2`), kb, mb, 0) // another cohort
 	h.SubscribeQuery(a, "questions", []byte(`3`), "range", &between{hi: 9}, 0)
 	h.Subscribe(b, "questions", "update", "")
-	assert.Equal(t, []string{"+questions"}, got)
+	assert.Equal(t, []string{"+questions"}, in.told)
 
 	h.Remove(a)
 	h.UnsubscribeQuery(b, "questions", []byte(`1`))
 	h.UnsubscribeQuery(b, "questions", []byte(`2`))
-	assert.Equal(t, []string{"+questions"}, got, "the group subscription remains")
+	assert.Equal(t, []string{"+questions"}, in.told, "the group subscription remains")
 	assert.False(t, h.HasQueries("questions"))
 	assert.True(t, h.Active("questions"))
 	h.Unsubscribe(b, "questions", "update", "")
-	assert.Equal(t, []string{"+questions", "-questions"}, got)
+	assert.Equal(t, []string{"+questions", "-questions"}, in.told)
 	assert.False(t, h.Active("questions"))
 
 	h.SubscribeQuery(a, "answers", []byte(`1`), ka, ma, 0)
 	h.SubscribeInstance(b, "answers", "1", []byte(`1`))
 	h.UnsubscribeInstance(b, "answers", "1", []byte(`1`))
-	assert.Equal(t, []string{"+questions", "-questions", "+answers"}, got)
+	assert.Equal(t, []string{"+questions", "-questions", "+answers"}, in.told)
 	h.UnsubscribeQuery(a, "answers", []byte(`1`))
-	assert.Equal(t, []string{"+questions", "-questions", "+answers", "-answers"}, got)
+	assert.Equal(t, []string{"+questions", "-questions", "+answers", "-answers"}, in.told)
 	assert.False(t, h.Active("answers"))
-	assert.Empty(t, activeStreams(active))
+	assert.Empty(t, activeStreams(in.active))
 }
 
 // TestQueryReplaceKeepsInterest checks that replacing a stream's only live
