@@ -15,11 +15,18 @@ import (
 // Every instance hands each change it commits to Publish and delivers the
 // changes of every instance, its own included, as the broker hands them
 // back: each message once, and the messages of a topic in the same order
-// on every instance. Whenever that cannot be kept (a connection dropped, a
-// queue overflowed, a peer vanished), the broker reports the topics
-// concerned lost, and their subscribers are closed with 1013, reason
-// "broker gap", after the events received before: they must load their
-// state again. A broker must never lose a message silently.
+// on every instance. The broker numbers the messages of each topic, for
+// every instance alike: offsets that grow by one per message, within an
+// epoch that changes when the numbering starts over (the shared history was
+// lost). It keeps a bounded history of each topic, so that a client that
+// reconnects, to any instance, can be sent what it missed (PROTOCOL.md
+// section 10), and so that an instance that missed messages can fill the
+// gap. Whenever the order cannot be kept and the history cannot fill the gap
+// (a connection dropped for too long, a queue overflowed, a peer vanished),
+// the broker reports the topics concerned lost, and their subscribers are
+// closed with 1013, reason "broker gap", after the events received before:
+// they must load their state again. A broker must never lose a message
+// silently.
 //
 // The API calls Publish, Resync, Watch and Ready concurrently.
 type Broker interface {
@@ -30,7 +37,11 @@ type Broker interface {
 	// order with message for the same topic. Both only queue: they never
 	// block, and the broker must not call them from within its own
 	// methods. An error fails Register.
-	Run(message func(topic string, payload []byte), lost func(topics []string)) error
+	//
+	// Each message comes with its place in the topic's history: the
+	// topic's epoch and the message's offset in it, one above the offset
+	// of the message handed before in the same epoch.
+	Run(message func(topic, epoch string, offset uint64, payload []byte), lost func(topics []string)) error
 	// Publish sends payload to every instance watching topic, this one
 	// included. It is called in commit order, with the capture's lock
 	// held: it must not block. payload is not modified afterwards.
@@ -48,6 +59,16 @@ type Broker interface {
 	// a subscribe is answered after it. When it cannot promise that, it
 	// reports false, and must report topic lost once it can.
 	Ready(ctx context.Context, topic string) bool
+	// Position returns the topic's epoch and the offset of its last
+	// message (0 before the first).
+	Position(ctx context.Context, topic string) (epoch string, offset uint64, err error)
+	// History hands each message of topic after offset after in epoch to
+	// each, in order, up to the topic's last message, and returns the
+	// topic's position as Position does. It reports ok false, having
+	// handed nothing, when epoch is not the topic's or the history no
+	// longer holds every message after after (it was trimmed, or a resync
+	// took a place in it).
+	History(ctx context.Context, topic, epoch string, after uint64, each func(offset uint64, payload []byte)) (top string, last uint64, ok bool, err error)
 	// Close sends what Publish queued, stops calling the handlers and
 	// releases what the broker holds, or gives up when ctx is done. It is
 	// called by Shutdown (and by a Register that fails), maybe more than
@@ -152,12 +173,12 @@ func (r *brokerRelay) publish(changes []change) {
 
 // receive queues a change from the broker for this instance's subscribers
 // of stream. It runs on the broker's reader goroutine: it only queues.
-func (r *brokerRelay) receive(stream string, payload []byte) {
+func (r *brokerRelay) receive(stream, epoch string, offset uint64, payload []byte) {
 	res, ok := r.reg.stream(stream)
 	if !ok {
 		return // a stream this instance does not serve
 	}
-	r.delivery.received(stream, func() (change, error) { return decodeWireChange(res, payload) })
+	r.delivery.received(stream, Position{epoch, offset}, func() (change, error) { return decodeWireChange(res, payload) })
 }
 
 // lost resyncs the subscribers of streams whose events may have been lost,

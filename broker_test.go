@@ -50,7 +50,7 @@ type fakeBroker struct {
 	closes int
 }
 
-func (f *fakeBroker) Run(func(string, []byte), func([]string)) error {
+func (f *fakeBroker) Run(func(string, string, uint64, []byte), func([]string)) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.runs++
@@ -61,6 +61,12 @@ func (*fakeBroker) Publish(string, []byte)             {}
 func (*fakeBroker) Resync(string)                      {}
 func (*fakeBroker) Watch(string, bool)                 {}
 func (*fakeBroker) Ready(context.Context, string) bool { return true }
+func (*fakeBroker) Position(context.Context, string) (string, uint64, error) {
+	return "", 0, nil
+}
+func (*fakeBroker) History(context.Context, string, string, uint64, func(uint64, []byte)) (string, uint64, bool, error) {
+	return "", 0, false, nil
+}
 
 func (f *fakeBroker) Close(context.Context) error {
 	f.mu.Lock()

@@ -76,6 +76,7 @@ type streamQueue struct {
 type item struct {
 	ch     change
 	decode func() (change, error)
+	at     Position // the change's place in the stream's history
 }
 
 func newDelivery(hub *fanout.Hub, log *slog.Logger, limit int) *delivery {
@@ -120,11 +121,11 @@ func (d *delivery) committed(changes []change) {
 
 // received queues a change a relay received for stream; decode runs on the
 // stream's goroutine. It never blocks.
-func (d *delivery) received(stream string, decode func() (change, error)) {
+func (d *delivery) received(stream string, at Position, decode func() (change, error)) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	if q, ok := d.streams[stream]; ok {
-		d.enqueue(q, item{decode: decode})
+		d.enqueue(q, item{decode: decode, at: at})
 	}
 }
 

@@ -209,7 +209,7 @@ type Broker struct {
 	start   time.Time         // the origin of the broker's clock
 
 	// message and lost are the handlers given to Run.
-	message func(topic string, payload []byte)
+	message func(topic, epoch string, offset uint64, payload []byte)
 	lost    func(topics []string)
 
 	// ctx ends the subscription side at Close; sendCtx ends the publishing
@@ -342,7 +342,7 @@ func parseURL(raw string) (*redis.Options, error) {
 // missed to lost, from any of its goroutines. Both must only queue: they
 // must not block and must not call the broker. Run may be called once; it
 // fails after Close.
-func (b *Broker) Run(message func(topic string, payload []byte), lost func(topics []string)) error {
+func (b *Broker) Run(message func(topic, epoch string, offset uint64, payload []byte), lost func(topics []string)) error {
 	if message == nil || lost == nil {
 		return errors.New("redisbroker: Run needs a message and a lost handler")
 	}
@@ -459,6 +459,15 @@ func (b *Broker) Ready(ctx context.Context, topic string) bool {
 		}
 		return false
 	}
+}
+
+// Position reports no position: this broker keeps no history yet.
+func (b *Broker) Position(context.Context, string) (string, uint64, error) { return "", 0, nil }
+
+// History reports that the history does not reach back: this broker keeps
+// none yet.
+func (b *Broker) History(context.Context, string, string, uint64, func(uint64, []byte)) (string, uint64, bool, error) {
+	return "", 0, false, nil
 }
 
 // Close stops the broker: it sends what is queued (until ctx ends), closes
@@ -830,7 +839,7 @@ func (b *Broker) dispatch(m *redis.Message) {
 			return // published twice
 		}
 		b.last[origin] = seq
-		b.message(topic, []byte(p[1+2*idLen:]))
+		b.message(topic, "", 0, []byte(p[1+2*idLen:]))
 	case kindResyncO:
 		if origin != b.origin {
 			b.lost([]string{topic})

@@ -39,7 +39,7 @@ type recorder struct {
 
 func newRecorder() *recorder { return &recorder{notify: make(chan struct{}, 100)} }
 
-func (r *recorder) deliver(topic string, msg []byte) {
+func (r *recorder) deliver(topic, _ string, _ uint64, msg []byte) {
 	r.mu.Lock()
 	r.got = append(r.got, topic+":"+string(msg))
 	r.mu.Unlock()
@@ -144,11 +144,11 @@ func TestResyncMarkerInOrder(t *testing.T) {
 	b, err := redisbroker.New(redisbroker.Config{Client: rdb, Prefix: prefix()})
 	require.NoError(t, err)
 	require.NoError(t, b.Run(
-		func(topic string, msg []byte) {
+		func(topic, epoch string, offset uint64, msg []byte) {
 			mu.Lock()
 			order = append(order, string(msg))
 			mu.Unlock()
-			rec.deliver(topic, msg)
+			rec.deliver(topic, epoch, offset, msg)
 		},
 		func(topics []string) {
 			mu.Lock()

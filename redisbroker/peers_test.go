@@ -50,7 +50,7 @@ func runPeer() int {
 	}
 	b, err := redisbroker.New(redisbroker.Config{URL: f[0], Prefix: f[1], Heartbeat: hb})
 	if err == nil {
-		err = b.Run(func(string, []byte) {}, func([]string) {})
+		err = b.Run(func(string, string, uint64, []byte) {}, func([]string) {})
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "peer:", err)
