@@ -1,6 +1,9 @@
 package fanout
 
-import "sync"
+import (
+	"slices"
+	"sync"
+)
 
 // Subscriber is one connection that receives frames.
 //
@@ -56,10 +59,41 @@ type Event struct {
 	// may not see counts as outside its sets. It is called without the
 	// hub's lock held.
 	Visible func(s Subscriber, before bool) bool
-	// Seq is the event's place in commit order, or 0 when unknown; live
-	// queries subscribed with a from at or above it do not receive it.
-	Seq uint64
+	// Offset is the event's place in its stream's history, or 0 when
+	// unknown. A subscription that starts after an offset (see
+	// [Hub.SubscribeAfter]) receives only the events above it.
+	Offset uint64
+	// Only, when set, restricts the event to one subscription, whatever
+	// its start: the replay of a stream's history to a subscription that
+	// resumes.
+	Only *Subscription
 }
+
+// Subscription names one subscription of a subscriber on an event's
+// stream: a group subscription (Kind Group: Action and PK, "" for every
+// object), an instance subscription (Kind Instance: PK and RequestID) or a
+// live query (Kind Query: RequestID).
+type Subscription struct {
+	S         Subscriber
+	Kind      Kind
+	Action    string
+	PK        string
+	RequestID string
+}
+
+// Kind is the kind of a subscription.
+type Kind uint8
+
+// The kinds of subscriptions.
+const (
+	Group Kind = iota
+	Instance
+	Query
+)
+
+// Held is the start of a subscription that receives nothing until it is
+// started again, at the offset its replay reached.
+const Held = ^uint64(0)
 
 // A Hub indexes subscriptions and publishes events to them.
 //
@@ -77,6 +111,17 @@ type Hub struct {
 	streams  map[string]int
 	interest func(stream string, active bool)
 	queries  queryIndex
+	// starts holds, by stream, the offsets after which group and instance
+	// subscriptions start; a subscription without one receives every
+	// event. Live queries keep theirs in their cohort.
+	starts map[string]map[startKey]uint64
+}
+
+// startKey names a group or instance subscription in Hub.starts.
+type startKey struct {
+	s               Subscriber
+	instance        bool
+	action, pk, rid string
 }
 
 // New returns an empty Hub.
@@ -86,6 +131,7 @@ func New() *Hub {
 		instances: make(map[instanceKey]map[Subscriber][]string),
 		subs:      make(map[Subscriber]*subscriptions),
 		streams:   make(map[string]int),
+		starts:    make(map[string]map[startKey]uint64),
 	}
 	h.queries.init()
 	return h
@@ -194,6 +240,9 @@ func (h *Hub) Publish(ev *Event) (delivered, refused int) {
 func (h *Hub) route(ev *Event, targets []target, queries []queryTarget) ([]target, []queryTarget) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
+	if ev.Only != nil {
+		return h.routeOnly(ev, targets, queries)
+	}
 	queries = h.routeQueries(ev, queries)
 	var all, one map[Subscriber]struct{}
 	if ev.Group != nil {
@@ -205,6 +254,9 @@ func (h *Hub) route(ev *Event, targets []target, queries []queryTarget) ([]targe
 	var inst map[Subscriber][]string
 	if ev.InstancePrefix != nil && (ev.Action == "update" || ev.Action == "delete") {
 		inst = h.instances[instanceKey{ev.Stream, ev.PK}]
+	}
+	if starts := h.starts[ev.Stream]; len(starts) > 0 && ev.Offset != 0 {
+		return h.routeStarted(ev, starts, all, one, inst, targets), queries
 	}
 	for s := range all {
 		targets = append(targets, target{s: s, group: true, ids: inst[s]})
@@ -222,6 +274,70 @@ func (h *Hub) route(ev *Event, targets []target, queries []queryTarget) ([]targe
 			continue
 		}
 		targets = append(targets, target{s: s, ids: ids})
+	}
+	return targets, queries
+}
+
+// routeStarted is route's loop for a stream some of whose group or
+// instance subscriptions start after an offset: each receives ev only when
+// ev is above its start. h.mu must be held.
+func (h *Hub) routeStarted(ev *Event, starts map[startKey]uint64, all, one map[Subscriber]struct{}, inst map[Subscriber][]string, targets []target) []target {
+	admits := func(k startKey) bool {
+		after, ok := starts[k]
+		return !ok || ev.Offset > after
+	}
+	ids := func(s Subscriber) []string {
+		var out []string
+		for _, id := range inst[s] {
+			if admits(startKey{s: s, instance: true, pk: ev.PK, rid: id}) {
+				out = append(out, id)
+			}
+		}
+		return out
+	}
+	seen := make(map[Subscriber]struct{}, len(all)+len(one)+len(inst))
+	for _, set := range []map[Subscriber]struct{}{all, one} {
+		for s := range set {
+			if _, dup := seen[s]; dup {
+				continue
+			}
+			seen[s] = struct{}{}
+			_, inAll := all[s]
+			_, inOne := one[s]
+			group := inAll && admits(startKey{s: s, action: ev.Action}) ||
+				inOne && admits(startKey{s: s, action: ev.Action, pk: ev.PK})
+			targets = append(targets, target{s: s, group: group, ids: ids(s)})
+		}
+	}
+	for s := range inst {
+		if _, dup := seen[s]; !dup {
+			targets = append(targets, target{s: s, ids: ids(s)})
+		}
+	}
+	return targets
+}
+
+// routeOnly routes ev to the one subscription ev.Only names, if it exists.
+// h.mu must be held.
+func (h *Hub) routeOnly(ev *Event, targets []target, queries []queryTarget) ([]target, []queryTarget) {
+	o := ev.Only
+	switch o.Kind {
+	case Group:
+		if ev.Group == nil || o.Action != ev.Action || o.PK != "" && o.PK != ev.PK {
+			break
+		}
+		if _, ok := h.groups[groupKey{ev.Stream, o.Action, o.PK}][o.S]; ok {
+			targets = append(targets, target{s: o.S, group: true})
+		}
+	case Instance:
+		if ev.InstancePrefix == nil || (ev.Action != "update" && ev.Action != "delete") || o.PK != ev.PK {
+			break
+		}
+		if slices.Contains(h.instances[instanceKey{ev.Stream, ev.PK}][o.S], o.RequestID) {
+			targets = append(targets, target{s: o.S, ids: []string{o.RequestID}})
+		}
+	case Query:
+		queries = h.routeQuery(ev, o.S, o.RequestID, queries)
 	}
 	return targets, queries
 }

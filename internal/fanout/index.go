@@ -29,9 +29,19 @@ func (ss *subscriptions) count() int { return len(ss.groups) + len(ss.instances)
 //
 // Subscribe is safe for concurrent use.
 func (h *Hub) Subscribe(s Subscriber, stream, action, pk string) bool {
+	return h.SubscribeAfter(s, stream, action, pk, 0)
+}
+
+// SubscribeAfter is [Hub.Subscribe] for a subscription that receives only
+// the events whose Offset is above after (or 0: unknown); [Held] holds back
+// every event until [Hub.Start] starts it. Subscribing again sets its start.
+//
+// SubscribeAfter is safe for concurrent use.
+func (h *Hub) SubscribeAfter(s Subscriber, stream, action, pk string, after uint64) bool {
 	k := groupKey{stream, action, pk}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.setStart(stream, startKey{s: s, action: action, pk: pk}, after)
 	ss := h.subs[s]
 	if ss == nil {
 		ss = new(subscriptions)
@@ -69,6 +79,7 @@ func (h *Hub) Unsubscribe(s Subscriber, stream, action, pk string) bool {
 		return false
 	}
 	delete(ss.groups, k)
+	h.setStart(stream, startKey{s: s, action: action, pk: pk}, 0)
 	h.dropGroup(s, k)
 	h.release(s, ss)
 	return true
@@ -82,9 +93,19 @@ func (h *Hub) Unsubscribe(s Subscriber, stream, action, pk string) bool {
 //
 // SubscribeInstance is safe for concurrent use.
 func (h *Hub) SubscribeInstance(s Subscriber, stream, pk string, requestID []byte) bool {
+	return h.SubscribeInstanceAfter(s, stream, pk, requestID, 0)
+}
+
+// SubscribeInstanceAfter is [Hub.SubscribeInstance] for a subscription
+// that receives only the events whose Offset is above after (or 0), as
+// [Hub.SubscribeAfter].
+//
+// SubscribeInstanceAfter is safe for concurrent use.
+func (h *Hub) SubscribeInstanceAfter(s Subscriber, stream, pk string, requestID []byte, after uint64) bool {
 	is := instanceSub{instanceKey{stream, pk}, string(requestID)}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.setStart(stream, startKey{s: s, instance: true, pk: pk, rid: is.requestID}, after)
 	ss := h.subs[s]
 	if ss == nil {
 		ss = new(subscriptions)
@@ -125,6 +146,7 @@ func (h *Hub) UnsubscribeInstance(s Subscriber, stream, pk string, requestID []b
 		return false
 	}
 	delete(ss.instances, is)
+	h.setStart(stream, startKey{s: s, instance: true, pk: pk, rid: is.requestID}, 0)
 	set := h.instances[is.key]
 	if ids := set[s]; len(ids) > 1 {
 		kept := make([]string, 0, len(ids)-1)
@@ -166,6 +188,100 @@ func (h *Hub) Remove(s Subscriber) {
 		h.dropQuery(s, ref, key)
 	}
 	delete(h.subs, s)
+	for k := range ss.groups {
+		h.setStart(k.stream, startKey{s: s, action: k.action, pk: k.pk}, 0)
+	}
+	for is := range ss.instances {
+		h.setStart(is.key.stream, startKey{s: s, instance: true, pk: is.key.pk, rid: is.requestID}, 0)
+	}
+}
+
+// setStart records the offset after which a group or instance
+// subscription starts; 0 forgets it. h.mu must be held for writing.
+func (h *Hub) setStart(stream string, k startKey, after uint64) {
+	starts := h.starts[stream]
+	if after == 0 {
+		delete(starts, k)
+		if starts != nil && len(starts) == 0 {
+			delete(h.starts, stream)
+		}
+		return
+	}
+	if starts == nil {
+		starts = make(map[startKey]uint64)
+		h.starts[stream] = starts
+	}
+	starts[k] = after
+}
+
+// Start sets where an existing subscription starts: it receives the
+// events of its stream whose Offset is above after (or 0), as if it had
+// subscribed with after. It reports whether the subscription exists. A
+// subscription that resumes is subscribed [Held], sent its replay (events
+// with [Event.Only] set), then started where the replay ended.
+//
+// Start is safe for concurrent use.
+func (h *Hub) Start(stream string, sub Subscription, after uint64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ss := h.subs[sub.S]
+	if ss == nil {
+		return false
+	}
+	switch sub.Kind {
+	case Group:
+		if _, ok := ss.groups[groupKey{stream, sub.Action, sub.PK}]; !ok {
+			return false
+		}
+		h.setStart(stream, startKey{s: sub.S, action: sub.Action, pk: sub.PK}, after)
+	case Instance:
+		if _, ok := ss.instances[instanceSub{instanceKey{stream, sub.PK}, sub.RequestID}]; !ok {
+			return false
+		}
+		h.setStart(stream, startKey{s: sub.S, instance: true, pk: sub.PK, rid: sub.RequestID}, after)
+	case Query:
+		key, ok := ss.queries[queryRef{stream, sub.RequestID}]
+		if !ok {
+			return false
+		}
+		c := h.queries.cohorts[[2]string{stream, key}]
+		subs := c.subs[sub.S]
+		started := make([]querySub, len(subs))
+		for i, q := range subs {
+			if q.id == sub.RequestID {
+				q.from = after
+			}
+			started[i] = q
+		}
+		c.subs[sub.S] = started // copy-on-write, see cohort.subs
+	}
+	return true
+}
+
+// Passed forgets the starts of stream's group and instance subscriptions
+// that lie below offset, once an event at offset has been published: no
+// later event can be at or below them. It takes the hub's lock for writing
+// only when there are such starts.
+//
+// Passed is safe for concurrent use.
+func (h *Hub) Passed(stream string, offset uint64) {
+	h.mu.RLock()
+	n := len(h.starts[stream])
+	h.mu.RUnlock()
+	if n == 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	starts := h.starts[stream]
+	for k, after := range starts {
+		if after < offset {
+			delete(starts, k)
+		}
+	}
+	if len(starts) == 0 {
+		delete(h.starts, stream)
+	}
 }
 
 // Count returns how many subscriptions s holds, group and instance ones

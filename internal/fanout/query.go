@@ -52,7 +52,7 @@ type cohort struct {
 // querySub is one live query of a subscriber.
 type querySub struct {
 	id   string // raw JSON request id
-	from uint64 // events with a Seq at or below it are not delivered
+	from uint64 // events with an Offset at or below it are not delivered
 }
 
 type anchorKey struct {
@@ -76,8 +76,8 @@ type queryRef struct{ stream, id string }
 // requestID (the raw JSON request id), whose filter is m and whose
 // canonical filter text is key: subscriptions with equal keys must have
 // equivalent matchers. A live query of s with the same request id is
-// replaced. Events whose Seq is not zero and at most from are not
-// delivered to it. It reports whether the subscription is new (not a
+// replaced. Events whose Offset is not zero and at most from are not
+// delivered to it ([Held] holds back every event). It reports whether the subscription is new (not a
 // replacement).
 //
 // SubscribeQuery is safe for concurrent use.
@@ -240,18 +240,7 @@ func (h *Hub) routeQueries(ev *Event, out []queryTarget) []queryTarget {
 		if !seen.add(c) {
 			return
 		}
-		inB, inA := false, false
-		if ev.After != nil {
-			inA = c.m.Match(ev.After)
-		}
-		switch {
-		case ev.Before != nil:
-			inB = c.m.Match(ev.Before)
-		case ev.Action == "update":
-			// The row before is unknown: it may have been in the set, so
-			// it is an update if it matches now and a leave if not.
-			inB = true
-		}
+		inB, inA := c.membership(ev)
 		if !inB && !inA {
 			return
 		}
@@ -291,6 +280,47 @@ func (h *Hub) routeQueries(ev *Event, out []queryTarget) []queryTarget {
 	}
 	for c := range h.queries.unanchored[ev.Stream] {
 		visit(c)
+	}
+	return out
+}
+
+// membership reports whether ev's row was in c's set before the change
+// and whether it is after.
+func (c *cohort) membership(ev *Event) (inBefore, inAfter bool) {
+	if ev.After != nil {
+		inAfter = c.m.Match(ev.After)
+	}
+	switch {
+	case ev.Before != nil:
+		inBefore = c.m.Match(ev.Before)
+	case ev.Action == "update":
+		// The row before is unknown: it may have been in the set, so it
+		// is an update if it matches now and a leave if not.
+		inBefore = true
+	}
+	return inBefore, inAfter
+}
+
+// routeQuery appends the live query of s with requestID on ev's stream,
+// if it exists and ev concerns it, whatever its start. h.mu must be held.
+func (h *Hub) routeQuery(ev *Event, s Subscriber, requestID string, out []queryTarget) []queryTarget {
+	if ev.Query[Enter].Prefix == nil && ev.Query[Leave].Prefix == nil {
+		return out
+	}
+	ss := h.subs[s]
+	if ss == nil {
+		return out
+	}
+	key, ok := ss.queries[queryRef{ev.Stream, requestID}]
+	if !ok {
+		return out
+	}
+	c := h.queries.cohorts[[2]string{ev.Stream, key}]
+	if c == nil {
+		return out
+	}
+	if inB, inA := c.membership(ev); inB || inA {
+		out = append(out, queryTarget{s: s, subs: []querySub{{id: requestID}}, inBefore: inB, inAfter: inA})
 	}
 	return out
 }
@@ -349,7 +379,7 @@ func deliverQuery(ev *Event, t *queryTarget) (delivered, refused int) {
 		return 0, 0
 	}
 	for _, q := range t.subs {
-		if ev.Seq != 0 && ev.Seq <= q.from {
+		if ev.Offset != 0 && ev.Offset <= q.from {
 			continue
 		}
 		frame := make([]byte, 0, len(f.Prefix)+len(q.id)+len(f.Suffix))

@@ -3,7 +3,7 @@ package fanout_test
 // This file tests the live queries of the Hub (query.go): enter, change and
 // leave chosen from the row's states, routing through the anchor index,
 // cohorts of equal filters, replacing and removing live queries, interest,
-// Seq, Visible and Matching.
+// Offset, Visible and Matching.
 
 import (
 	"fmt"
@@ -345,10 +345,10 @@ func TestQueryReplace(t *testing.T) {
 	assert.False(t, h.SubscribeQuery(r, "questions", []byte(`"q"`), key, m, 10))
 	assert.Equal(t, 1, h.Count(r))
 	ev := queryEvent("create", nil, row{0: "b"})
-	ev.Seq = 10
+	ev.Offset = 10
 	delivered, _ := h.Publish(ev)
 	assert.Zero(t, delivered)
-	ev.Seq = 11
+	ev.Offset = 11
 	delivered, _ = h.Publish(ev)
 	assert.Equal(t, 1, delivered, "one frame: the subscription was not doubled")
 
@@ -510,7 +510,7 @@ func TestQueryReplaceKeepsInterest(t *testing.T) {
 	assert.Equal(t, []string{"questions true", "questions false"}, got)
 }
 
-func TestQuerySeq(t *testing.T) {
+func TestQueryOffset(t *testing.T) {
 	h := fanout.New()
 	early, late := &recorder{}, &recorder{}
 	key, m := eq(0, "a", nil)
@@ -519,7 +519,7 @@ func TestQuerySeq(t *testing.T) {
 	h.SubscribeQuery(late, "questions", []byte(`2`), key, m, 5)
 	for _, seq := range []uint64{4, 5, 6, 10, 11, 0} {
 		ev := queryEvent("create", nil, row{0: "a"})
-		ev.Seq = seq
+		ev.Offset = seq
 		h.Publish(ev)
 	}
 	assert.Len(t, early.Frames(), 6, "from 0 takes everything")
