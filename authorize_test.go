@@ -203,6 +203,7 @@ func TestScopedStreamDeliversEveryEvent(t *testing.T) {
 			// the sentinel.
 			var got []map[string]any
 			var readErr error
+			var lastOffset float64
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
@@ -217,6 +218,14 @@ func TestScopedStreamDeliversEveryEvent(t *testing.T) {
 					if data, _ := f.Payload["data"].(map[string]any); data["text"] == "sentinel" {
 						return
 					}
+					// Offsets grow in the order events are sent.
+					if offset, _ := f.Payload["offset"].(float64); offset <= lastOffset {
+						readErr = fmt.Errorf("offset %v after %v", f.Payload["offset"], lastOffset)
+						return
+					} else {
+						lastOffset = offset
+					}
+					delete(f.Payload, "offset")
 					got = append(got, f.Payload)
 				}
 			}()

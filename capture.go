@@ -45,7 +45,6 @@ type change struct {
 	obj    any             // the object, a *T of its own
 	data   json.RawMessage // obj serialized, once; nil until encode
 	resync string          // not empty: no event, the subscribers resync for this reason
-	seq    uint64          // the place of its transaction in commit order; 0 unknown (from a broker)
 	// same is set on an update that assigned no column a live query of
 	// the model reads, whose row before was not read: it was in the sets
 	// the row after is in.

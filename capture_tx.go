@@ -195,7 +195,6 @@ type sequencer struct {
 
 	mu      sync.Mutex
 	pending []*place // reserved and not yet released, in order
-	seq     uint64   // the sequence number of the last released place
 }
 
 // holdTimeout bounds how long a snapshot waits for the commits under way.
@@ -207,19 +206,16 @@ const holdTimeout = 5 * time.Second
 var errBusy = NewError(http.StatusServiceUnavailable, "Server busy, try again.")
 
 // hold waits until no commit is under way and keeps new ones from
-// starting until release is called; seq is the sequence number of the
-// last changes released. Hold it only for the time a database snapshot
+// starting until release is called: every change committed so far has been
+// released, at its offset. Hold it only for the time a database snapshot
 // takes to begin. It fails with errBusy when the commits under way do not
 // end within holdTimeout.
-func (s *sequencer) hold() (seq uint64, release func(), err error) {
+func (s *sequencer) hold() (release func(), err error) {
 	release, ok := s.gate.hold(holdTimeout)
 	if !ok {
-		return 0, nil, errBusy
+		return nil, errBusy
 	}
-	s.mu.Lock()
-	seq = s.seq
-	s.mu.Unlock()
-	return seq, release, nil
+	return release, nil
 }
 
 // gate lets any number of commits in at once, or one holder with no commit
@@ -320,12 +316,6 @@ func (p *place) fill(changes []change) {
 		head := s.pending[0]
 		s.pending[0] = nil
 		s.pending = s.pending[1:]
-		if len(head.changes) > 0 {
-			s.seq++
-			for i := range head.changes {
-				head.changes[i].seq = s.seq
-			}
-		}
 		s.release(head.changes)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // This file batches the writes of one WebSocket connection into fewer
@@ -24,6 +25,7 @@ const maxCorked = 64 << 10
 type cork struct {
 	net.Conn
 	queued atomic.Int64 // frames handed to melody and not yet written
+	waiter atomic.Pointer[drainWaiter]
 
 	mu  sync.Mutex
 	buf []byte
@@ -51,9 +53,43 @@ func (k *cork) Write(p []byte) (int, error) {
 // sent records that one queued frame was written; when none is left the
 // batch goes out.
 func (k *cork) sent() {
-	if k.queued.Add(-1) <= 0 {
+	n := k.queued.Add(-1)
+	if n <= 0 {
 		k.flush()
 	}
+	if w := k.waiter.Load(); w != nil && n < w.below {
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// drainWaiter is a goroutine waiting in waitBelow.
+type drainWaiter struct {
+	below int64
+	wake  chan struct{}
+}
+
+// waitBelow waits until fewer than n frames are queued, at most the write
+// timeout, or until done is closed; it reports whether they are. One
+// goroutine waits at a time (the connection's reader).
+func (k *cork) waitBelow(n int64, done <-chan struct{}) bool {
+	w := &drainWaiter{below: n, wake: make(chan struct{}, 1)}
+	k.waiter.Store(w)
+	defer k.waiter.Store(nil)
+	t := time.NewTimer(defaultWriteWait)
+	defer t.Stop()
+	for k.queued.Load() >= n {
+		select {
+		case <-w.wake:
+		case <-done:
+			return false
+		case <-t.C:
+			return false
+		}
+	}
+	return true
 }
 
 func (k *cork) flush() {

@@ -204,6 +204,23 @@ func TestDCRFClient(t *testing.T) {
 	})
 
 	res := runDCRF(t, node, srv)
+	withoutPosition(t, res.List.Page2["meta"].(map[string]any))
+	for _, f := range res.Filters {
+		if f.Meta != nil {
+			withoutPosition(t, f.Meta)
+		}
+	}
+	withoutPosition(t, res.Live.Reply["data"].(map[string]any))
+	// Events carry offsets that grow (PROTOCOL.md 10); compared without.
+	for _, events := range [][]map[string]any{res.RawEvents, res.Live.Events} {
+		last := 0.0
+		for _, e := range events {
+			offset, _ := e["offset"].(float64)
+			assert.Greater(t, offset, last, "offset of %v", e)
+			last = offset
+			delete(e, "offset")
+		}
+	}
 
 	require.Len(t, res.Created, 3)
 	alpha, beta, gamma := res.Created[0], res.Created[1], res.Created[2]

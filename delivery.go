@@ -3,6 +3,8 @@ package channelsapi
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -10,8 +12,10 @@ import (
 	"reflect"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"github.com/channelsapi/channelsapi/internal/fanout"
+	"github.com/channelsapi/channelsapi/internal/history"
 )
 
 // This file carries committed changes to this process's subscribers.
@@ -42,11 +46,16 @@ const (
 	reasonUndecodable = "undecodable change"
 )
 
-// delivery owns the per-stream queues and their goroutines.
+// delivery owns the per-stream queues and their goroutines, and the
+// streams' histories.
 type delivery struct {
 	hub   *fanout.Hub
 	log   *slog.Logger
 	limit int
+	ret   retention
+	// epoch names this process's histories (PROTOCOL.md 10): a client
+	// that resumes from another epoch missed events no history holds.
+	epoch string
 	// ctx is given to Permission, ObjectPermission and the Scope's queries;
 	// close cancels it when its own context ends first.
 	ctx    context.Context
@@ -59,10 +68,21 @@ type delivery struct {
 	closed  bool
 }
 
+// retention is how the streams' histories are kept: in this process, at
+// most size events per stream and none older than ttl, or by the broker.
+type retention struct {
+	size   int
+	ttl    time.Duration
+	broker Broker
+}
+
 // streamQueue is one stream's bounded queue.
 type streamQueue struct {
 	r    resource
 	wake chan struct{}
+	// past is the stream's history in this process, nil with a broker.
+	// It holds the changes as committed, before they are encoded.
+	past *history.Ring[change]
 
 	mu      sync.Mutex
 	items   []item
@@ -77,12 +97,15 @@ type item struct {
 	ch     change
 	decode func() (change, error)
 	at     Position // the change's place in the stream's history
+	resume *resumption
 }
 
-func newDelivery(hub *fanout.Hub, log *slog.Logger, limit int) *delivery {
+func newDelivery(hub *fanout.Hub, log *slog.Logger, limit int, ret retention) *delivery {
 	ctx, cancel := context.WithCancel(context.Background())
+	epoch := make([]byte, 6)
+	_, _ = rand.Read(epoch)
 	return &delivery{
-		hub: hub, log: log, limit: limit, ctx: ctx, cancel: cancel,
+		hub: hub, log: log, limit: limit, ret: ret, epoch: hex.EncodeToString(epoch), ctx: ctx, cancel: cancel,
 		streams: map[string]*streamQueue{}, byType: map[reflect.Type][]*streamQueue{},
 	}
 }
@@ -90,6 +113,9 @@ func newDelivery(hub *fanout.Hub, log *slog.Logger, limit int) *delivery {
 // add starts the delivery of r's stream.
 func (d *delivery) add(r resource) {
 	q := &streamQueue{r: r, wake: make(chan struct{}, 1)}
+	if d.ret.broker == nil {
+		q.past = history.New[change](d.ret.size, d.ret.ttl, nil)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.streams[r.name()] = q
@@ -103,20 +129,34 @@ func (d *delivery) add(r resource) {
 	go d.run(q)
 }
 
-// committed queues changes committed on this instance, in commit order, on
-// every stream of their model. It never blocks.
+// committed records changes committed on this instance, in commit order,
+// in the history of every stream of their model, at the stream's next
+// offset, and queues them for its subscribers. It never blocks. A resync
+// takes an offset too: no replay reaches across it.
 func (d *delivery) committed(changes []change) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	for _, ch := range changes {
 		for _, q := range d.byType[ch.typ] {
-			// A stream nobody listens to is skipped: whoever subscribes
-			// from now on subscribed after the commit.
+			at := Position{d.epoch, q.past.Append(ch)}
+			// A stream nobody listens to is not queued: whoever
+			// subscribes from now on subscribed after the commit, or
+			// resumes from the history.
 			if ch.resync != "" || d.hub.Active(q.r.name()) {
-				d.enqueue(q, item{ch: ch})
+				d.enqueue(q, item{ch: ch, at: at})
 			}
 		}
 	}
+}
+
+// position returns the position of stream in this process's history: the
+// offset of the last change committed. Taken while no commit is under way
+// (sequencer.hold), it is the position of a database snapshot begun then.
+func (d *delivery) position(stream string) Position {
+	d.mu.RLock()
+	q := d.streams[stream]
+	d.mu.RUnlock()
+	return Position{d.epoch, q.past.Last()}
 }
 
 // received queues a change a relay received for stream; decode runs on the
@@ -138,23 +178,31 @@ func (d *delivery) lost(stream, reason string) {
 	}
 }
 
-func (d *delivery) enqueue(q *streamQueue, it item) {
+// enqueue queues it on q and reports whether it did. A change that does not
+// fit resyncs the stream's subscribers; a resumption that does not fit is
+// only refused.
+func (d *delivery) enqueue(q *streamQueue, it item) bool {
 	q.mu.Lock()
+	queued := false
 	switch {
 	case q.stopped || q.resync != "":
 		// Shutting down (the sockets are closed with 1001), or the
 		// subscribers are resynced after what is queued: nothing is missed.
 	case len(q.items) >= d.limit:
-		q.resync = reasonQueueFull
-		d.log.Warn("channelsapi: delivery queue full; the stream's subscribers resync", "stream", q.r.name(), "size", d.limit)
+		if it.resume == nil {
+			q.resync = reasonQueueFull
+			d.log.Warn("channelsapi: delivery queue full; the stream's subscribers resync", "stream", q.r.name(), "size", d.limit)
+		}
 	default:
 		q.items = append(q.items, it)
+		queued = true
 	}
 	q.mu.Unlock()
 	select {
 	case q.wake <- struct{}{}:
 	default:
 	}
+	return queued
 }
 
 // run delivers q's items in order until close, then what was queued before
@@ -167,7 +215,11 @@ func (d *delivery) run(q *streamQueue) {
 		q.items, q.resync = nil, ""
 		q.mu.Unlock()
 		for _, it := range items {
-			d.deliver(q.r, it)
+			if it.resume != nil {
+				d.resume(q, it.resume)
+				continue
+			}
+			d.deliver(q.r, it, nil)
 		}
 		if reason != "" {
 			d.resync(q.r.name(), reason)
@@ -214,20 +266,28 @@ func (d *delivery) close(ctx context.Context) error {
 	}
 }
 
-// deliver fans one item out on r's stream. A panic of the application's
-// code (a permission, a Scope, a model's JSON methods) is logged and the
-// stream's subscribers resync: no event is lost silently, and the stream's
+// deliver fans one item out on r's stream, or, with only, to that
+// subscription alone (a replay). A panic of the application's code (a
+// permission, a Scope, a model's JSON methods) is logged and the
+// subscribers concerned resync: no event is lost silently, and the stream's
 // goroutine survives.
-func (d *delivery) deliver(r resource, it item) {
+func (d *delivery) deliver(r resource, it item, only *fanout.Subscription) {
+	resync := func(reason string) {
+		if only != nil {
+			only.S.(*conn).resync(reason)
+			return
+		}
+		d.resync(r.name(), reason)
+	}
 	defer func() {
 		if p := recover(); p != nil {
 			d.log.Error("channelsapi: panic while delivering an event", "stream", r.name(), "panic", p, "stack", string(debug.Stack()))
-			d.resync(r.name(), reasonAuthorize)
+			resync(reasonAuthorize)
 		}
 	}()
 	ch := it.ch
 	if ch.resync != "" {
-		d.resync(r.name(), ch.resync)
+		resync(ch.resync)
 		return
 	}
 	if !d.hub.Active(r.name()) {
@@ -237,25 +297,31 @@ func (d *delivery) deliver(r resource, it item) {
 		var err error
 		if ch, err = it.decode(); err != nil {
 			d.log.Error("channelsapi: undecodable change", "stream", r.name(), "err", err)
-			d.resync(r.name(), reasonUndecodable)
+			resync(reasonUndecodable)
 			return
 		}
 	}
 	if err := ch.encode(); err != nil {
 		d.log.Error("channelsapi: encode event", "stream", r.name(), "err", err)
-		d.resync(r.name(), reasonEncoding)
+		resync(reasonEncoding)
 		return
 	}
 	queries := d.hub.HasQueries(r.name())
-	ev, err := newEvent(r, ch, queries)
+	if only != nil {
+		queries = only.Kind == fanout.Query
+	}
+	ev, err := newEvent(r, ch, it.at.Offset, queries)
 	if err != nil {
 		d.log.Error("channelsapi: encode event", "stream", r.name(), "err", err)
-		d.resync(r.name(), reasonEncoding)
+		resync(reasonEncoding)
 		return
 	}
-	ev.Seq = ch.seq
+	ev.Only = only
 	if queries {
 		ev.Before, ev.After = r.states(d.ctx, ch)
+	}
+	if only == nil && it.at.Offset != 0 {
+		defer d.hub.Passed(r.name(), it.at.Offset)
 	}
 	if !r.guarded() {
 		d.hub.Publish(ev)
@@ -274,13 +340,13 @@ func (d *delivery) deliver(r resource, it item) {
 	if ch.action == actionUpdate && ch.before != nil {
 		// Those who saw the object and no longer may get its last state
 		// they could see, as a delete, on their update subscriptions.
-		gone, err := newEvent(r, change{action: actionDelete, pk: ch.pk, data: ch.before}, false)
+		gone, err := newEvent(r, change{action: actionDelete, pk: ch.pk, data: ch.before}, it.at.Offset, false)
 		if err != nil {
 			d.log.Error("channelsapi: encode event", "stream", r.name(), "err", err)
-			d.resync(r.name(), reasonEncoding)
+			resync(reasonEncoding)
 			return
 		}
-		gone.Action, gone.Allow = actionUpdate, auth.leave
+		gone.Action, gone.Allow, gone.Only = actionUpdate, auth.leave, only
 		d.hub.Publish(gone)
 	}
 }
@@ -296,19 +362,19 @@ func (d *delivery) resync(stream, reason string) {
 // newEvent encodes ch for r's subscribers: the channels-api frame, the two
 // halves of the DCRF frame around the request_id and, when queries is set,
 // the frames of live queries (PROTOCOL.md 9), also around the request_id.
-func newEvent(r resource, ch change, queries bool) (*fanout.Event, error) {
+func newEvent(r resource, ch change, offset uint64, queries bool) (*fanout.Event, error) {
 	pk, err := json.Marshal(ch.pk)
 	if err != nil {
 		return nil, err
 	}
 	stream := r.name()
-	group, err := encodeFrame(stream, groupEvent{Action: ch.action, PK: pk, Data: ch.data, Model: r.label()})
+	group, err := encodeFrame(stream, groupEvent{Action: ch.action, PK: pk, Data: ch.data, Model: r.label(), Offset: offset})
 	if err != nil {
 		return nil, err
 	}
-	ev := &fanout.Event{Stream: stream, Action: ch.action, PK: pkKey(ch.pk), Group: group}
+	ev := &fanout.Event{Stream: stream, Action: ch.action, PK: pkKey(ch.pk), Group: group, Offset: offset}
 	if queries {
-		if ev.Query, err = queryFrames(r, ch, pk, group); err != nil {
+		if ev.Query, err = queryFrames(r, ch, pk, offset, group); err != nil {
 			return nil, err
 		}
 	}
@@ -319,7 +385,7 @@ func newEvent(r resource, ch change, queries bool) (*fanout.Event, error) {
 	if ch.action == actionDelete {
 		data, status = json.RawMessage(`{"pk":`+string(pk)+`}`), http.StatusNoContent
 	}
-	f, err := splitFrame(stream, reply{Action: ch.action, Data: data, Errors: []any{}, ResponseStatus: status, RequestID: json.RawMessage(ridMark)})
+	f, err := splitFrame(stream, reply{Action: ch.action, Data: data, Errors: []any{}, ResponseStatus: status, RequestID: json.RawMessage(ridMark), Offset: offset})
 	if err != nil {
 		return nil, err
 	}
@@ -336,7 +402,7 @@ func newEvent(r resource, ch change, queries bool) (*fanout.Event, error) {
 // the request_id. Only a leave after an update, which carries the row
 // before it (the last state its recipients could see), needs a frame of
 // its own.
-func queryFrames(r resource, ch change, pk json.RawMessage, group []byte) (frames [3]fanout.QueryFrame, err error) {
+func queryFrames(r resource, ch change, pk json.RawMessage, offset uint64, group []byte) (frames [3]fanout.QueryFrame, err error) {
 	switch ch.action {
 	case actionCreate:
 		frames[fanout.Enter] = withRequestID(group)
@@ -351,7 +417,7 @@ func queryFrames(r resource, ch change, pk json.RawMessage, group []byte) (frame
 	}
 	var left []byte
 	if ch.before != nil {
-		left, err = encodeFrame(r.name(), groupEvent{Action: actionDelete, PK: pk, Data: ch.before, Model: r.label()})
+		left, err = encodeFrame(r.name(), groupEvent{Action: actionDelete, PK: pk, Data: ch.before, Model: r.label(), Offset: offset})
 	} else {
 		left, err = withAction(group, actionUpdate, actionDelete)
 	}

@@ -163,16 +163,16 @@ func TestLiveQueryFrames(t *testing.T) {
 	got := ws.request("testmodel", map[string]any{"action": "subscribe_list", "data": map[string]any{"name__startswith": "in"}, "request_id": map[string]any{"q": 1}})
 	require.EqualValues(t, http.StatusOK, got["response_status"], "%v", got)
 	// name is as JSON writes it: json.Marshal escapes <, & and >.
-	frame := func(action string, id int, name string) string {
-		return fmt.Sprintf(`{"stream":"testmodel","payload":{"action":%q,"pk":%d,"data":{"id":%[2]d,"name":"%s"},"model":"tests.testmodel","request_id":{"q":1}}}`, action, id, name)
+	frame := func(action string, id int, name string, offset int) string {
+		return fmt.Sprintf(`{"stream":"testmodel","payload":{"action":%q,"pk":%d,"data":{"id":%[2]d,"name":"%s"},"model":"tests.testmodel","offset":%d,"request_id":{"q":1}}}`, action, id, name, offset)
 	}
 
 	row := &TestModel{Name: "out"}
 	require.NoError(t, srv.DB.Create(row).Error)
 	for _, step := range []struct{ name, want string }{
-		{"in <&>", frame("create", 1, `in \u003c\u0026\u003e`)},
-		{"in 2", frame("update", 1, "in 2")},
-		{"out 2", frame("delete", 1, "in 2")},
+		{"in <&>", frame("create", 1, `in \u003c\u0026\u003e`, 2)},
+		{"in 2", frame("update", 1, "in 2", 3)},
+		{"out 2", frame("delete", 1, "in 2", 4)},
 		{"out 3", ""},
 	} {
 		require.NoError(t, srv.DB.Model(row).Update("name", step.name).Error)
@@ -182,8 +182,8 @@ func TestLiveQueryFrames(t *testing.T) {
 	}
 	created := &TestModel{Name: "in new"}
 	require.NoError(t, srv.DB.Create(created).Error)
-	assert.Equal(t, frame("create", 2, "in new"), string(ws.readRaw()))
+	assert.Equal(t, frame("create", 2, "in new", 6), string(ws.readRaw()))
 	require.NoError(t, srv.DB.Delete(row).Error)
 	require.NoError(t, srv.DB.Delete(created).Error)
-	assert.Equal(t, frame("delete", 2, "in new"), string(ws.readRaw()), "nothing for the row outside")
+	assert.Equal(t, frame("delete", 2, "in new", 8), string(ws.readRaw()), "nothing for the row outside")
 }

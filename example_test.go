@@ -5,6 +5,7 @@ package channelsapi_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log"
 	"net/http"
@@ -182,11 +183,18 @@ func ExampleViewSet_scope() {
 		req := httptest.NewRequest(http.MethodGet, path, nil)
 		req.Header.Set("X-User", user)
 		router.ServeHTTP(rec, req)
-		fmt.Println(user, path, rec.Code, rec.Body.String())
+		var body struct {
+			Count    int
+			Results  []Question
+			Position channelsapi.Position // the stream's offset the rows were read at
+			Detail   string
+		}
+		_ = json.Unmarshal(rec.Body.Bytes(), &body)
+		fmt.Printf("%s %s %d count=%d results=%d offset=%d detail=%q\n", user, path, rec.Code, body.Count, len(body.Results), body.Position.Offset, body.Detail)
 	}
 	get("/questions", "alice")
 	get("/questions/1", "bob")
 	// Output:
-	// alice /questions 200 {"count":1,"next":null,"previous":null,"results":[{"id":1,"question_text":"Alice's","owner":"alice"}]}
-	// bob /questions/1 404 {"detail":"Not found."}
+	// alice /questions 200 count=1 results=1 offset=2 detail=""
+	// bob /questions/1 404 count=0 results=0 offset=0 detail="Not found."
 }

@@ -357,7 +357,30 @@ func (c *wsClient) read() map[string]any {
 	require.Equal(c.tb, websocket.TextMessage, typ)
 	var m map[string]any
 	require.NoError(c.tb, json.Unmarshal(b, &m), "frame %s", b)
+	withoutOffset(c.tb, m)
 	return m
+}
+
+// withoutOffset checks the "offset" of an event frame (PROTOCOL.md 10: a
+// positive integer, which resume_test.go follows) and removes it, so that
+// tests of everything else compare events as channels-api sends them.
+func withoutOffset(tb testing.TB, frame map[string]any) {
+	tb.Helper()
+	p, _ := frame["payload"].(map[string]any)
+	if p == nil {
+		return
+	}
+	if raw, ok := p["offset"]; ok {
+		n, isNumber := raw.(float64)
+		require.True(tb, isNumber && n >= 1 && n == float64(uint64(n)), "offset %v of %v", raw, frame)
+		delete(p, "offset")
+	}
+	if meta, ok := p["meta"].(map[string]any); ok {
+		withoutPosition(tb, meta)
+	}
+	if data, ok := p["data"].(map[string]any); ok && p["action"] == "subscribe_list" {
+		withoutPosition(tb, data) // of a snapshot
+	}
 }
 
 // readRaw returns the next text frame as sent.
@@ -510,7 +533,26 @@ func (s *testServer) doREST(tb testing.TB, method, path, body string, header ...
 	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
 		out = nil
 	}
+	if m, ok := out.(map[string]any); ok {
+		withoutPosition(tb, m)
+	}
 	return resp.StatusCode, out
+}
+
+// withoutPosition checks the "position" of a list (PROTOCOL.md 10: an
+// epoch and an offset, which resume_test.go follows) and removes it, so
+// that tests of everything else compare lists as channels-api sends them.
+func withoutPosition(tb testing.TB, list map[string]any) {
+	tb.Helper()
+	raw, ok := list["position"]
+	if !ok {
+		return
+	}
+	p, _ := raw.(map[string]any)
+	epoch, _ := p["epoch"].(string)
+	offset, isNumber := p["offset"].(float64)
+	require.True(tb, len(p) == 2 && epoch != "" && isNumber && offset >= 0 && offset == float64(uint64(offset)), "position %v", raw)
+	delete(list, "position")
 }
 
 // restRaw sends a REST request and returns the status, the raw body and the

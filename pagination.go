@@ -19,6 +19,9 @@ type pageMeta struct {
 	Page     int   `json:"page"`
 	PageSize int   `json:"page_size"`
 	NumPages int   `json:"num_pages"`
+	// Position is the stream position the rows were read at (PROTOCOL.md
+	// 10).
+	Position *Position `json:"position,omitempty"`
 }
 
 var errInvalidPage = NewError(http.StatusNotFound, msgInvalidPage)

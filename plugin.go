@@ -30,6 +30,8 @@ const (
 	DefaultQueueSize      = 256
 	DefaultBulkEventLimit = 10000
 	DefaultDeliveryQueue  = 10000
+	DefaultHistorySize    = 1000 // events kept per stream for clients that resume
+	DefaultHistoryTTL     = 5 * time.Minute
 	DefaultRate           = 50  // messages per second and connection
 	DefaultBurst          = 200 // messages a connection may send at once
 	DefaultSubscriptions  = 1000
@@ -63,6 +65,8 @@ type config struct {
 	pongWait       time.Duration
 	debugPath      string
 	broker         Broker // broker.go
+	historySize    int
+	historyTTL     time.Duration
 }
 
 // WithPath sets the WebSocket endpoint's path, relative to the router given
@@ -113,6 +117,17 @@ func WithBulkEventLimit(n int) Option { return func(c *config) { c.bulkLimit = n
 // before, and must load their state again; nothing is dropped silently.
 // The default is 10000.
 func WithDeliveryQueueSize(n int) Option { return func(c *config) { c.deliveryQueue = n } }
+
+// WithHistory bounds the history this process keeps of each stream, from
+// which a client that reconnects is sent the events it missed (PROTOCOL.md
+// section 10): at most size events, none older than ttl (0: no age limit).
+// The defaults are DefaultHistorySize and DefaultHistoryTTL. Size 0 keeps
+// none: a client that resumes is told that it must load its state again,
+// unless it missed nothing. With a broker the history is the broker's,
+// shared by every instance, and bounded by the broker's own settings.
+func WithHistory(size int, ttl time.Duration) Option {
+	return func(c *config) { c.historySize, c.historyTTL = size, ttl }
+}
 
 // WithLogger sets where internal errors are logged; the default is
 // slog.Default().
@@ -221,6 +236,8 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 		maxPageSize:    DefaultMaxPageSize,
 		bulkLimit:      DefaultBulkEventLimit,
 		deliveryQueue:  DefaultDeliveryQueue,
+		historySize:    DefaultHistorySize,
+		historyTTL:     DefaultHistoryTTL,
 		logger:         slog.Default(),
 		user:           contextUser,
 		permission:     AllowAny(),
@@ -251,6 +268,8 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 		return nil, fmt.Errorf("channelsapi: invalid page sizes %d (max %d)", cfg.pageSize, cfg.maxPageSize)
 	case cfg.bulkLimit <= 0:
 		return nil, fmt.Errorf("channelsapi: bulk event limit must be positive, got %d", cfg.bulkLimit)
+	case cfg.historySize < 0 || cfg.historyTTL < 0:
+		return nil, fmt.Errorf("channelsapi: history size and age must not be negative, got %d and %s", cfg.historySize, cfg.historyTTL)
 	case cfg.deliveryQueue <= 0:
 		return nil, fmt.Errorf("channelsapi: delivery queue size must be positive, got %d", cfg.deliveryQueue)
 	case !strings.HasPrefix(cfg.path, "/"):
@@ -298,7 +317,7 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 			return nil, fmt.Errorf("channelsapi: mount debug page: %w", err)
 		}
 	}
-	a.delivery = newDelivery(a.hub, a.log, cfg.deliveryQueue)
+	a.delivery = newDelivery(a.hub, a.log, cfg.deliveryQueue, retention{size: cfg.historySize, ttl: cfg.historyTTL, broker: cfg.broker})
 	if err := a.startRelay(); err != nil {
 		return nil, err
 	}

@@ -28,6 +28,7 @@ type reply struct {
 	ResponseStatus int             `json:"response_status"`
 	RequestID      json.RawMessage `json:"request_id"`
 	Meta           *pageMeta       `json:"meta,omitempty"`
+	Offset         uint64          `json:"offset,omitempty"` // of an event (PROTOCOL.md 10)
 }
 
 // groupEvent is the payload of a channels-api subscription event (4.7).
@@ -38,6 +39,7 @@ type groupEvent struct {
 	PK     json.RawMessage `json:"pk"`
 	Data   json.RawMessage `json:"data"`
 	Model  string          `json:"model"`
+	Offset uint64          `json:"offset,omitempty"`
 }
 
 // decodeFrame parses a client frame: {"stream": ..., "payload": {...}}. ok

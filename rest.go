@@ -18,6 +18,9 @@ type listPage struct {
 	Next     *string `json:"next"`
 	Previous *string `json:"previous"`
 	Results  any     `json:"results"`
+	// Position is the stream position the rows were read at (PROTOCOL.md
+	// 10).
+	Position *Position `json:"position,omitempty"`
 }
 
 // mountREST adds the routes of PROTOCOL.md section 7 for v. Gin panics on
@@ -96,6 +99,7 @@ func (a *API) restHandler(r resource, action string) gin.HandlerFunc {
 				Next:     pageURL(c, res.page, res.page.Page+1),
 				Previous: pageURL(c, res.page, res.page.Page-1),
 				Results:  res.data,
+				Position: res.page.Position,
 			})
 		default:
 			a.writeJSON(c, res.status, res.data)

@@ -141,10 +141,11 @@ type conn struct {
 	limiter *rate.Limiter // used by the read goroutine only
 	cork    *cork
 
-	mu      sync.Mutex
-	busy    bool
-	pending [][]byte
-	closing atomic.Bool // closeWith ran: nothing more is delivered
+	mu        sync.Mutex
+	busy      bool
+	pending   [][]byte
+	replaying bool        // a replay is queued in pending: no bound until written
+	closing   atomic.Bool // closeWith ran: nothing more is delivered
 
 	scopeMu sync.Mutex
 	scopes  map[string]connScope // by stream (authorize.go)
@@ -159,7 +160,7 @@ func (c *conn) Deliver(frame []byte) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.busy {
-		if len(c.pending) >= c.api.cfg.queueSize {
+		if len(c.pending) >= c.api.cfg.queueSize && !c.replaying {
 			c.resync(reasonSlowClient)
 			return false
 		}
@@ -179,12 +180,28 @@ func (c *conn) handleFrame(msg []byte) {
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.busy = false
 	c.write(out)
-	for _, f := range c.pending {
+	// A replay may hold more frames than melody's queue takes: they are
+	// written as it drains, without c.mu held, while what arrives
+	// meanwhile queues behind them.
+	limit := int64(c.api.cfg.queueSize)
+	for len(c.pending) > 0 && !c.closing.Load() {
+		f := c.pending[0]
+		if c.cork.queued.Load() >= limit {
+			c.mu.Unlock()
+			ok := c.cork.waitBelow(limit/2, c.ctx.Done())
+			c.mu.Lock()
+			if !ok {
+				c.resync(reasonSlowClient)
+				break
+			}
+			continue
+		}
+		c.pending[0] = nil
+		c.pending = c.pending[1:]
 		c.write(f)
 	}
-	c.pending = nil
+	c.busy, c.replaying, c.pending = false, false, nil
 }
 
 // write queues frame on melody's writer; the cork counts it until it is

@@ -42,19 +42,35 @@ func (v *viewSet[T]) subscription(ctx context.Context, req *Request, c *conn) re
 		if err != nil {
 			return result{err: err}
 		}
-		if req.Action == actionSubscribe {
-			if _, err := c.scopeOf(v); err != nil {
-				return result{err: err}
-			}
-			if hub.Subscribe(c, v.Stream, event, key) && hub.Count(c) > v.api.cfg.subscriptions {
-				hub.Unsubscribe(c, v.Stream, event, key)
-				return result{err: errSubscriptionLimit}
-			}
-			v.api.relay.ready(ctx, v.Stream)
-		} else {
+		if req.Action == actionUnsubscribe {
 			hub.Unsubscribe(c, v.Stream, event, key)
+			return result{status: http.StatusOK, data: map[string]string{"action": event}}
 		}
-		return result{status: http.StatusOK, data: map[string]string{"action": event}}
+		since, resuming, err := sinceOf(req.Data)
+		if err != nil {
+			return result{err: err}
+		}
+		if _, err := c.scopeOf(v); err != nil {
+			return result{err: err}
+		}
+		after := uint64(0)
+		if resuming {
+			after = fanout.Held
+		}
+		if hub.SubscribeAfter(c, v.Stream, event, key, after) && hub.Count(c) > v.api.cfg.subscriptions {
+			hub.Unsubscribe(c, v.Stream, event, key)
+			return result{err: errSubscriptionLimit}
+		}
+		v.api.relay.ready(ctx, v.Stream)
+		if !resuming {
+			return result{status: http.StatusOK, data: map[string]string{"action": event}}
+		}
+		res, err := v.resume(ctx, c, fanout.Subscription{S: c, Kind: fanout.Group, Action: event, PK: key}, since)
+		if err != nil {
+			hub.Unsubscribe(c, v.Stream, event, key)
+			return result{err: err}
+		}
+		return result{status: http.StatusOK, data: resumeReply{Action: event, Recovered: res.recovered, Position: res.at}}
 	case actionSubscribeInstance:
 		rid, err := requestID(req.RequestID)
 		if err != nil {
@@ -63,15 +79,31 @@ func (v *viewSet[T]) subscription(ctx context.Context, req *Request, c *conn) re
 		if _, err := v.find(ctx, v.api.db.WithContext(ctx), req); err != nil {
 			return result{err: err}
 		}
+		since, resuming, err := sinceOf(req.Data)
+		if err != nil {
+			return result{err: err}
+		}
 		if _, err := c.scopeOf(v); err != nil {
 			return result{err: err}
 		}
-		if hub.SubscribeInstance(c, v.Stream, pkKey(req.PK), rid) && hub.Count(c) > v.api.cfg.subscriptions {
-			hub.UnsubscribeInstance(c, v.Stream, pkKey(req.PK), rid)
+		key, after := pkKey(req.PK), uint64(0)
+		if resuming {
+			after = fanout.Held
+		}
+		if hub.SubscribeInstanceAfter(c, v.Stream, key, rid, after) && hub.Count(c) > v.api.cfg.subscriptions {
+			hub.UnsubscribeInstance(c, v.Stream, key, rid)
 			return result{err: errSubscriptionLimit}
 		}
 		v.api.relay.ready(ctx, v.Stream)
-		return result{status: http.StatusCreated}
+		if !resuming {
+			return result{status: http.StatusCreated}
+		}
+		res, err := v.resume(ctx, c, fanout.Subscription{S: c, Kind: fanout.Instance, PK: key, RequestID: string(rid)}, since)
+		if err != nil {
+			hub.UnsubscribeInstance(c, v.Stream, key, rid)
+			return result{err: err}
+		}
+		return result{status: http.StatusCreated, data: resumeReply{Recovered: res.recovered, Position: res.at}}
 	case actionSubscribeList:
 		return v.subscribeList(ctx, req, c)
 	case actionUnsubscribeList:
@@ -91,6 +123,25 @@ func (v *viewSet[T]) subscription(ctx context.Context, req *Request, c *conn) re
 		}
 		return result{status: http.StatusNoContent}
 	}
+}
+
+// resumeReply is the data of the reply to a subscribe with "since"
+// (PROTOCOL.md 10): whether every event after it follows, and the position
+// after which live events start.
+type resumeReply struct {
+	Action    string   `json:"action,omitempty"`
+	Recovered bool     `json:"recovered"`
+	Position  Position `json:"position"`
+}
+
+// resume replays to sub, subscribed held on c, the events after since and
+// starts it after them (resume.go). The replay is queued on c behind the
+// reply, beyond the connection's queue size: it is bounded by the history.
+func (v *viewSet[T]) resume(ctx context.Context, c *conn, sub fanout.Subscription, since Position) (resumed, error) {
+	c.mu.Lock()
+	c.replaying = true // until the reply and what follows it are written
+	c.mu.Unlock()
+	return v.api.delivery.resumeAt(ctx, v.Stream, sub, since)
 }
 
 // subscribePK returns the key of the object a subscribe or unsubscribe
@@ -157,6 +208,8 @@ type listSubscription struct {
 	Subscription json.RawMessage `json:"subscription"`
 	Results      any             `json:"results,omitempty"`
 	Count        *int64          `json:"count,omitempty"`
+	Recovered    *bool           `json:"recovered,omitempty"`
+	Position     *Position       `json:"position,omitempty"`
 }
 
 const errNotInSubscription = "Not allowed in a subscription."
@@ -190,6 +243,10 @@ func (v *viewSet[T]) subscribeList(ctx context.Context, req *Request, c *conn) r
 			return result{err: FieldError(keySnapshot, "Must be a valid boolean.")}
 		}
 	}
+	since, resuming, err := sinceOf(req.Data)
+	if err != nil {
+		return result{err: err}
+	}
 	lq, err := v.parseQuery(req)
 	if err != nil {
 		return result{err: err}
@@ -212,6 +269,24 @@ func (v *viewSet[T]) subscribeList(ctx context.Context, req *Request, c *conn) r
 		}
 		return nil
 	}
+	if resuming {
+		// A snapshot is read only when the events since cannot all be
+		// replayed: the client replaces what it holds with it.
+		if err := subscribe(fanout.Held); err != nil {
+			return result{err: err}
+		}
+		v.api.relay.ready(ctx, v.Stream)
+		res, err := v.resume(ctx, c, fanout.Subscription{S: c, Kind: fanout.Query, RequestID: string(rid)}, since)
+		if err != nil {
+			v.api.hub.UnsubscribeQuery(c, v.Stream, rid)
+			return result{err: err}
+		}
+		reply.Recovered = &res.recovered
+		if res.recovered || !snapshot {
+			reply.Position = &res.at
+			return result{status: http.StatusOK, data: reply}
+		}
+	}
 	if !snapshot {
 		if err := subscribe(0); err != nil {
 			return result{err: err}
@@ -224,45 +299,71 @@ func (v *viewSet[T]) subscribeList(ctx context.Context, req *Request, c *conn) r
 		return result{err: err}
 	}
 	_, size, _ := pageQuery{size: pq.size}.resolve(v.PageSize, v.MaxPageSize)
-	objs, count, err := v.snapshot(ctx, req, cs.filter, lq, size, subscribe)
+	objs, count, at, err := v.snapshot(ctx, req, cs.filter, lq, size, subscribe)
+	if err == nil && v.api.cfg.broker != nil {
+		// The events after the snapshot's position, some of which it may
+		// hold already, and then the live ones.
+		err = v.catchUp(ctx, c, rid, at)
+	}
 	if err != nil {
 		v.api.hub.UnsubscribeQuery(c, v.Stream, rid)
 		return result{err: err}
 	}
-	reply.Results, reply.Count = objs, &count
+	reply.Results, reply.Count, reply.Position = objs, &count, &at
 	return result{status: http.StatusOK, data: reply}
+}
+
+// catchUp replays to the live query rid of c, subscribed held, the events
+// after at, and starts it after them.
+func (v *viewSet[T]) catchUp(ctx context.Context, c *conn, rid []byte, at Position) error {
+	res, err := v.resume(ctx, c, fanout.Subscription{S: c, Kind: fanout.Query, RequestID: string(rid)}, at)
+	if err == nil && !res.recovered {
+		// The broker's history no longer reaches back to the snapshot,
+		// or its epoch changed: the snapshot cannot be continued.
+		err = errResumeBusy
+	}
+	return err
 }
 
 // snapshot subscribes and reads the first page of lq's rows, so that no
 // change is in neither.
 //
 // On one instance the point is exact: the read's snapshot is fixed while no
-// commit is under way (sequencer.hold), and subscribe is given the sequence
-// number of the last change released, which the snapshot holds: the
-// subscription receives exactly the changes after it. With a broker, events
-// come in the broker's order and carry no sequence number: the subscription
-// starts, the broker is made to deliver the stream, and then the snapshot is
-// read; a change committed just before it may arrive as an event as well.
+// commit is under way (sequencer.hold), and subscribe is given the offset
+// of the stream's last change, which the snapshot holds: the subscription
+// receives exactly the changes after it. With a broker, offsets are
+// assigned by the broker after commit: the subscription is added held, the
+// broker is made to deliver the stream, the broker's position is read, and
+// then the snapshot; the caller then replays the events after that
+// position (catchUp), of which a change committed just before the snapshot
+// may be one.
 //
 // The rows are those of the connection's ScopeFilter as the subscription
 // holds it (sf), evaluated before the read takes its connection.
-func (v *viewSet[T]) snapshot(ctx context.Context, req *Request, sf *query.Query, lq parsed, size int, subscribe func(from uint64) error) (objs []T, count int64, err error) {
+func (v *viewSet[T]) snapshot(ctx context.Context, req *Request, sf *query.Query, lq parsed, size int, subscribe func(from uint64) error) (objs []T, count int64, at Position, err error) {
 	fix := func() (func(), error) {
-		seq, release, err := v.api.capture.order.hold()
+		release, err := v.api.capture.order.hold()
 		if err != nil {
 			return nil, err
 		}
-		if err := subscribe(seq); err != nil {
+		at = v.api.delivery.position(v.Stream)
+		if err := subscribe(at.Offset); err != nil {
 			release()
 			return nil, err
 		}
 		return release, nil
 	}
-	if v.api.cfg.broker != nil {
-		if err := subscribe(0); err != nil {
-			return nil, 0, err
+	if b := v.api.cfg.broker; b != nil {
+		if err := subscribe(fanout.Held); err != nil {
+			return nil, 0, at, err
 		}
 		v.api.relay.ready(ctx, v.Stream)
+		epoch, offset, err := b.Position(ctx, v.Stream)
+		if err != nil {
+			v.api.log.Error("channelsapi: read the broker's position", "stream", v.Stream, "err", err)
+			return nil, 0, at, errResumeBusy
+		}
+		at = Position{epoch, offset}
 		fix = func() (func(), error) { return func() {}, nil }
 	}
 	err = v.readSnapshot(ctx, fix, func(db *gorm.DB) error {
@@ -273,7 +374,7 @@ func (v *viewSet[T]) snapshot(ctx context.Context, req *Request, sf *query.Query
 		}
 		return err
 	})
-	return objs, count, err
+	return objs, count, at, err
 }
 
 // readSnapshot runs read in a read-only transaction whose snapshot is fixed
@@ -296,6 +397,9 @@ func (v *viewSet[T]) readSnapshot(ctx context.Context, fix func() (func(), error
 		return fixThenRead(tx, "SELECT 1", fix, read)
 	}
 	return db.Connection(func(conn *gorm.DB) error {
+		// Statements of their own: the error of one (a read that failed)
+		// must not keep the next (ROLLBACK) from running.
+		conn = conn.Session(&gorm.Session{})
 		if err := conn.Exec("BEGIN DEFERRED").Error; err != nil {
 			return fmt.Errorf("snapshot %s: %w", v.Stream, err)
 		}

@@ -504,11 +504,45 @@ func (v *viewSet[T]) list(ctx context.Context, req *Request) result {
 	if err != nil {
 		return result{err: err}
 	}
-	objs, meta, err := v.page(ctx, v.api.db.WithContext(ctx), req, sf, lq, page, size)
+	var (
+		objs []T
+		meta *pageMeta
+	)
+	at, err := v.readAtPosition(ctx, func(db *gorm.DB) error {
+		objs, meta, err = v.page(ctx, db, req, sf, lq, page, size)
+		return err
+	})
 	if err != nil {
 		return result{err: err}
 	}
+	meta.Position = &at
 	return result{status: http.StatusOK, data: objs, page: meta}
+}
+
+// readAtPosition runs read and returns the stream position it read at. On
+// one instance it is exact: read runs in a read-only transaction whose
+// snapshot is fixed while no commit is under way, and the position is the
+// stream's then, so that a subscribe since it receives exactly the changes
+// the rows do not hold. With a broker, offsets are assigned after commit:
+// the broker's position is read first, and a change committed before the
+// read may come after it as well.
+func (v *viewSet[T]) readAtPosition(ctx context.Context, read func(*gorm.DB) error) (at Position, err error) {
+	if b := v.api.cfg.broker; b != nil {
+		epoch, offset, err := b.Position(ctx, v.Stream)
+		if err != nil {
+			v.api.log.Error("channelsapi: read the broker's position", "stream", v.Stream, "err", err)
+			return at, errResumeBusy
+		}
+		return Position{epoch, offset}, read(v.api.db.WithContext(ctx))
+	}
+	err = v.readSnapshot(ctx, func() (func(), error) {
+		release, err := v.api.capture.order.hold()
+		if err == nil {
+			at = v.api.delivery.position(v.Stream)
+		}
+		return release, err
+	}, read)
+	return at, err
 }
 
 // page reads page of lq's rows within sf (req's ScopeFilter) and req's

@@ -14,11 +14,11 @@ type Ring[T any] struct {
 	ttl  time.Duration
 	now  func() time.Time
 
-	mu    sync.Mutex
-	buf   []slot[T] // a circular buffer of n entries from head
-	head  int
-	n     int
-	last  uint64 // the offset of the newest entry; 0 before the first
+	mu   sync.Mutex
+	buf  []slot[T] // a circular buffer of n entries from head
+	head int
+	n    int
+	last uint64 // the offset of the newest entry; 0 before the first
 }
 
 type slot[T any] struct {

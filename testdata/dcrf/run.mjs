@@ -159,7 +159,9 @@ async function scenario(client, frames, closes) {
   const page2 = await resolves('list page 2', client.list(stream, { page: 2, page_size: 2 }, 'list-page-2'));
   expectEqual('list page 2', page2, [gamma]);
   const [page2Reply] = framesOf('list-page-2');
-  expectEqual('list page 2: meta', page2Reply.meta, { count: 3, page: 2, page_size: 2, num_pages: 2 });
+  const { position, ...pageMeta } = page2Reply.meta;
+  expectEqual('list page 2: meta', pageMeta, { count: 3, page: 2, page_size: 2, num_pages: 2 });
+  expectEqual("list page 2: position", typeof position?.epoch === 'string' && Number.isInteger(position?.offset) && position.offset >= 3, true);
   result.list = { all, page2: page2Reply };
 
   // list with the filter keys of PROTOCOL.md section 8 as the list data.
@@ -287,7 +289,9 @@ async function scenario(client, frames, closes) {
   });
   const liveReply = await resolves('subscribe_list', client.request(stream,
     { action: 'subscribe_list', data: { votes__gte: 11, snapshot: true } }, liveId));
-  expectEqual('subscribe_list', liveReply, { subscription: liveId, results: [], count: 0 });
+  const { position: livePosition, ...liveSnapshot } = liveReply;
+  expectEqual('subscribe_list', liveSnapshot, { subscription: liveId, results: [], count: 0 });
+  expectEqual('subscribe_list: position', typeof livePosition?.epoch === 'string' && Number.isInteger(livePosition?.offset), true);
 
   const subB = `sub-beta-${beta.id}`;
   const witnessId = `witness-beta-${beta.id}`;
