@@ -43,7 +43,7 @@ const (
 	keySnapshot = "snapshot"
 )
 
-var reservedKeys = []string{keyPage, keyPageSize, query.KeyOrdering, query.KeySearch, keySnapshot, "since", "cursor"}
+var reservedKeys = []string{keyPage, keyPageSize, query.KeyOrdering, query.KeySearch, keySnapshot, keySince, "cursor"}
 
 // queries is what a model offers to the filter grammar: every column of a
 // filterable type, and what the ViewSet lets clients do with them.

@@ -65,7 +65,7 @@ func (r *Request) readQuery() {
 	}
 	skip := []string{keyPage, keyPageSize}
 	if r.Action == actionSubscribeList {
-		skip = append(skip, keySnapshot)
+		skip = append(skip, keySnapshot, keySince)
 	}
 	r.params, r.Query, r.queryErr = jsonQuery(data, skip...)
 }
