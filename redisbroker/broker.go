@@ -50,7 +50,9 @@
 // connection drops, the broker reconnects with backoff and, once
 // subscribed again, reads from the history what each watched topic missed
 // since the last message handed, and hands it, before anything the new
-// connection brings.
+// connection brings, one topic after the other. So an outage of Redis
+// shorter than [Config.MaxOutage] costs latency, not a resync, as long as
+// the history holds what was published meanwhile.
 //
 // Messages can still be lost, when the history cannot fill a gap, when the
 // outbound queue is full, when Redis cannot be reached for long, when a
@@ -68,8 +70,10 @@
 //   - A full queue: a resync marker takes the lost message's place in the
 //     topic's order and reaches every instance, this one included, after
 //     the messages queued before it.
+//   - A subscription connection down for longer than [Config.MaxOutage]:
+//     then, for every topic this instance watches.
 //   - A failed publish: the broker sends the batch again, with backoff,
-//     for up to [Config.PublishRetry]; then the batch and everything still
+//     for up to [Config.MaxOutage]; then the batch and everything still
 //     queued is dropped and reported at once on this instance, and a resync
 //     marker follows for the others as soon as Redis takes it.
 //   - A peer that vanished: an instance that dies (killed, crashed, cut off
@@ -138,7 +142,7 @@ const (
 	// DefaultHistoryMetaTTL keeps a topic's epoch through long idle
 	// periods.
 	DefaultHistoryMetaTTL = 30 * 24 * time.Hour
-	DefaultPublishRetry   = 5 * time.Second
+	DefaultMaxOutage      = 5 * time.Second
 	// peersChannel, after the prefix, names the control channel. A topic
 	// never starts with '#'.
 	peersChannel = "#peers"
@@ -205,12 +209,14 @@ type Config struct {
 	// topic's numbering starts over, in a new epoch. 0 means
 	// DefaultHistoryMetaTTL; it is never shorter than HistoryTTL.
 	HistoryMetaTTL time.Duration
-	// PublishRetry is how long the broker keeps trying to send a message
-	// to Redis after a failure, with backoff, before it drops it and what
-	// is queued behind it and reports their topics lost. A message is
-	// never published twice, whatever the retries. 0 means
-	// DefaultPublishRetry.
-	PublishRetry time.Duration
+	// MaxOutage is how long the broker bridges an outage of Redis. A
+	// batch of messages that fails is sent again, with backoff, for up to
+	// MaxOutage (never published twice, whatever the retries); then it is
+	// dropped with what is queued behind it, and their topics are reported
+	// lost. A subscription connection that is not back MaxOutage after it
+	// dropped has every watched topic reported lost then, rather than
+	// caught up once it is back. 0 means DefaultMaxOutage.
+	MaxOutage time.Duration
 }
 
 // A payload on a topic's channel is a kind byte, the publishing broker's id
@@ -339,7 +345,7 @@ func New(cfg Config) (*Broker, error) {
 	case cfg.HistorySize < 0:
 		return nil, fmt.Errorf("redisbroker: history size must not be negative, got %d", cfg.HistorySize)
 	case cfg.MinBackoff < 0 || cfg.MaxBackoff < 0 || cfg.HealthCheck < 0 || cfg.ReadyTimeout < 0 || cfg.Heartbeat < 0 ||
-		cfg.HistoryTTL < 0 || cfg.HistoryMetaTTL < 0 || cfg.PublishRetry < 0:
+		cfg.HistoryTTL < 0 || cfg.HistoryMetaTTL < 0 || cfg.MaxOutage < 0:
 		return nil, errors.New("redisbroker: durations must not be negative")
 	}
 	client, own := cfg.Client, false
@@ -360,7 +366,7 @@ func New(cfg Config) (*Broker, error) {
 	cfg.HistorySize = cmp.Or(cfg.HistorySize, DefaultHistorySize)
 	cfg.HistoryTTL = cmp.Or(cfg.HistoryTTL, DefaultHistoryTTL)
 	cfg.HistoryMetaTTL = max(cmp.Or(cfg.HistoryMetaTTL, DefaultHistoryMetaTTL), cfg.HistoryTTL)
-	cfg.PublishRetry = cmp.Or(cfg.PublishRetry, DefaultPublishRetry)
+	cfg.MaxOutage = cmp.Or(cfg.MaxOutage, DefaultMaxOutage)
 	id := make([]byte, 8)
 	_, _ = rand.Read(id)
 	b := &Broker{
@@ -389,7 +395,7 @@ func New(cfg Config) (*Broker, error) {
 	}
 	// A retry of a publish must find the id of what was published last
 	// until the last attempt is over.
-	b.sentTTL = cfg.PublishRetry + publishTimeout + cfg.MaxBackoff + time.Minute
+	b.sentTTL = cfg.MaxOutage + publishTimeout + cfg.MaxBackoff + time.Minute
 	b.publishScript = redis.NewScript(publishLua)
 	b.historyScript = redis.NewScript(historyLua)
 	b.ctx, b.cancel = context.WithCancel(context.Background())
@@ -621,21 +627,46 @@ func (b *Broker) receive() {
 	peers.probe.Stop()
 	defer peers.probe.Stop()
 	backoff := b.cfg.MinBackoff
+	var dropped time.Time // when the last established connection dropped, until MaxOutage passed
 	for {
+		if !dropped.IsZero() && time.Since(dropped) >= b.cfg.MaxOutage {
+			b.giveUp()
+			dropped = time.Time{}
+		}
 		wasUp, err := b.session(peers)
 		if b.stopped() {
 			return
 		}
 		if wasUp {
-			backoff = b.cfg.MinBackoff
+			dropped, backoff = time.Now(), b.cfg.MinBackoff
 			b.log.Warn("redisbroker: Redis subscription lost; reconnecting", "err", err)
 		} else {
 			b.log.Warn("redisbroker: cannot subscribe on Redis; retrying", "err", err, "backoff", backoff)
 		}
-		if !b.sleep(backoff) {
+		wait := backoff
+		if !dropped.IsZero() {
+			wait = max(min(wait, time.Until(dropped.Add(b.cfg.MaxOutage))), 0)
+		}
+		if !b.sleep(wait) {
 			return
 		}
 		backoff = min(2*backoff, b.cfg.MaxBackoff)
+	}
+}
+
+// giveUp reports every watched topic lost, when the subscription connection
+// has been down for MaxOutage: what they miss is not caught up. The topics
+// that gain listeners from now on while it is down are reported lost once
+// it is back, as usual.
+func (b *Broker) giveUp() {
+	b.mu.Lock()
+	topics := slices.Sorted(maps.Keys(b.want))
+	clear(b.stale)
+	b.mu.Unlock()
+	clear(b.handed)
+	b.log.Warn("redisbroker: Redis subscription down for too long; the listeners of every watched topic resync", "topics", len(topics))
+	if len(topics) > 0 {
+		b.lost(topics)
 	}
 }
 
@@ -1012,7 +1043,7 @@ func (b *Broker) apply() {
 
 // send publishes the queue to Redis, in order, a batch per round trip, and
 // the heartbeats, the first before anything else. A batch that fails is
-// sent again, with backoff, for up to PublishRetry (publish.lua publishes
+// sent again, with backoff, for up to MaxOutage (publish.lua publishes
 // nothing twice); then it is dropped (see drop). When the broker stops it
 // sends what is queued and, when all of it went out, the farewell.
 func (b *Broker) send() {
@@ -1059,7 +1090,7 @@ func (b *Broker) send() {
 		if failing.IsZero() {
 			failing = time.Now()
 		}
-		if time.Since(failing) >= b.cfg.PublishRetry {
+		if time.Since(failing) >= b.cfg.MaxOutage {
 			last = b.drop(batch, last, err)
 			batch, failing = nil, time.Time{}
 		} else {

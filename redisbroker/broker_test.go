@@ -225,7 +225,7 @@ func TestUnwatchedTopicNotReceived(t *testing.T) {
 	down := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialerRetries: 1})
 	t.Cleanup(func() { _ = down.Close() })
 	rec2 := newRecorder()
-	b2 := start(t, redisbroker.Config{Client: down, PublishRetry: 100 * time.Millisecond}, rec2)
+	b2 := start(t, redisbroker.Config{Client: down, MaxOutage: 100 * time.Millisecond}, rec2)
 	b2.Watch("t", true)
 	assert.False(t, b2.Ready(context.Background(), "t"), "Redis is unreachable")
 	b2.Publish("t", []byte("lost"))
@@ -254,7 +254,7 @@ func TestNewErrors(t *testing.T) {
 		{"negative history size", redisbroker.Config{URL: "redis://127.0.0.1:6379", HistorySize: -1}},
 		{"negative history TTL", redisbroker.Config{URL: "redis://127.0.0.1:6379", HistoryTTL: -time.Second}},
 		{"negative history meta TTL", redisbroker.Config{URL: "redis://127.0.0.1:6379", HistoryMetaTTL: -time.Second}},
-		{"negative publish retry", redisbroker.Config{URL: "redis://127.0.0.1:6379", PublishRetry: -time.Second}},
+		{"negative max outage", redisbroker.Config{URL: "redis://127.0.0.1:6379", MaxOutage: -time.Second}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

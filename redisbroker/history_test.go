@@ -2,8 +2,9 @@ package redisbroker_test
 
 // This file tests history.go and publish.lua: the offsets of a topic are
 // the same on every instance, Position and History read them, a gap is
-// filled from the history or reported, a dropped subscription catches up,
-// and a publish retried after a lost reply is published once.
+// filled from the history or reported, a dropped subscription catches up
+// (or, down for too long, reports its topics lost), and a publish retried
+// after a lost reply is published once.
 
 import (
 	"bufio"
@@ -23,6 +24,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/channelsapi/channelsapi/internal/redistest"
 	"github.com/channelsapi/channelsapi/redisbroker"
 )
 
@@ -493,4 +495,34 @@ func TestRetriedPublishOnce(t *testing.T) {
 	assert.Equal(t, []string{"t:1", "t:cut-me", "t:3"}, rec.got)
 	assert.Equal(t, []uint64{1, 2, 3}, []uint64{rec.at[0].offset, rec.at[1].offset, rec.at[2].offset})
 	assert.Empty(t, rec.lost)
+}
+
+// TestOutageLongerThanMaxOutage stops Redis for longer than MaxOutage: the
+// broker reports its watched topic lost while Redis is still down, and not
+// again once it is back, though Redis lost the topic's epoch meanwhile.
+func TestOutageLongerThanMaxOutage(t *testing.T) {
+	r := redistest.Start(t)
+	p := prefix()
+	cfg := redisbroker.Config{URL: r.URL, Prefix: p, MaxBackoff: 100 * time.Millisecond, MaxOutage: 300 * time.Millisecond}
+	rec := newRecorder()
+	watching(t, cfg, rec, "t")
+	pub := watching(t, cfg, newRecorder())
+	pub.Publish("t", []byte("before"))
+	rec.wait(t, func(got, _ []string) bool { return len(got) == 1 })
+
+	r.Stop()
+	rec.wait(t, func(_, lost []string) bool { return len(lost) == 1 })
+	r.Start()
+	rdb := redisClient(t, r.URL)
+	require.Eventually(t, func() bool {
+		n, err := rdb.PubSubNumSub(context.Background(), p+"t").Result()
+		return err == nil && n[p+"t"] == 1
+	}, 10*time.Second, 10*time.Millisecond, "subscribed again")
+	pub.Publish("t", []byte("after"))
+	rec.wait(t, func(got, _ []string) bool { return len(got) == 2 })
+	rec.mu.Lock()
+	assert.Equal(t, []string{"t:before", "LOST:t", "t:after"}, rec.events)
+	rec.lost = nil
+	rec.mu.Unlock()
+	quiet(t, rec, 2*(missedBeats+1)*heartbeat)
 }
