@@ -168,10 +168,11 @@ type Config struct {
 	// URL (Sentinel, Cluster, TLS, pool sizes). The broker does not close
 	// it.
 	Client redis.UniversalClient
-	// Prefix is put before each topic to name its Redis channel. Every
-	// instance of an application must use the same; applications sharing a
-	// Redis server must use different ones, as pub/sub channels are not
-	// scoped by database number. Empty means DefaultPrefix.
+	// Prefix is put before each topic to name its Redis channel and its
+	// keys. Every instance of an application must use the same (and the
+	// same database); applications sharing a Redis server must use
+	// different ones, as pub/sub channels are not scoped by database
+	// number. Empty means DefaultPrefix.
 	Prefix string
 	// QueueSize is how many messages may wait to be sent to Redis. Beyond
 	// it a message is dropped and its topic reported lost on every
