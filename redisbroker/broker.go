@@ -1053,7 +1053,7 @@ func (b *Broker) send() {
 	defer tick.Stop()
 	var last uint64       // seq of the last item sent or dropped
 	var batch []item      // being sent; kept while it is retried
-	var failing time.Time // of the first failure of the attempts under way
+	var failing time.Time // when the first of the failing attempts under way started
 	backoff := b.cfg.MinBackoff
 	beat := byte(kindBeat)
 	for {
@@ -1081,6 +1081,7 @@ func (b *Broker) send() {
 		if beat != 0 && b.hello.Swap(false) {
 			beat = kindHello
 		}
+		attempt := time.Now()
 		err := b.publish(batch, last, beat)
 		beat = 0
 		if err == nil {
@@ -1089,9 +1090,9 @@ func (b *Broker) send() {
 			continue
 		}
 		if failing.IsZero() {
-			failing = time.Now()
+			failing = attempt
 		}
-		if time.Since(failing) >= b.cfg.MaxOutage {
+		if time.Since(failing)+backoff >= b.cfg.MaxOutage { // the next attempt would start past it
 			last = b.drop(batch, last, err)
 			batch, failing = nil, time.Time{}
 		} else {
