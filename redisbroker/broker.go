@@ -22,25 +22,63 @@
 // Publishing never blocks: [Broker.Publish] puts the message on a bounded
 // queue that a goroutine of the broker sends to Redis, in order.
 //
-// Redis pub/sub keeps nothing, so messages can be lost: when the
-// subscription connection drops (or a health check finds it dead), when the
-// outbound queue is full, when a publish fails, when a subscribe is not
-// confirmed in time. The broker never lets that pass silently: it reports
-// the topics whose messages may have been lost to the lost handler given to
-// [Broker.Run] on every instance that may have missed something, at the
-// point of the topic's order where the loss happened:
+// Redis numbers the messages of each topic, for every instance alike: a Lua
+// script, in one step per message, gives it the next offset of the topic's
+// epoch, adds it to the topic's history (a Redis stream that keeps about
+// [Config.HistorySize] messages, for [Config.HistoryTTL] after the last)
+// and publishes it with its epoch and offset. The epoch is a random string
+// that a topic gets with its first message (or its first read of
+// [Broker.Position]); it lasts as long as the topic's offset counter,
+// [Config.HistoryMetaTTL] after the topic's last message or read, and
+// changes when Redis loses it (expired, flushed, restarted without
+// persistence): the numbering then starts over at 1. [Broker.Position] and
+// [Broker.History] read the same numbering from any instance. A resync
+// marker takes an offset of its own, in the history too.
 //
-//   - A dropped subscription: at once on this instance, for every topic it
-//     watches; and again, after reconnecting with backoff, for the topics that
-//     gained listeners while it was not subscribed.
-//   - A full queue: a resync marker takes the lost message's place on the
-//     topic's channel and reaches every instance, this one included, after
+// The keys of a topic are Prefix+"#{"+topic+"}" and a suffix: ":meta", a
+// hash of the epoch and the last offset; ":history", the stream; and
+// ":sent:" and a broker's id, the last item that broker published on the
+// topic, so that a publish retried after a lost reply publishes nothing
+// twice. No topic starts with '#', so no key is a topic's channel; in a
+// Redis Cluster, the keys of a topic share a hash slot.
+//
+// On each instance, the messages of a topic are handed over in the order
+// of their offsets, each once: one at or below the last handed is dropped;
+// one that comes after a gap waits until the gap is filled from the
+// history, read by the goroutine that reads the subscription connection,
+// which waits for it (at most five seconds). When the subscription
+// connection drops, the broker reconnects with backoff and, once
+// subscribed again, reads from the history what each watched topic missed
+// since the last message handed, and hands it, before anything the new
+// connection brings, one topic after the other. So an outage of Redis
+// shorter than [Config.MaxOutage] costs latency, not a resync, as long as
+// the history holds what was published meanwhile.
+//
+// Messages can still be lost, when the history cannot fill a gap, when the
+// outbound queue is full, when Redis cannot be reached for long, when a
+// peer dies with messages queued. The broker never lets that pass silently:
+// it reports the topics whose messages may have been lost to the lost
+// handler given to [Broker.Run] on every instance that may have missed
+// something, at the point of the topic's order where the loss happened:
+//
+//   - A gap the history cannot fill, because it no longer holds all of it
+//     (trimmed, or expired) or the topic's epoch changed: when the gap is
+//     found, on this instance. After a dropped subscription, this also
+//     concerns the watched topics of which nothing was handed before (the
+//     broker does not know where they were), and those that gained
+//     listeners while it was not subscribed.
+//   - A full queue: a resync marker takes the lost message's place in the
+//     topic's order and reaches every instance, this one included, after
 //     the messages queued before it.
-//   - A failed publish: the batch and everything still queued is dropped and
-//     reported at once on this instance; a resync marker follows for the
-//     others as soon as Redis takes it.
+//   - A subscription connection down for longer than [Config.MaxOutage]:
+//     then, for every topic this instance watches.
+//   - A failed publish: the broker sends the batch again, with backoff,
+//     for up to [Config.MaxOutage]; then the batch and everything still
+//     queued is dropped and reported at once on this instance, and a resync
+//     marker follows for the others as soon as Redis takes it.
 //   - A peer that vanished: an instance that dies (killed, crashed, cut off
-//     from Redis) may have had messages queued that never reached Redis.
+//     from Redis) may have had messages queued that never reached Redis, so
+//     never got an offset: no gap shows them.
 //     Every broker publishes a heartbeat on the control channel of its
 //     prefix, Prefix+"#peers", every [Config.Heartbeat], and a farewell when
 //     Close has sent everything it queued; every broker is always
@@ -57,13 +95,15 @@
 // out at the earliest deadline, so a dead peer is found two to three of its
 // heartbeat intervals after it died, plus a round trip to Redis.
 //
-// What a broker knows of its peers is forgotten whenever its subscription
-// connection is (re)established; it then asks every peer for a heartbeat at
-// once. A broker's first heartbeat goes out before anything else it
-// publishes. So a broker misses the death of a peer only when the peer dies
-// before this broker heard from it: before anything the peer published
-// reached Redis, or in the round trip in which the peers answer a broker
-// that just (re)subscribed.
+// While its subscription connection is down, a broker hears nothing of its
+// peers; once it is (re)established, it asks every peer for a heartbeat at
+// once, and the peers it knew get three of their intervals from then on to
+// be heard again. A peer that closed meanwhile is then counted as dead: its
+// farewell was missed. A broker's first heartbeat goes out before anything
+// else it publishes. So a broker misses the death of a peer only when the
+// peer dies before this broker heard from it: before anything the peer
+// published reached Redis, or in the round trip in which the peers answer
+// a broker that just subscribed for the first time.
 package redisbroker
 
 import (
@@ -97,6 +137,12 @@ const (
 	DefaultHealthCheck  = 5 * time.Second
 	DefaultReadyTimeout = 5 * time.Second
 	DefaultHeartbeat    = time.Second
+	DefaultHistorySize  = 1000
+	DefaultHistoryTTL   = 5 * time.Minute
+	// DefaultHistoryMetaTTL keeps a topic's epoch through long idle
+	// periods.
+	DefaultHistoryMetaTTL = 30 * 24 * time.Hour
+	DefaultMaxOutage      = 5 * time.Second
 	// peersChannel, after the prefix, names the control channel. A topic
 	// never starts with '#'.
 	peersChannel = "#peers"
@@ -122,10 +168,11 @@ type Config struct {
 	// URL (Sentinel, Cluster, TLS, pool sizes). The broker does not close
 	// it.
 	Client redis.UniversalClient
-	// Prefix is put before each topic to name its Redis channel. Every
-	// instance of an application must use the same; applications sharing a
-	// Redis server must use different ones, as pub/sub channels are not
-	// scoped by database number. Empty means DefaultPrefix.
+	// Prefix is put before each topic to name its Redis channel and its
+	// keys. Every instance of an application must use the same (and the
+	// same database); applications sharing a Redis server must use
+	// different ones, as pub/sub channels are not scoped by database
+	// number. Empty means DefaultPrefix.
 	Prefix string
 	// QueueSize is how many messages may wait to be sent to Redis. Beyond
 	// it a message is dropped and its topic reported lost on every
@@ -151,13 +198,34 @@ type Config struct {
 	// instances of an application may use different intervals: each
 	// heartbeat carries its own. 0 means DefaultHeartbeat.
 	Heartbeat time.Duration
+	// HistorySize is about how many of its last messages Redis keeps of
+	// each topic (it trims a topic's history in whole blocks, so it may
+	// keep some more). 0 means DefaultHistorySize.
+	HistorySize int
+	// HistoryTTL is how long Redis keeps a topic's history after its last
+	// message. 0 means DefaultHistoryTTL.
+	HistoryTTL time.Duration
+	// HistoryMetaTTL is how long Redis keeps a topic's epoch and last
+	// offset after its last message or read: when they expire, the
+	// topic's numbering starts over, in a new epoch. 0 means
+	// DefaultHistoryMetaTTL; it is never shorter than HistoryTTL.
+	HistoryMetaTTL time.Duration
+	// MaxOutage is how long the broker bridges an outage of Redis. A
+	// batch of messages that fails is sent again, with backoff, for up to
+	// MaxOutage (never published twice, whatever the retries); then it is
+	// dropped with what is queued behind it, and their topics are reported
+	// lost. A subscription connection that is not back MaxOutage after it
+	// dropped has every watched topic reported lost then, rather than
+	// caught up once it is back. 0 means DefaultMaxOutage.
+	MaxOutage time.Duration
 }
 
-// A payload on a channel is a kind byte, the publishing broker's id (16 hex
-// digits) and, for a message, its sequence number (16 hex digits) and the
-// message. A receiver drops a message whose sequence number is not above
-// the last it had from that broker: a pipeline retried after a lost reply
-// publishes nothing twice.
+// A payload on a topic's channel is a kind byte, the publishing broker's id
+// (16 hex digits), the offset (decimal), ':', the epoch, ':' and, for a
+// message, the message; publish.lua writes it. Every item a broker queues
+// has a sequence number, and the script keeps, per topic, the last one the
+// broker published: a pipeline retried after a lost reply publishes nothing
+// twice.
 //
 // On the control channel a payload is a kind byte and the broker's id; a
 // heartbeat goes on with the sender's interval and the sender's clock (time
@@ -181,12 +249,15 @@ type item struct {
 	data  []byte
 }
 
-// payload encodes it for its channel.
-func (b *Broker) payload(it item) string {
-	if it.kind != kindMessage {
-		return string(it.kind) + b.origin
+// itemID is what publish.lua remembers of the last item a broker published
+// on a topic: the item's sequence number, or for a marker the sequence
+// number it goes after and a 1, in digits of a fixed width, so that the ids
+// of one broker grow in the order it publishes.
+func itemID(seq uint64, marker bool) string {
+	if marker {
+		return fmt.Sprintf("%020d1", seq)
 	}
-	return string(kindMessage) + b.origin + fmt.Sprintf("%016x", it.seq) + string(it.data)
+	return fmt.Sprintf("%020d0", seq)
 }
 
 // marker is a pending resync marker: it goes out after the queued items up
@@ -203,10 +274,16 @@ type Broker struct {
 	client  redis.UniversalClient
 	own     bool // New opened client; Close closes it
 	log     *slog.Logger
-	origin  string            // random id of this broker, idLen hex digits
-	last    map[string]uint64 // per origin, the last sequence number received
-	control string            // the control channel, Prefix+peersChannel
-	start   time.Time         // the origin of the broker's clock
+	origin  string        // random id of this broker, idLen hex digits
+	control string        // the control channel, Prefix+peersChannel
+	start   time.Time     // the origin of the broker's clock
+	sentTTL time.Duration // of the key that remembers what this broker published last
+
+	publishScript, historyScript *redis.Script
+
+	// handed is, per topic subscribed, the place of the message or marker
+	// handed last; of the receive goroutine.
+	handed map[string]position
 
 	// message and lost are the handlers given to Run.
 	message func(topic, epoch string, offset uint64, payload []byte)
@@ -266,7 +343,10 @@ func New(cfg Config) (*Broker, error) {
 		return nil, errors.New("redisbroker: URL and Client exclude each other")
 	case cfg.QueueSize < 0:
 		return nil, fmt.Errorf("redisbroker: queue size must not be negative, got %d", cfg.QueueSize)
-	case cfg.MinBackoff < 0 || cfg.MaxBackoff < 0 || cfg.HealthCheck < 0 || cfg.ReadyTimeout < 0 || cfg.Heartbeat < 0:
+	case cfg.HistorySize < 0:
+		return nil, fmt.Errorf("redisbroker: history size must not be negative, got %d", cfg.HistorySize)
+	case cfg.MinBackoff < 0 || cfg.MaxBackoff < 0 || cfg.HealthCheck < 0 || cfg.ReadyTimeout < 0 || cfg.Heartbeat < 0 ||
+		cfg.HistoryTTL < 0 || cfg.HistoryMetaTTL < 0 || cfg.MaxOutage < 0:
 		return nil, errors.New("redisbroker: durations must not be negative")
 	}
 	client, own := cfg.Client, false
@@ -284,6 +364,10 @@ func New(cfg Config) (*Broker, error) {
 	cfg.HealthCheck = cmp.Or(cfg.HealthCheck, DefaultHealthCheck)
 	cfg.ReadyTimeout = cmp.Or(cfg.ReadyTimeout, DefaultReadyTimeout)
 	cfg.Heartbeat = min(cmp.Or(cfg.Heartbeat, DefaultHeartbeat), maxInterval)
+	cfg.HistorySize = cmp.Or(cfg.HistorySize, DefaultHistorySize)
+	cfg.HistoryTTL = cmp.Or(cfg.HistoryTTL, DefaultHistoryTTL)
+	cfg.HistoryMetaTTL = max(cmp.Or(cfg.HistoryMetaTTL, DefaultHistoryMetaTTL), cfg.HistoryTTL)
+	cfg.MaxOutage = cmp.Or(cfg.MaxOutage, DefaultMaxOutage)
 	id := make([]byte, 8)
 	_, _ = rand.Read(id)
 	b := &Broker{
@@ -301,7 +385,7 @@ func New(cfg Config) (*Broker, error) {
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 		markers:   map[string]marker{},
-		last:      map[string]uint64{},
+		handed:    map[string]position{},
 		want:      map[string]bool{},
 		sent:      map[string]bool{},
 		pending:   map[string]int{},
@@ -310,6 +394,11 @@ func New(cfg Config) (*Broker, error) {
 		// Until the first attempt fails, Ready waits for it.
 		connecting: true,
 	}
+	// A retry of a publish must find the id of what was published last
+	// until the last attempt is over.
+	b.sentTTL = cfg.MaxOutage + publishTimeout + cfg.MaxBackoff + time.Minute
+	b.publishScript = redis.NewScript(publishLua)
+	b.historyScript = redis.NewScript(historyLua)
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.sendCtx, b.cancelSend = context.WithCancel(context.Background())
 	return b, nil
@@ -337,9 +426,11 @@ func parseURL(raw string) (*redis.Options, error) {
 
 // Run starts the broker: it connects to Redis in the background, and keeps
 // reconnecting until Close. From then on it hands every message of a
-// watched topic to message, on one goroutine, in the order Redis delivers
-// them, and the topics whose messages this instance's listeners may have
-// missed to lost, from any of its goroutines. Both must only queue: they
+// watched topic to message, on one goroutine, in the order of the topic,
+// with its epoch and offset, and the topics whose messages this instance's
+// listeners may have missed to lost, from any of its goroutines. Per topic,
+// the offsets handed grow by one within an epoch, except after the topic
+// was reported lost or unwatched. Both must only queue: they
 // must not block and must not call the broker. Run may be called once; it
 // fails after Close.
 func (b *Broker) Run(message func(topic, epoch string, offset uint64, payload []byte), lost func(topics []string)) error {
@@ -461,15 +552,6 @@ func (b *Broker) Ready(ctx context.Context, topic string) bool {
 	}
 }
 
-// Position reports no position: this broker keeps no history yet.
-func (b *Broker) Position(context.Context, string) (string, uint64, error) { return "", 0, nil }
-
-// History reports that the history does not reach back: this broker keeps
-// none yet.
-func (b *Broker) History(context.Context, string, string, uint64, func(uint64, []byte)) (string, uint64, bool, error) {
-	return "", 0, false, nil
-}
-
 // Close stops the broker: it sends what is queued (until ctx ends), closes
 // the subscription and waits for its goroutines, or until ctx ends; then it
 // closes the connections it opened from URL. After Close returns nil, the
@@ -538,22 +620,54 @@ func (b *Broker) sleep(d time.Duration) bool {
 // receive keeps the subscription connection, reconnecting with backoff.
 func (b *Broker) receive() {
 	defer b.wg.Done()
+	peers := &peerSet{
+		known:    map[string]time.Duration{},
+		deadline: map[string]time.Duration{},
+		probe:    time.AfterFunc(time.Hour, func() { kick(b.kickBeat) }),
+	}
+	peers.probe.Stop()
+	defer peers.probe.Stop()
 	backoff := b.cfg.MinBackoff
+	var dropped time.Time // when the last established connection dropped, until MaxOutage passed
 	for {
-		wasUp, err := b.session()
+		if !dropped.IsZero() && time.Since(dropped) >= b.cfg.MaxOutage {
+			b.giveUp()
+			dropped = time.Time{}
+		}
+		wasUp, err := b.session(peers)
 		if b.stopped() {
 			return
 		}
 		if wasUp {
-			backoff = b.cfg.MinBackoff
+			dropped, backoff = time.Now(), b.cfg.MinBackoff
 			b.log.Warn("redisbroker: Redis subscription lost; reconnecting", "err", err)
 		} else {
 			b.log.Warn("redisbroker: cannot subscribe on Redis; retrying", "err", err, "backoff", backoff)
 		}
-		if !b.sleep(backoff) {
+		wait := backoff
+		if !dropped.IsZero() {
+			wait = max(min(wait, time.Until(dropped.Add(b.cfg.MaxOutage))), 0)
+		}
+		if !b.sleep(wait) {
 			return
 		}
 		backoff = min(2*backoff, b.cfg.MaxBackoff)
+	}
+}
+
+// giveUp reports every watched topic lost, when the subscription connection
+// has been down for MaxOutage: what they miss is not caught up. The topics
+// that gain listeners from now on while it is down are reported lost once
+// it is back, as usual.
+func (b *Broker) giveUp() {
+	b.mu.Lock()
+	topics := slices.Sorted(maps.Keys(b.want))
+	clear(b.stale)
+	b.mu.Unlock()
+	clear(b.handed)
+	b.log.Warn("redisbroker: Redis subscription down for too long; the listeners of every watched topic resync", "topics", len(topics))
+	if len(topics) > 0 {
+		b.lost(topics)
 	}
 }
 
@@ -569,7 +683,12 @@ func (b *Broker) stopped() bool {
 // session runs one subscription connection until it fails or the broker
 // stops, and reports whether it got established. It subscribes to the
 // control channel and to the watched topics' channels.
-func (b *Broker) session() (wasUp bool, err error) {
+//
+// When the connection drops, what was handed of each watched topic is
+// kept: once the next one is established, each topic catches up from
+// there. A watched topic of which nothing was handed is reported lost then:
+// nothing says what it missed.
+func (b *Broker) session(peers *peerSet) (wasUp bool, err error) {
 	ps := b.client.Subscribe(b.ctx) // connects on first use
 	b.mu.Lock()
 	if b.closed {
@@ -588,30 +707,36 @@ func (b *Broker) session() (wasUp bool, err error) {
 		b.pending[t] = 1
 	}
 	b.initLeft = len(topics) + 1
+	for t := range b.handed {
+		if !b.sent[t] {
+			delete(b.handed, t) // unwatched meanwhile
+		}
+	}
 	b.broadcast()
 	b.mu.Unlock()
 
 	defer func() {
 		b.mu.Lock()
 		wasUp = b.up
-		lost := slices.Collect(maps.Keys(b.want))
+		if wasUp {
+			for t := range b.want {
+				if _, ok := b.handed[t]; !ok {
+					b.stale[t] = true
+				}
+			}
+		}
 		b.ps, b.connecting, b.up = nil, false, false
 		b.broadcast()
 		b.mu.Unlock()
 		_ = ps.Close()
-		if wasUp && len(lost) > 0 {
-			b.lost(lost)
-		}
 	}()
 
+	// The peers' heartbeats missed while not subscribed say nothing: the
+	// peers known get a new deadline once the connection is established.
+	peers.suspend()
 	if err := ps.Subscribe(b.ctx, append([]string{b.control}, b.channels(topics)...)...); err != nil {
 		return false, err
 	}
-	// What was known of the peers before this connection is stale: a
-	// peer heard again is known again.
-	peers := &peerSet{deadline: map[string]time.Duration{}, probe: time.AfterFunc(time.Hour, func() { kick(b.kickBeat) })}
-	peers.probe.Stop()
-	defer peers.probe.Stop()
 	pinged := false
 	for {
 		msg, err := ps.ReceiveTimeout(b.ctx, b.cfg.HealthCheck)
@@ -628,7 +753,10 @@ func (b *Broker) session() (wasUp bool, err error) {
 		pinged = false
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			b.confirm(gen, m)
+			if upNow, lost, catch := b.confirm(gen, m); upNow {
+				peers.resume(b.clock())
+				b.afterUp(lost, catch)
+			}
 		case *redis.Message:
 			if m.Channel == b.control {
 				b.heard(m.Payload, peers)
@@ -652,16 +780,18 @@ func isTimeout(err error) bool {
 	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
-// confirm counts a SUBSCRIBE or UNSUBSCRIBE confirmation.
-func (b *Broker) confirm(gen uint64, m *redis.Subscription) {
+// confirm counts a SUBSCRIBE or UNSUBSCRIBE confirmation. When it
+// establishes the connection, it reports so, with the topics to report
+// lost and those to catch up (see goUp).
+func (b *Broker) confirm(gen uint64, m *redis.Subscription) (upNow bool, lost, catch []string) {
 	topic, ok := strings.CutPrefix(m.Channel, b.cfg.Prefix)
 	if !ok {
-		return
+		return false, nil, nil
 	}
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	if gen != b.gen {
-		b.mu.Unlock()
-		return
+		return false, nil, nil
 	}
 	if m.Channel != b.control {
 		if b.pending[topic] > 1 {
@@ -669,32 +799,43 @@ func (b *Broker) confirm(gen uint64, m *redis.Subscription) {
 		} else {
 			delete(b.pending, topic)
 		}
+		if m.Kind == "unsubscribe" {
+			delete(b.handed, topic) // what comes after a new SUBSCRIBE starts over
+		}
 	}
-	var lost []string
-	var upNow bool
 	if !b.up {
 		if b.initLeft--; b.initLeft == 0 {
-			lost, upNow = b.goUp(), true
+			lost, catch = b.goUp()
+			upNow = true
 		}
 	}
 	b.broadcast()
-	b.mu.Unlock()
-	b.afterUp(upNow, lost)
+	return upNow, lost, catch
 }
 
-// goUp marks the connection established and returns the topics that gained
-// listeners while it was not. b.mu must be held.
-func (b *Broker) goUp() []string {
+// goUp marks the connection established. It returns the topics to report
+// lost, those that gained listeners while it was not (or of which nothing
+// was handed before it dropped), and the others of which something was
+// handed, which catch up. b.mu must be held.
+func (b *Broker) goUp() (lost, catch []string) {
 	b.up, b.connecting = true, false
-	lost := slices.Collect(maps.Keys(b.stale))
+	lost = slices.Sorted(maps.Keys(b.stale))
 	clear(b.stale)
-	return lost
+	for _, t := range lost {
+		delete(b.handed, t)
+	}
+	for t := range b.sent {
+		if _, ok := b.handed[t]; ok {
+			catch = append(catch, t)
+		}
+	}
+	slices.Sort(catch)
+	return lost, catch
 }
 
-func (b *Broker) afterUp(upNow bool, lost []string) {
-	if !upNow {
-		return
-	}
+// afterUp runs on the receive goroutine once the connection is
+// established, before it reads anything more from it.
+func (b *Broker) afterUp(lost, catch []string) {
 	b.log.Info("redisbroker: subscribed on Redis")
 	if len(lost) > 0 {
 		b.lost(lost)
@@ -703,11 +844,13 @@ func (b *Broker) afterUp(upNow bool, lost []string) {
 	// Learn the peers at once, rather than in a heartbeat interval.
 	b.hello.Store(true)
 	kick(b.kickBeat)
+	b.catchUp(catch)
 }
 
-// peerSet is what the receive goroutine knows of the peers it heard on the
-// current connection.
+// peerSet is what the receive goroutine knows of the peers it heard.
 type peerSet struct {
+	// known is, per peer heard, its heartbeat interval.
+	known map[string]time.Duration
 	// deadline is, per peer, the time of this broker's clock after which
 	// it counts as dead.
 	deadline map[string]time.Duration
@@ -716,6 +859,32 @@ type peerSet struct {
 	// interval later.
 	probe *time.Timer
 	armed time.Duration // 0: not armed
+}
+
+// suspend drops the deadlines, when the subscription connection is being
+// (re)established: what the peers sent meanwhile was not heard.
+func (ps *peerSet) suspend() {
+	clear(ps.deadline)
+	ps.armed = 0
+	ps.probe.Stop()
+}
+
+// resume gives each known peer not heard since suspend a deadline from now,
+// when the connection is established.
+func (ps *peerSet) resume(now time.Duration) {
+	for origin, interval := range ps.known {
+		if _, ok := ps.deadline[origin]; !ok {
+			d := now + missedBeats*interval
+			ps.deadline[origin] = d
+			ps.arm(d, now)
+		}
+	}
+}
+
+// forget drops a peer that closed or died.
+func (ps *peerSet) forget(origin string) {
+	delete(ps.known, origin)
+	delete(ps.deadline, origin)
 }
 
 // arm sets the probe to fire just after deadline d, unless it fires before.
@@ -745,6 +914,7 @@ func (b *Broker) heard(p string, peers *peerSet) {
 		}
 		now := b.clock()
 		d := now + missedBeats*interval
+		peers.known[origin] = interval
 		peers.deadline[origin] = d
 		peers.arm(d, now)
 		if kind == kindHello {
@@ -752,8 +922,7 @@ func (b *Broker) heard(p string, peers *peerSet) {
 		}
 	case kindFarewell:
 		if origin != b.origin {
-			delete(peers.deadline, origin)
-			delete(b.last, origin) // it publishes nothing more
+			peers.forget(origin)
 		}
 	}
 }
@@ -769,7 +938,7 @@ func (b *Broker) checkPeers(sent time.Duration, peers *peerSet) {
 	now := b.clock()
 	for origin, d := range peers.deadline {
 		if sent > d {
-			delete(peers.deadline, origin)
+			peers.forget(origin)
 			dead = append(dead, origin)
 		} else {
 			peers.arm(d, now)
@@ -809,44 +978,6 @@ func parseBeat(p string) (interval, clock time.Duration, ok bool) {
 		return 0, 0, false
 	}
 	return min(time.Duration(i), maxInterval), time.Duration(c), true
-}
-
-// dispatch hands a message to the message handler or reports a resync
-// marker.
-func (b *Broker) dispatch(m *redis.Message) {
-	topic, ok := strings.CutPrefix(m.Channel, b.cfg.Prefix)
-	if !ok || m.Payload == "" {
-		return
-	}
-	p := m.Payload
-	if len(p) < 1+idLen {
-		b.lost([]string{topic})
-		return
-	}
-	origin := p[1 : 1+idLen]
-	switch p[0] {
-	case kindMessage:
-		if len(p) < 1+2*idLen {
-			b.lost([]string{topic})
-			return
-		}
-		seq, err := strconv.ParseUint(p[1+idLen:1+2*idLen], 16, 64)
-		if err != nil {
-			b.lost([]string{topic})
-			return
-		}
-		if seq <= b.last[origin] {
-			return // published twice
-		}
-		b.last[origin] = seq
-		b.message(topic, "", 0, []byte(p[1+2*idLen:]))
-	case kindResyncO:
-		if origin != b.origin {
-			b.lost([]string{topic})
-		}
-	default: // kindResync, or a kind from a newer version
-		b.lost([]string{topic})
-	}
 }
 
 // fail ends connection gen, if it is still the current one, so that the
@@ -912,21 +1043,26 @@ func (b *Broker) apply() {
 }
 
 // send publishes the queue to Redis, in order, a batch per round trip, and
-// the heartbeats, the first before anything else. When the broker stops it
+// the heartbeats, the first before anything else. A batch that fails is
+// sent again, with backoff, for up to MaxOutage (publish.lua publishes
+// nothing twice); then it is dropped (see drop). When the broker stops it
 // sends what is queued and, when all of it went out, the farewell.
 func (b *Broker) send() {
 	defer b.wg.Done()
 	tick := time.NewTicker(b.cfg.Heartbeat)
 	defer tick.Stop()
-	var last uint64 // seq of the last item sent or dropped
+	var last uint64       // seq of the last item sent or dropped
+	var batch []item      // being sent; kept while it is retried
+	var failing time.Time // when the first of the failing attempts under way started
 	backoff := b.cfg.MinBackoff
 	beat := byte(kindBeat)
 	for {
-		var batch []item
-		select {
-		case it := <-b.queue: // what is queued goes before a heartbeat that is due
-			batch = b.fill(append(batch, it))
-		default:
+		if batch == nil {
+			select {
+			case it := <-b.queue: // what is queued goes before a heartbeat that is due
+				batch = b.fill(append(batch, it))
+			default:
+			}
 		}
 		if beat == 0 && batch == nil {
 			select {
@@ -938,21 +1074,32 @@ func (b *Broker) send() {
 			case <-b.kickBeat:
 				beat = kindBeat
 			case <-b.stop:
-				b.stopSending(last, tick.C)
+				b.stopSending(nil, last, tick.C)
 				return
 			}
 		}
 		if beat != 0 && b.hello.Swap(false) {
 			beat = kindHello
 		}
-		ok := b.publish(batch, &last, beat)
+		attempt := time.Now()
+		err := b.publish(batch, last, beat)
 		beat = 0
-		if ok {
-			backoff = b.cfg.MinBackoff
+		if err == nil {
+			last = lastSeq(batch, last)
+			batch, failing, backoff = nil, time.Time{}, b.cfg.MinBackoff
 			continue
 		}
+		if failing.IsZero() {
+			failing = attempt
+		}
+		if time.Since(failing)+backoff >= b.cfg.MaxOutage { // the next attempt would start past it
+			last = b.drop(batch, last, err)
+			batch, failing = nil, time.Time{}
+		} else {
+			b.log.Warn("redisbroker: publish to Redis failed; retrying", "err", err, "messages", len(batch), "backoff", backoff)
+		}
 		if !b.sleep(backoff) {
-			b.stopSending(last, tick.C)
+			b.stopSending(batch, last, tick.C)
 			return
 		}
 		backoff = min(2*backoff, b.cfg.MaxBackoff)
@@ -965,11 +1112,19 @@ func (b *Broker) send() {
 	}
 }
 
-// stopSending flushes the queue and says farewell when all of it went out:
-// the peers then know that nothing of this broker is missing. Otherwise
-// they find out from the heartbeats that stop.
-func (b *Broker) stopSending(last uint64, tick <-chan time.Time) {
-	if !b.flush(last, tick) || !b.announced || !b.sendOK {
+// lastSeq is the seq of batch's last item, or last when batch is empty.
+func lastSeq(batch []item, last uint64) uint64 {
+	if len(batch) == 0 {
+		return last
+	}
+	return batch[len(batch)-1].seq
+}
+
+// stopSending flushes batch and the queue and says farewell when all of it
+// went out: the peers then know that nothing of this broker is missing.
+// Otherwise they find out from the heartbeats that stop.
+func (b *Broker) stopSending(batch []item, last uint64, tick <-chan time.Time) {
+	if !b.flush(batch, last, tick) || !b.announced || !b.sendOK {
 		return // no peer knows it, or Redis is not reachable
 	}
 	ctx, cancel := context.WithTimeout(b.sendCtx, publishTimeout)
@@ -992,11 +1147,14 @@ func (b *Broker) fill(batch []item) []item {
 	return batch
 }
 
-// flush sends what is queued when the broker stops, one attempt per batch,
-// with a heartbeat when one is due. It reports whether everything went out.
-func (b *Broker) flush(last uint64, tick <-chan time.Time) bool {
+// flush sends batch and what is queued when the broker stops, one attempt
+// per batch, with a heartbeat when one is due. It reports whether
+// everything went out.
+func (b *Broker) flush(batch []item, last uint64, tick <-chan time.Time) bool {
 	for {
-		batch := b.fill(nil)
+		if batch == nil {
+			batch = b.fill(nil)
+		}
 		b.mu.Lock()
 		markers := len(b.markers)
 		b.mu.Unlock()
@@ -1009,7 +1167,8 @@ func (b *Broker) flush(last uint64, tick <-chan time.Time) bool {
 			beat = kindBeat
 		default:
 		}
-		if !b.publish(batch, &last, beat) {
+		if err := b.publish(batch, last, beat); err != nil {
+			b.drop(batch, last, err)
 			return false
 		}
 		if len(batch) == 0 {
@@ -1018,22 +1177,24 @@ func (b *Broker) flush(last uint64, tick <-chan time.Time) bool {
 			defer b.mu.Unlock()
 			return len(b.markers) == 0
 		}
+		last, batch = lastSeq(batch, last), nil
 	}
 }
 
+// due is a resync marker due to be sent.
+type due struct {
+	topic string
+	marker
+}
+
 // publish sends a heartbeat of kind beat (none when 0, unless no heartbeat
-// got through yet), batch and the markers due with it in one round trip. On failure it drops the batch and
-// the rest of the queue, reports them lost here and leaves markers for the
-// others; it reports false then. A heartbeat alone that fails is no loss.
-func (b *Broker) publish(batch []item, last *uint64, beat byte) bool {
-	hi := *last
-	if len(batch) > 0 {
-		hi = batch[len(batch)-1].seq
-	}
-	type due struct {
-		topic string
-		marker
-	}
+// got through yet), batch and the markers due with it (those after items up
+// to batch's last, or up to last when batch is empty) in one round trip,
+// each message and marker through publish.lua. A heartbeat alone that fails
+// is no loss: publish reports an error only when batch or markers may not
+// have gone out.
+func (b *Broker) publish(batch []item, last uint64, beat byte) error {
+	hi := lastSeq(batch, last)
 	var markers []due
 	b.mu.Lock()
 	for t, m := range b.markers {
@@ -1057,18 +1218,44 @@ func (b *Broker) publish(batch []item, last *uint64, beat byte) bool {
 				b.log.Debug("redisbroker: heartbeat not published", "err", err)
 			}
 		}
-		return true
+		return nil
 	}
 	slices.SortFunc(markers, func(x, y due) int { return cmp.Compare(x.after, y.after) })
 	ctx, cancel := context.WithTimeout(b.sendCtx, publishTimeout)
 	defer cancel()
-	pipe := b.client.Pipeline()
 	if beat == 0 && !b.announced {
 		beat = kindBeat // no peer may hear a message of a broker it never heard of
 	}
+	err := b.exec(ctx, batch, hi, markers, beat)
+	if redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// Redis lost its scripts (restarted): nothing of the script ran.
+		if err = b.publishScript.Load(ctx, b.client).Err(); err == nil {
+			err = b.exec(ctx, batch, hi, markers, beat)
+		}
+	}
+	b.sendOK = err == nil
+	b.announced = b.announced || b.sendOK && beat != 0
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	for _, m := range markers {
+		if b.markers[m.topic] == m.marker { // not renewed meanwhile
+			delete(b.markers, m.topic)
+		}
+	}
+	b.mu.Unlock()
+	return nil
+}
+
+// exec sends, in one pipeline, a heartbeat of kind beat (none when 0),
+// batch, and markers in their place among its items, the rest after them.
+func (b *Broker) exec(ctx context.Context, batch []item, hi uint64, markers []due, beat byte) error {
+	pipe := b.client.Pipeline()
 	if beat != 0 {
 		pipe.Publish(ctx, b.control, b.beat(beat))
 	}
+	epoch := newEpoch()
 	i := 0
 	addMarkers := func(upTo uint64) {
 		for ; i < len(markers) && markers[i].after <= upTo; i++ {
@@ -1076,35 +1263,34 @@ func (b *Broker) publish(batch []item, last *uint64, beat byte) bool {
 			if markers[i].local {
 				kind = kindResyncO
 			}
-			pipe.Publish(ctx, b.Channel(markers[i].topic), b.payload(item{kind: kind}))
+			b.add(ctx, pipe, markers[i].topic, kind, itemID(markers[i].after, true), nil, epoch)
 		}
 	}
 	for _, it := range batch {
 		addMarkers(it.seq - 1)
-		pipe.Publish(ctx, b.Channel(it.topic), b.payload(it))
+		b.add(ctx, pipe, it.topic, it.kind, itemID(it.seq, false), it.data, epoch)
 	}
 	addMarkers(hi)
 	_, err := pipe.Exec(ctx)
-	b.sendOK = err == nil
-	b.announced = b.announced || b.sendOK && beat != 0
-	if err == nil {
-		b.mu.Lock()
-		for _, m := range markers {
-			if b.markers[m.topic] == m.marker { // not renewed meanwhile
-				delete(b.markers, m.topic)
-			}
-		}
-		b.mu.Unlock()
-		*last = hi
-		return true
-	}
+	return err
+}
 
-	// Everything queued now would reach Redis after a gap: drop it too.
+// add queues on pipe the publication of a message or marker through
+// publish.lua. epoch becomes topic's if it has none.
+func (b *Broker) add(ctx context.Context, pipe redis.Pipeliner, topic string, kind byte, id string, data []byte, epoch string) {
+	meta, history := b.keys(topic)
+	b.publishScript.EvalSha(ctx, pipe, []string{meta, history, b.sentKey(topic)},
+		string(kind), b.origin, id, data, b.Channel(topic), epoch,
+		b.cfg.HistorySize, ms(b.cfg.HistoryTTL), ms(b.cfg.HistoryMetaTTL), ms(b.sentTTL))
+}
+
+// drop gives up on batch: everything queued now would reach Redis after a
+// gap, so it drops that too, reports their topics lost here at once and
+// leaves a marker of each for the other instances, to send as soon as Redis
+// takes it. It returns the seq of the last item dropped, or last.
+func (b *Broker) drop(batch []item, last uint64, err error) uint64 {
 	batch = append(batch, b.drain()...)
-	if len(batch) > 0 {
-		hi = batch[len(batch)-1].seq
-	}
-	*last = hi
+	hi := lastSeq(batch, last)
 	lost := map[string]bool{}
 	b.mu.Lock()
 	for _, it := range batch {
@@ -1123,7 +1309,7 @@ func (b *Broker) publish(batch []item, last *uint64, beat byte) bool {
 	if len(lost) > 0 {
 		b.lost(slices.Sorted(maps.Keys(lost)))
 	}
-	return false
+	return hi
 }
 
 // drain empties the queue.

@@ -3,7 +3,8 @@ package redisbroker_test
 // This file tests broker.go, the Broker through Redis pub/sub: a message is
 // delivered once and in order with the resync markers, unwatched topics are
 // not received, New refuses a bad configuration and Run runs once. The tests
-// need CHANNELSAPI_TEST_REDIS; peers_test.go tests the peers.
+// need CHANNELSAPI_TEST_REDIS; peers_test.go tests the peers, history_test.go
+// the shared offsets and history.
 
 import (
 	"context"
@@ -31,26 +32,49 @@ func TestMain(m *testing.M) {
 
 // recorder collects what a broker delivers and reports lost.
 type recorder struct {
-	mu     sync.Mutex
-	got    []string
-	lost   []string
+	mu   sync.Mutex
+	got  []string // topic:message
+	at   []at     // the place of each message of got
+	lost []string
+	// events is got and lost in the order they came: topic:message, or
+	// LOST:topic.
+	events []string
 	notify chan struct{}
 }
 
-func newRecorder() *recorder { return &recorder{notify: make(chan struct{}, 100)} }
+// at is the place of a message in its topic's history.
+type at struct {
+	epoch  string
+	offset uint64
+}
 
-func (r *recorder) deliver(topic, _ string, _ uint64, msg []byte) {
+func newRecorder() *recorder { return &recorder{notify: make(chan struct{}, 1)} }
+
+func (r *recorder) deliver(topic, epoch string, offset uint64, msg []byte) {
 	r.mu.Lock()
 	r.got = append(r.got, topic+":"+string(msg))
+	r.at = append(r.at, at{epoch, offset})
+	r.events = append(r.events, topic+":"+string(msg))
 	r.mu.Unlock()
-	r.notify <- struct{}{}
+	r.wake()
 }
 
 func (r *recorder) lostTopics(topics []string) {
 	r.mu.Lock()
 	r.lost = append(r.lost, topics...)
+	for _, t := range topics {
+		r.events = append(r.events, "LOST:"+t)
+	}
 	r.mu.Unlock()
-	r.notify <- struct{}{}
+	r.wake()
+}
+
+// wake tells a waiter that something came, without blocking the broker.
+func (r *recorder) wake() {
+	select {
+	case r.notify <- struct{}{}:
+	default:
+	}
 }
 
 // wait waits until cond holds.
@@ -108,8 +132,8 @@ func start(t *testing.T, cfg redisbroker.Config, rec *recorder) *redisbroker.Bro
 	return b
 }
 
-// TestPublishedTwiceDeliveredOnce replays a message on its channel, as a
-// pipeline retried after a lost reply would: it is delivered once.
+// TestPublishedTwiceDeliveredOnce replays a message on its channel: it is
+// delivered once, the offsets of the topic one after the other.
 func TestPublishedTwiceDeliveredOnce(t *testing.T) {
 	rdb := client(t)
 	p := prefix()
@@ -130,7 +154,12 @@ func TestPublishedTwiceDeliveredOnce(t *testing.T) {
 	require.NoError(t, rdb.Publish(context.Background(), p+"t", raw.Payload).Err())
 	b.Publish("t", []byte("two"))
 	rec.wait(t, func(got, _ []string) bool { return len(got) >= 2 })
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
 	assert.Equal(t, []string{"t:one", "t:two"}, rec.got)
+	require.Len(t, rec.at, 2)
+	assert.NotEmpty(t, rec.at[0].epoch)
+	assert.Equal(t, []at{{rec.at[0].epoch, 1}, {rec.at[0].epoch, 2}}, rec.at)
 	assert.Empty(t, rec.lost)
 }
 
@@ -189,17 +218,21 @@ func TestUnwatchedTopicNotReceived(t *testing.T) {
 	b.Publish("other", []byte("x"))
 	b.Publish("watched", []byte("y"))
 	rec.wait(t, func(got, _ []string) bool { return len(got) == 1 })
+	rec.mu.Lock()
 	assert.Equal(t, []string{"watched:y"}, rec.got)
+	rec.mu.Unlock()
 
 	down := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialerRetries: 1})
 	t.Cleanup(func() { _ = down.Close() })
 	rec2 := newRecorder()
-	b2 := start(t, redisbroker.Config{Client: down}, rec2)
+	b2 := start(t, redisbroker.Config{Client: down, MaxOutage: 100 * time.Millisecond}, rec2)
 	b2.Watch("t", true)
 	assert.False(t, b2.Ready(context.Background(), "t"), "Redis is unreachable")
 	b2.Publish("t", []byte("lost"))
 	rec2.wait(t, func(_, lost []string) bool { return len(lost) > 0 })
+	rec2.mu.Lock()
 	assert.Equal(t, "t", rec2.lost[0], "a failed publish is reported lost here")
+	rec2.mu.Unlock()
 }
 
 // TestNewErrors checks that New refuses a configuration that cannot work,
@@ -218,6 +251,10 @@ func TestNewErrors(t *testing.T) {
 		{"URL and client", redisbroker.Config{URL: "redis://127.0.0.1:6379", Client: unused}},
 		{"negative queue", redisbroker.Config{URL: "redis://127.0.0.1:6379", QueueSize: -1}},
 		{"negative duration", redisbroker.Config{URL: "redis://127.0.0.1:6379", HealthCheck: -time.Second}},
+		{"negative history size", redisbroker.Config{URL: "redis://127.0.0.1:6379", HistorySize: -1}},
+		{"negative history TTL", redisbroker.Config{URL: "redis://127.0.0.1:6379", HistoryTTL: -time.Second}},
+		{"negative history meta TTL", redisbroker.Config{URL: "redis://127.0.0.1:6379", HistoryMetaTTL: -time.Second}},
+		{"negative max outage", redisbroker.Config{URL: "redis://127.0.0.1:6379", MaxOutage: -time.Second}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
