@@ -428,24 +428,28 @@ type debugTask struct {
 // tasks.
 func newTasksServer(t *testing.T, tasks ...debugTask) *testServer {
 	t.Helper()
-	srv := newServer(t, func(api *channelsapi.API, db *gorm.DB) {
-		require.NoError(t, db.AutoMigrate(&debugTask{}))
-		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[debugTask]{
-			Stream: "tasks",
-			Filters: map[string][]string{
-				"title": {"exact", "icontains", "in"},
-				"votes": {"exact", "gte", "lte", "range", "in"},
-				"done":  {"exact"},
-				"due":   {"isnull"},
-			},
-			OrderingFields: []string{"votes", "title"},
-			SearchFields:   []string{"title"},
-		}))
-	}, channelsapi.WithDebugPage(""))
+	srv := newServer(t, func(api *channelsapi.API, db *gorm.DB) { addTasks(t, api, db) }, channelsapi.WithDebugPage(""))
 	if len(tasks) > 0 {
 		require.NoError(t, srv.DB.Create(&tasks).Error)
 	}
 	return srv
+}
+
+// addTasks adds the "tasks" stream of debugTask.
+func addTasks(t *testing.T, api *channelsapi.API, db *gorm.DB) {
+	t.Helper()
+	require.NoError(t, db.AutoMigrate(&debugTask{}))
+	require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[debugTask]{
+		Stream: "tasks",
+		Filters: map[string][]string{
+			"title": {"exact", "icontains", "in"},
+			"votes": {"exact", "gte", "lte", "range", "in"},
+			"done":  {"exact"},
+			"due":   {"isnull"},
+		},
+		OrderingFields: []string{"votes", "title"},
+		SearchFields:   []string{"title"},
+	}))
 }
 
 func TestDebugPageListQuery(t *testing.T) {
