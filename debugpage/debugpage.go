@@ -4,6 +4,12 @@
 // forms (or from raw JSON), and logs every frame in both directions. The socket
 // is window.ws, as in channels-api, for use from the browser console.
 //
+// The log shows the offset of every event and the position of every reply
+// that carries one (channelsapi's PROTOCOL.md section 10). After a
+// reconnect the page subscribes again, each subscription with "since" the
+// position it had reached when the page knows one, and marks those whose
+// missed events the server could not replay ("state lost: reload").
+//
 // The page, its script and its style sheet are embedded in the binary and load
 // nothing from other origins, so the page works offline. It is a development
 // tool: mount it only when asked (channelsapi.WithDebugPage does), never in

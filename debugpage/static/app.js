@@ -88,6 +88,7 @@
     everOpen: false,
     pending: new Map(),    // JSON of request_id -> [sent request, ...] awaiting a reply
     subs: new Map(),       // key -> subscription
+    known: new Map(),      // stream -> {epoch, offset}: the furthest position of the stream seen on this connection
     entries: [],
     entrySeq: 0,
     rawDirty: false,       // the frame editor holds text the user typed
@@ -226,10 +227,14 @@
     if (wasOpen) {
       const keep = $('#resubscribe').checked;
       for (const [key, sub] of state.subs) {
-        if (keep) sub.state = 'lost'; else state.subs.delete(key);
+        if (!keep) { state.subs.delete(key); continue; }
+        sub.state = 'lost';
+        // Offsets whose epoch the page never learnt cannot be resumed from.
+        if (sub.pos && sub.pos.epoch === null) sub.pos = null;
       }
       renderSubs();
     }
+    state.known.clear();
     if (state.manual) {
       setConn('closed', 'disconnected');
       return;
@@ -289,6 +294,7 @@
     addEntry({
       dir: 'out', kind: 'sent', stream, text: data, frame: parsed.ok ? parsed.value : undefined,
       action: req.action, rid: p ? req.rid : undefined, pk: req.pk, invalid: !parsed.ok,
+      since: sinceOf(req.data) || undefined,
     });
   }
 
@@ -341,12 +347,17 @@
       const s = state.streams.get(stream);
       pk = 'pk' in p.data ? p.data.pk : s && s.pk ? p.data[s.pk] : undefined;
     }
+    const offset = kind === 'event' && isOffset(p.offset) ? p.offset : undefined;
+    const at = kind === 'reply' ? replyPosition(p) : null;
     addEntry({
       dir: 'in', kind, stream, text: data, frame: parsed.value, action, pk,
       rid: 'request_id' in p ? p.request_id : undefined,
       sub: kind === 'event' ? subscriptionOf(stream, p.request_id) : undefined,
       status: p.response_status, latency: req ? performance.now() - req.sentAt : undefined,
+      offset, position: at || undefined,
+      recovered: kind === 'reply' && isObject(p.data) && typeof p.data.recovered === 'boolean' ? p.data.recovered : undefined,
     });
+    if (offset !== undefined && stream !== null) eventReceived(stream, offset);
     if (req) onReply(req, p, stream);
   }
 
@@ -376,6 +387,8 @@
     const ok = p.response_status < 300;
     const meta = req.meta || {};
     if (meta.resub && !ok) state.subs.delete(meta.resub);
+    const at = ok && stream ? replyPosition(p) : null;
+    if (at) notePosition(stream, at);
     if (ok && stream) {
       const pk = req.pk === undefined || req.pk === null ? null : req.pk;
       switch (req.action) {
@@ -383,23 +396,25 @@
         case 'unsubscribe': {
           const event = isObject(p.data) ? p.data.action : null;
           const key = subKey({ kind: 'group', stream, event, pk, rid: null });
-          if (req.action === 'subscribe') state.subs.set(key, { kind: 'group', stream, event, pk, rid: null, state: 'active' });
+          if (req.action === 'subscribe') addSub(key, { kind: 'group', stream, event, pk, rid: null }, req, p);
           else state.subs.delete(key);
           break;
         }
         case 'subscribe_instance':
-          state.subs.set(subKey({ kind: 'instance', stream, pk, rid: req.rid }),
-            { kind: 'instance', stream, event: null, pk, rid: req.rid, state: 'active' });
+          addSub(subKey({ kind: 'instance', stream, pk, rid: req.rid }),
+            { kind: 'instance', stream, event: null, pk, rid: req.rid }, req, p);
           break;
         case 'unsubscribe_instance':
           state.subs.delete(subKey({ kind: 'instance', stream, pk, rid: req.rid }));
           break;
         case 'subscribe_list': {
           // Kept with its data: after a reconnect the page subscribes
-          // again with the same filters and request_id.
-          const data = isObject(req.data) ? req.data : {};
-          state.subs.set(subKey({ kind: 'query', stream, rid: req.rid }),
-            { kind: 'query', stream, event: null, pk: null, rid: req.rid, data, state: 'active' });
+          // again with the same filters and request_id (and a since of
+          // its own).
+          const data = Object.assign({}, isObject(req.data) ? req.data : {});
+          delete data.since;
+          addSub(subKey({ kind: 'query', stream, rid: req.rid }),
+            { kind: 'query', stream, event: null, pk: null, rid: req.rid, data }, req, p);
           break;
         }
         case 'unsubscribe_list':
@@ -412,23 +427,134 @@
     if (meta.form) showResult(p, req);
   }
 
+  // ------------------------------------------------------------- positions
+  //
+  // Every event carries its offset in its stream; list replies, snapshots
+  // and subscribes with "since" carry a position {epoch, offset}
+  // (PROTOCOL.md section 10). The page keeps, per subscription, the
+  // position up to which it has received the subscription's events, and
+  // after a reconnect subscribes again with "since" that position: the
+  // server replays what the page missed, or answers "recovered": false.
+  //
+  // The events of a stream reach a connection in the order of their
+  // offsets, whichever subscription they are for (a replay to one
+  // subscription goes between the events before its position and those
+  // after), so an event at offset N tells that every active subscription
+  // of the stream has received its events up to N.
+
+  function isOffset(v) { return Number.isSafeInteger(v) && v >= 0; }
+
+  function isPosition(v) { return isObject(v) && typeof v.epoch === 'string' && isOffset(v.offset); }
+
+  // sinceOf returns the position in the data of a subscribe, or null.
+  function sinceOf(data) { return isObject(data) && isPosition(data.since) ? data.since : null; }
+
+  // replyPosition returns the position a reply carries: a list's
+  // meta.position, a subscribe's or a snapshot's data.position.
+  function replyPosition(p) {
+    if (isObject(p.meta) && isPosition(p.meta.position)) return p.meta.position;
+    if (isObject(p.data) && isPosition(p.data.position)) return p.data.position;
+    return null;
+  }
+
+  // notePosition records a position of stream that a reply carried: the
+  // stream has reached it at least. It says nothing about the events in
+  // flight to the subscriptions, but gives the epoch of every offset
+  // received on this connection.
+  function notePosition(stream, at) {
+    const k = state.known.get(stream);
+    if (!k || (k.epoch !== null && k.epoch !== at.epoch)) {
+      state.known.set(stream, { epoch: at.epoch, offset: at.offset });
+    } else {
+      k.epoch = at.epoch;
+      k.offset = Math.max(k.offset, at.offset);
+    }
+    for (const sub of state.subs.values()) {
+      if (sub.stream === stream && sub.pos && sub.pos.epoch === null) sub.pos.epoch = at.epoch;
+    }
+    updateSubPositions();
+  }
+
+  // eventReceived moves the active subscriptions of stream to offset n.
+  function eventReceived(stream, n) {
+    const k = state.known.get(stream);
+    if (!k) state.known.set(stream, { epoch: null, offset: n });
+    else k.offset = Math.max(k.offset, n);
+    const epoch = state.known.get(stream).epoch;
+    for (const sub of state.subs.values()) {
+      if (sub.stream !== stream || sub.state !== 'active') continue;
+      if (!sub.pos) sub.pos = { epoch, offset: n };
+      else sub.pos.offset = Math.max(sub.pos.offset, n);
+    }
+    updateSubPositions();
+  }
+
+  // startPosition is the position from which a subscription that a reply
+  // p started has received its events, or null when the page cannot tell:
+  //  * resumed and recovered: the since it was sent; the replay follows;
+  //  * resumed and not recovered, or with a snapshot: the reply's position,
+  //    after which its events start;
+  //  * otherwise: the furthest position seen on this connection, which the
+  //    stream had reached when it subscribed (a replay from it may hold
+  //    events from before the subscription, never miss one after).
+  function startPosition(req, p, stream) {
+    const at = replyPosition(p);
+    const since = sinceOf(req.data);
+    const recovered = isObject(p.data) ? p.data.recovered : undefined;
+    if (recovered === true && since && at && since.epoch === at.epoch) return { epoch: since.epoch, offset: since.offset };
+    if (at) return { epoch: at.epoch, offset: at.offset };
+    const k = state.known.get(stream);
+    return k ? { epoch: k.epoch, offset: k.offset } : null;
+  }
+
   // ------------------------------------------------------------- subscriptions
+
+  // addSub records the subscription that reply p to req started, with the
+  // position it starts from and, for a resumed one, the outcome.
+  function addSub(key, sub, req, p) {
+    sub.state = 'active';
+    sub.pos = startPosition(req, p, sub.stream);
+    const recovered = isObject(p.data) ? p.data.recovered : undefined;
+    sub.resume = recovered === true ? 'recovered' : recovered === false ? 'lost' : undefined;
+    state.subs.set(key, sub);
+    if (recovered === false) {
+      const since = sinceOf(req.data);
+      const snapshot = sub.kind === 'query' && isObject(p.data) && Array.isArray(p.data.results);
+      logWarning(sub.stream, `state lost: reload. ${subText(sub)}: the server cannot replay the events after ` +
+        (since ? `@${since.offset}` : 'the position sent') +
+        (since && replyPosition(p) && replyPosition(p).epoch !== since.epoch ? ' (its history was lost: another epoch)' : ' (they are no longer in its history)') +
+        (snapshot ? '; the reply holds a fresh snapshot.' : '; events were missed.'));
+    }
+  }
+
+  // subText names a subscription in the log.
+  function subText(sub) {
+    if (sub.kind === 'query') return `${sub.stream} live query #${ridText(sub.rid)}`;
+    if (sub.kind === 'instance') return `${sub.stream} instance pk ${sub.pk} #${ridText(sub.rid)}`;
+    return `${sub.stream} subscribe ${sub.event}` + (sub.pk === null ? '' : ` pk ${sub.pk}`);
+  }
 
   function subKey(s) {
     const pk = s.pk === null || s.pk === undefined ? null : String(s.pk);
     return JSON.stringify([s.kind, s.stream, s.event || null, pk, s.kind === 'group' ? null : s.rid]);
   }
 
-  function subscriptionFrame(sub, unsubscribe) {
+  // subscriptionFrame is the frame that subscribes sub again (with since,
+  // when given) or ends it.
+  function subscriptionFrame(sub, unsubscribe, since) {
     if (sub.kind === 'query') {
       return unsubscribe
         ? { stream: sub.stream, payload: { action: 'unsubscribe_list', request_id: sub.rid } }
-        : { stream: sub.stream, payload: { action: 'subscribe_list', data: sub.data, request_id: sub.rid } };
+        : { stream: sub.stream, payload: { action: 'subscribe_list', data: since ? Object.assign({}, sub.data, { since }) : sub.data, request_id: sub.rid } };
     }
     if (sub.kind === 'instance') {
-      return { stream: sub.stream, payload: { action: unsubscribe ? 'unsubscribe_instance' : 'subscribe_instance', pk: sub.pk, request_id: sub.rid } };
+      const payload = { action: unsubscribe ? 'unsubscribe_instance' : 'subscribe_instance', pk: sub.pk };
+      if (since) payload.data = { since };
+      payload.request_id = sub.rid;
+      return { stream: sub.stream, payload };
     }
     const payload = { action: unsubscribe ? 'unsubscribe' : 'subscribe', data: { action: sub.event } };
+    if (since) payload.data.since = since;
     if (sub.pk !== null) payload.pk = sub.pk;
     payload.request_id = freshID();
     return { stream: sub.stream, payload };
@@ -444,13 +570,23 @@
     return true;
   }
 
+  // resubscribe subscribes again to the subscriptions of the closed
+  // connection, each from the position it had reached when the page knows
+  // it, so that the server replays the events it missed.
   function resubscribe() {
     const lost = [...state.subs].filter(([, s]) => s.state === 'lost');
     if (!lost.length) return;
-    logSystem(`subscribing again to ${lost.length} subscription${lost.length > 1 ? 's' : ''} of the closed connection`);
+    const since = (sub) => (sub.pos && sub.pos.epoch !== null ? { epoch: sub.pos.epoch, offset: sub.pos.offset } : null);
+    const resuming = lost.filter(([, s]) => since(s)).length;
+    const n = (k) => `${k} subscription${k === 1 ? '' : 's'}`;
+    logSystem(`subscribing again to ${n(lost.length)} of the closed connection` +
+      (resuming === lost.length ? ', from the positions reached'
+        : resuming ? `, ${resuming} from the positions reached (the others have none: events in between are not replayed)`
+          : ' (no position reached: events in between are not replayed)'));
     for (const [key, sub] of lost) {
       sub.state = 'pending';
-      sendFrame(subscriptionFrame(sub, false), { resub: key });
+      sub.resume = undefined;
+      sendFrame(subscriptionFrame(sub, false, since(sub)), { resub: key });
     }
     renderSubs();
   }
@@ -460,14 +596,20 @@
     const items = [...state.subs].map(([key, sub]) => {
       const what = sub.kind === 'instance' ? 'instance' : sub.kind === 'query' ? 'live query' : sub.event;
       const scope = sub.kind === 'query' ? queryText(sub.data) : sub.pk === null ? 'every object' : `pk ${sub.pk}`;
-      return el('li', {
+      const li = el('li', {
         class: 'sub', 'data-sub-key': key, 'data-stream': sub.stream, 'data-kind': sub.kind,
         'data-event': sub.event || '', 'data-pk': sub.pk === null ? '' : String(sub.pk), 'data-state': sub.state,
         'data-request-id': sub.rid === null ? undefined : ridText(sub.rid),
+        'data-resume': sub.resume,
       },
       el('span', { class: 'badge sub-' + sub.kind, text: what }),
       el('span', { class: 'sub-what' }, el('b', { text: sub.stream }), ' · ', scope,
         sub.rid !== null ? el('span', { class: 'rid', text: ` #${ridText(sub.rid)}` }) : null),
+      el('span', { class: 'sub-pos' }),
+      sub.resume ? el('span', {
+        class: 'sub-resume', title: sub.resume === 'lost' ? 'The server could not replay the events missed while disconnected.' : 'The events missed while disconnected were replayed.',
+        text: sub.resume === 'lost' ? 'state lost: reload' : 'resumed',
+      }) : null,
       sub.state !== 'active' ? el('span', { class: 'sub-state', text: sub.state === 'lost' ? 'connection closed' : 'subscribing…' }) : null,
       el('button', {
         type: 'button', 'data-act': 'unsubscribe', text: 'Unsubscribe',
@@ -476,10 +618,33 @@
           else { state.subs.delete(key); renderSubs(); }
         },
       }));
+      showSubPosition(li, sub);
+      return li;
     });
     list.replaceChildren(...items);
     $('#sub-count').textContent = String(items.length);
     show($('#sub-empty'), items.length === 0);
+  }
+
+  // updateSubPositions shows the positions the subscriptions have reached.
+  function updateSubPositions() {
+    for (const li of $$('#subscriptions .sub')) {
+      const sub = state.subs.get(li.dataset.subKey);
+      if (sub) showSubPosition(li, sub);
+    }
+  }
+
+  function showSubPosition(li, sub) {
+    const box = $('.sub-pos', li);
+    const offset = sub.pos ? String(sub.pos.offset) : '';
+    const epoch = sub.pos && sub.pos.epoch !== null ? sub.pos.epoch : '';
+    if (li.dataset.offset === offset && li.dataset.epoch === epoch && box.textContent !== '') return;
+    li.dataset.offset = offset;
+    li.dataset.epoch = epoch;
+    box.textContent = sub.pos ? `@${sub.pos.offset}` : 'no position';
+    box.title = sub.pos
+      ? `Events received up to offset ${sub.pos.offset}` + (sub.pos.epoch !== null ? ` of epoch ${sub.pos.epoch}: after a reconnect the page resumes from here.` : ' (epoch not known yet: list the stream to learn it).')
+      : 'No position known: after a reconnect the page subscribes again without replay.';
   }
 
   // queryText shows the filters of a live query.
@@ -493,6 +658,11 @@
 
   function logSystem(text, isError) {
     addEntry({ dir: 'sys', kind: 'system', stream: null, text, error: !!isError });
+  }
+
+  // logWarning logs that a subscription of stream lost events.
+  function logWarning(stream, text) {
+    addEntry({ dir: 'sys', kind: 'system', stream, text, warn: true, resume: 'lost' });
   }
 
   function addEntry(e) {
@@ -514,7 +684,7 @@
 
   function renderEntry(e) {
     const attrs = {
-      class: `entry kind-${e.kind}` + (e.error ? ' sys-error' : ''),
+      class: `entry kind-${e.kind}` + (e.error ? ' sys-error' : '') + (e.warn ? ' sys-warn' : ''),
       'data-id': e.id, 'data-kind': e.kind, 'data-dir': e.dir,
       'data-stream': e.stream === null ? '' : e.stream,
       'data-action': e.action === undefined || e.action === null ? undefined : e.action,
@@ -522,11 +692,16 @@
       'data-request-id': e.rid === undefined || e.rid === null ? undefined : ridText(e.rid),
       'data-pk': e.pk === undefined || e.pk === null ? undefined : String(e.pk),
       'data-subscription': e.sub,
+      'data-offset': e.offset !== undefined ? e.offset : e.position ? e.position.offset : undefined,
+      'data-epoch': e.position ? e.position.epoch : undefined,
+      'data-recovered': e.recovered === undefined ? undefined : String(e.recovered),
+      'data-since': e.since ? e.since.offset : undefined,
+      'data-resume': e.resume,
     };
     if (e.kind === 'system') {
       return el('div', attrs, el('div', { class: 'sum' },
         el('span', { class: 'time', text: clock(e.time) }),
-        el('span', { class: 'badge', text: 'connection' }),
+        el('span', { class: 'badge', text: e.warn ? 'warning' : 'connection' }),
         el('span', { class: 'text', text: e.text })));
     }
     const summary = el('summary', { class: 'sum' },
@@ -537,6 +712,14 @@
       e.action !== undefined && e.action !== null ? el('span', { class: 'action', text: e.action }) : null,
       e.status !== undefined ? el('span', { class: 'status s' + String(e.status).charAt(0), text: String(e.status) }) : null,
       e.pk !== undefined && e.pk !== null ? el('span', { class: 'pk', text: `pk ${compact(e.pk)}` }) : null,
+      e.offset !== undefined ? el('span', { class: 'offset', title: `offset ${e.offset}: the event's place in its stream`, text: `@${e.offset}` }) : null,
+      e.position ? el('span', { class: 'position', title: `position: epoch ${e.position.epoch}, offset ${e.position.offset}`, text: `at @${e.position.offset}` }) : null,
+      e.since ? el('span', { class: 'position', title: `since: epoch ${e.since.epoch}, offset ${e.since.offset}`, text: `since @${e.since.offset}` }) : null,
+      e.recovered !== undefined ? el('span', {
+        class: 'resume ' + (e.recovered ? 'ok' : 'lost'),
+        title: e.recovered ? 'Every event after since follows the reply.' : 'The events after since cannot be replayed: reload the state.',
+        text: e.recovered ? 'recovered' : 'state lost',
+      }) : null,
       e.rid !== undefined && e.rid !== null ? el('span', {
         class: 'rid', title: (e.sub === 'query' ? 'An event of the live query with this request_id. ' : '') + 'Show the frames of this request_id',
         text: (e.sub === 'query' ? 'live ' : '') + `#${ridText(e.rid)}`,
@@ -1262,6 +1445,9 @@
       let text = `${head} · ${ms}`;
       if (isObject(p.meta)) text += ` · ${p.meta.count} objects, page ${p.meta.page} of ${p.meta.num_pages}`;
       else if (isSnapshot(p)) text += ` · snapshot: ${snapshotText(p.data)}`;
+      const at = replyPosition(p);
+      if (at) text += ` · at @${at.offset}`;
+      if (isObject(p.data) && typeof p.data.recovered === 'boolean') text += p.data.recovered ? ' · recovered' : ' · state lost: reload';
       setResult('ok', text, st);
       return;
     }
