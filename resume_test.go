@@ -155,7 +155,7 @@ func TestListThenSubscribeNoGapNoDuplicate(t *testing.T) {
 	var wg sync.WaitGroup
 	for w := range writers {
 		wg.Go(func() {
-			for i := range 5000 { // the list below reads every row in one page
+			for i := range 1000 { // the list below reads every row in one page
 				select {
 				case <-stop:
 					return
