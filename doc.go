@@ -40,6 +40,15 @@
 // stays, and a delete when it leaves, decided per recipient on the row
 // before and after each change.
 //
+// # Resume
+//
+// Every event carries its offset in its stream, and every list the
+// position its rows were read at (docs/PROTOCOL.md section 10). A client
+// that reconnects subscribes with "since", its last position, and is sent
+// the events it missed, then the live ones, with no gap and none twice, as
+// long as the history holds them (WithHistory; with a broker, the
+// broker's shared history, so on any instance).
+//
 // # Errors
 //
 // Hooks, permission checks and custom actions return errors: ErrNotFound,
