@@ -208,3 +208,18 @@ func TestListThenSubscribeNoGapNoDuplicate(t *testing.T) {
 		require.NoError(t, ws.conn.Close())
 	}
 }
+
+// TestResumeBeyondTheQueue: a replay longer than the connection's queue is
+// written as the socket drains, not taken for a slow client.
+func TestResumeBeyondTheQueue(t *testing.T) {
+	srv := testModelServer(t, channelsapi.WithQueueSize(8))
+	ws := srv.dial(t, nil)
+	at := ws.listPosition()
+	seed(t, srv.DB, names(100)...)
+	reply := ws.subscribeSince("create", at)
+	require.True(t, reply.Recovered)
+	for i := range 100 {
+		require.EqualValues(t, at.Offset+1+uint64(i), ws.readFrame().Payload.Offset)
+	}
+	ws.assertAlive()
+}
