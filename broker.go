@@ -130,6 +130,7 @@ type brokerRelay struct {
 	delivery *delivery
 	log      *slog.Logger
 	b        Broker
+	outbox   bool // the outbox numbers the changes (outbox.go)
 }
 
 // startRelay sets the relay: the broker of WithBroker, run now, else the
@@ -139,7 +140,7 @@ func (a *API) startRelay() error {
 		a.relay = localRelay{a.delivery}
 		return nil
 	}
-	r := &brokerRelay{reg: a.reg, delivery: a.delivery, log: a.log, b: a.cfg.broker}
+	r := &brokerRelay{reg: a.reg, delivery: a.delivery, log: a.log, b: a.cfg.broker, outbox: a.cfg.outbox != nil}
 	if err := r.b.Run(r.receive, r.lost); err != nil {
 		return fmt.Errorf("channelsapi: run broker: %w", err)
 	}
@@ -149,6 +150,10 @@ func (a *API) startRelay() error {
 }
 
 func (r *brokerRelay) publish(changes []change) {
+	if r.outbox {
+		r.publishNumbered(changes)
+		return
+	}
 	for _, ch := range changes {
 		rs := r.reg.ofType(ch.typ)
 		if len(rs) == 0 {
@@ -157,7 +162,7 @@ func (r *brokerRelay) publish(changes []change) {
 		var msg []byte
 		if ch.resync == "" {
 			var err error
-			if msg, err = encodeWireChange(rs[0], r.reg.stateful(ch.typ), ch); err != nil {
+			if msg, err = encodeWireChange(rs[0], r.reg.stateful(ch.typ), ch, 0); err != nil {
 				r.log.Error("channelsapi: encode change for the broker", "err", err)
 			}
 		}
@@ -167,6 +172,31 @@ func (r *brokerRelay) publish(changes []change) {
 			} else {
 				r.b.Publish(res.name(), msg)
 			}
+		}
+	}
+}
+
+// publishNumbered publishes changes the outbox numbered: each stream's
+// payload carries the change's offset, which orders delivery on every
+// instance (delivery_ordered.go); a broker's gap is filled from the
+// outbox. A resync the outbox could not number (a write in a transaction
+// it cannot see) travels as a payload too, so that lost keeps meaning
+// "read the outbox".
+func (r *brokerRelay) publishNumbered(changes []change) {
+	for _, ch := range changes {
+		if len(ch.numbered) > 0 {
+			for _, n := range ch.numbered {
+				r.b.Publish(n.stream, n.payload)
+			}
+			continue
+		}
+		for _, res := range r.reg.ofType(ch.typ) {
+			msg, err := encodeWireChange(res, false, change{resync: ch.resync}, 0)
+			if err != nil {
+				r.log.Error("channelsapi: encode change for the broker", "err", err)
+				continue
+			}
+			r.b.Publish(res.name(), msg)
 		}
 	}
 }
@@ -185,6 +215,10 @@ func (r *brokerRelay) receive(stream, epoch string, offset uint64, payload []byt
 // after what was received before.
 func (r *brokerRelay) lost(streams []string) {
 	for _, s := range streams {
+		if r.outbox {
+			r.delivery.check(s) // the outbox holds what the broker lost
+			continue
+		}
 		r.delivery.lost(s, reasonBrokerGap)
 	}
 }

@@ -54,6 +54,12 @@ type change struct {
 	// the row before the statement, for leave detection (authorize.go).
 	beforeObj any
 	before    json.RawMessage // beforeObj serialized; nil until encode
+
+	// With the outbox: the change's places in the streams of its model,
+	// given before COMMIT (outbox.go), or the offset it came with from a
+	// broker or the outbox.
+	numbered []numbered
+	offset   uint64
 }
 
 // encodeSafely is encode, with a panic of the model's JSON methods as an
@@ -88,15 +94,17 @@ type capture struct {
 	bulkLimit    int
 	order        *sequencer // commit order (capture_tx.go)
 	hasReturning bool       // the dialect has RETURNING (returning.go)
-	encodeEarly  bool       // changes are serialized before COMMIT (a broker carries them)
+	encodeEarly  bool       // changes are serialized before COMMIT (a broker or the outbox carries them)
 	postgres     bool
+	outbox       *outbox // WithOutbox: changes are written to it before COMMIT
 }
 
 func newCapture(a *API) *capture {
 	return &capture{
 		reg: a.reg, log: a.log, bulkLimit: a.cfg.bulkLimit,
 		order:       &sequencer{publish: func(c []change) { a.relay.publish(c) }, log: a.log},
-		encodeEarly: a.cfg.broker != nil,
+		encodeEarly: a.cfg.broker != nil || a.outbox != nil,
+		outbox:      a.outbox,
 	}
 }
 

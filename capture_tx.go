@@ -160,6 +160,12 @@ func (t *txPool) Commit() error {
 		return t.committer.Commit()
 	}
 	t.capture.prepare(changes)
+	if ob := t.capture.outbox; ob != nil {
+		if err := ob.write(context.Background(), t.ConnPool, changes); err != nil {
+			_ = t.committer.Rollback()
+			return err
+		}
+	}
 	order := t.capture.order
 	order.gate.enter()
 	defer order.gate.leave()
@@ -168,6 +174,7 @@ func (t *txPool) Commit() error {
 		place.fill(nil)
 		return err
 	}
+	failpoint("after-commit")
 	place.fill(changes)
 	return nil
 }

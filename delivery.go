@@ -3,8 +3,6 @@ package channelsapi
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -62,6 +60,11 @@ type delivery struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	// ob is the outbox of WithOutbox, nil without: streams are then
+	// delivered in the order of the offsets it gives (delivery_ordered.go).
+	ob   *outbox
+	quit chan struct{} // closed by close: the outbox's loops return
+
 	mu      sync.RWMutex
 	streams map[string]*streamQueue
 	byType  map[reflect.Type][]*streamQueue
@@ -84,10 +87,14 @@ type streamQueue struct {
 	// It holds the changes as committed, before they are encoded.
 	past *history.Ring[change]
 
-	mu      sync.Mutex
-	items   []item
-	resync  string // set when the queue overflowed: delivered after items
-	stopped bool
+	// ord orders the stream by the outbox's offsets; nil without it.
+	ord *ordered
+
+	mu       sync.Mutex
+	items    []item
+	resync   string // set when the queue overflowed: delivered after items
+	overflow bool   // with the outbox: items were dropped, to be read back
+	stopped  bool
 }
 
 // item is a queued change, or one received from a relay that the stream's
@@ -98,22 +105,37 @@ type item struct {
 	decode func() (change, error)
 	at     Position // the change's place in the stream's history
 	resume *resumption
+	// With the outbox: top is a stream top the poll read, check asks
+	// for the top to be read now (a broker lost messages).
+	top   uint64
+	check bool
 }
 
-func newDelivery(hub *fanout.Hub, log *slog.Logger, limit int, ret retention) *delivery {
+func newDelivery(hub *fanout.Hub, log *slog.Logger, limit int, ret retention, ob *outbox) *delivery {
 	ctx, cancel := context.WithCancel(context.Background())
-	epoch := make([]byte, 6)
-	_, _ = rand.Read(epoch)
-	return &delivery{
-		hub: hub, log: log, limit: limit, ret: ret, epoch: hex.EncodeToString(epoch), ctx: ctx, cancel: cancel,
-		streams: map[string]*streamQueue{}, byType: map[reflect.Type][]*streamQueue{},
+	d := &delivery{
+		hub: hub, log: log, limit: limit, ret: ret, epoch: newEpoch(), ctx: ctx, cancel: cancel, ob: ob,
+		quit: make(chan struct{}), streams: map[string]*streamQueue{}, byType: map[reflect.Type][]*streamQueue{},
 	}
+	if ob != nil {
+		d.wg.Add(1)
+		go d.tendOutbox()
+	}
+	return d
 }
 
-// add starts the delivery of r's stream.
-func (d *delivery) add(r resource) {
+// add starts the delivery of r's stream. With the outbox, it creates the
+// stream's counter unless it exists, and delivers from its top on.
+func (d *delivery) add(r resource) error {
 	q := &streamQueue{r: r, wake: make(chan struct{}, 1)}
-	if d.ret.broker == nil {
+	switch {
+	case d.ob != nil:
+		at, err := d.ob.ensure(d.ctx, r.name())
+		if err != nil {
+			return err
+		}
+		q.ord = &ordered{epoch: at.Epoch, cursor: at.Offset, ahead: map[uint64]item{}}
+	case d.ret.broker == nil:
 		q.past = history.New[change](d.ret.size, d.ret.ttl, nil)
 	}
 	d.mu.Lock()
@@ -123,10 +145,15 @@ func (d *delivery) add(r resource) {
 	d.byType[t] = append(d.byType[t], q)
 	if d.closed {
 		q.stopped = true
-		return
+		return nil
 	}
 	d.wg.Add(1)
-	go d.run(q)
+	if q.ord != nil {
+		go d.runOrdered(q)
+	} else {
+		go d.run(q)
+	}
+	return nil
 }
 
 // committed records changes committed on this instance, in commit order,
@@ -136,6 +163,10 @@ func (d *delivery) add(r resource) {
 func (d *delivery) committed(changes []change) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
+	if d.ob != nil {
+		d.committedNumbered(changes)
+		return
+	}
 	for _, ch := range changes {
 		for _, q := range d.byType[ch.typ] {
 			at := Position{d.epoch, q.past.Append(ch)}
@@ -188,6 +219,12 @@ func (d *delivery) enqueue(q *streamQueue, it item) bool {
 	case q.stopped || q.resync != "":
 		// Shutting down (the sockets are closed with 1001), or the
 		// subscribers are resynced after what is queued: nothing is missed.
+	case len(q.items) >= d.limit && q.ord != nil:
+		// The outbox holds what is dropped: it is read back in order.
+		if it.resume == nil && !q.overflow {
+			q.overflow = true
+			d.log.Warn("channelsapi: delivery queue full; the stream's changes are read back from the outbox", "stream", q.r.name(), "size", d.limit)
+		}
 	case len(q.items) >= d.limit:
 		if it.resume == nil {
 			q.resync = reasonQueueFull
@@ -239,6 +276,9 @@ func (d *delivery) run(q *streamQueue) {
 // It may be called more than once.
 func (d *delivery) close(ctx context.Context) error {
 	d.mu.Lock()
+	if !d.closed {
+		close(d.quit)
+	}
 	d.closed = true
 	for _, q := range d.streams {
 		q.mu.Lock()

@@ -67,6 +67,7 @@ type config struct {
 	broker         Broker // broker.go
 	historySize    int
 	historyTTL     time.Duration
+	outbox         *OutboxConfig // outbox.go
 }
 
 // WithPath sets the WebSocket endpoint's path, relative to the router given
@@ -205,7 +206,8 @@ type API struct {
 	hub      *fanout.Hub
 	log      *slog.Logger
 	capture  *capture
-	relay    relay // localRelay, or brokerRelay with WithBroker
+	outbox   *outbox // WithOutbox, else nil
+	relay    relay   // localRelay, or brokerRelay with WithBroker
 	delivery *delivery
 	// fold and precision are how the database compares strings case
 	// insensitively and keeps times (query.go).
@@ -317,7 +319,12 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 			return nil, fmt.Errorf("channelsapi: mount debug page: %w", err)
 		}
 	}
-	a.delivery = newDelivery(a.hub, a.log, cfg.deliveryQueue, retention{size: cfg.historySize, ttl: cfg.historyTTL, broker: cfg.broker})
+	if cfg.outbox != nil {
+		if a.outbox, err = newOutbox(db, *cfg.outbox, a.reg); err != nil {
+			return nil, err
+		}
+	}
+	a.delivery = newDelivery(a.hub, a.log, cfg.deliveryQueue, retention{size: cfg.historySize, ttl: cfg.historyTTL, broker: cfg.broker}, a.outbox)
 	if err := a.startRelay(); err != nil {
 		return nil, err
 	}
@@ -380,8 +387,7 @@ func (a *API) add(r resource) error {
 	case err != nil:
 		return fmt.Errorf("channelsapi: add %s: %w", r.name(), err)
 	}
-	a.delivery.add(r)
-	return nil
+	return a.delivery.add(r)
 }
 
 // run executes an action with the one error translation and panic recovery

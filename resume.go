@@ -83,6 +83,9 @@ func (d *delivery) resume(q *streamQueue, rs *resumption) {
 // history does not hold all of them (or a resync is among them): the
 // subscriber must load its state again.
 func (d *delivery) replay(q *streamQueue, rs *resumption) resumed {
+	if q.ord != nil {
+		return d.replayOutbox(q, rs)
+	}
 	if q.past != nil {
 		last := q.past.Last()
 		var changes []change

@@ -300,7 +300,7 @@ func (v *viewSet[T]) subscribeList(ctx context.Context, req *Request, c *conn) r
 	}
 	_, size, _ := pageQuery{size: pq.size}.resolve(v.PageSize, v.MaxPageSize)
 	objs, count, at, err := v.snapshot(ctx, req, cs.filter, lq, size, subscribe)
-	if err == nil && v.api.cfg.broker != nil {
+	if err == nil && (v.api.cfg.broker != nil || v.api.outbox != nil) {
 		// The events after the snapshot's position, some of which it may
 		// hold already, and then the live ones.
 		err = v.catchUp(ctx, c, rid, at)
@@ -353,6 +353,29 @@ func (v *viewSet[T]) snapshot(ctx context.Context, req *Request, sf *query.Query
 		}
 		return release, nil
 	}
+	read := func(db *gorm.DB) error {
+		var meta *pageMeta
+		objs, meta, err = v.page(ctx, db, req, sf, lq, 1, size)
+		if meta != nil {
+			count = meta.Count
+		}
+		return err
+	}
+	if ob := v.api.outbox; ob != nil {
+		// The position is read in the rows' own snapshot: exact on any
+		// number of instances.
+		if err := subscribe(fanout.Held); err != nil {
+			return nil, 0, at, err
+		}
+		v.api.relay.ready(ctx, v.Stream)
+		err = v.readSnapshot(ctx, noFix, func(db *gorm.DB) error {
+			if at, err = ob.position(db, v.Stream); err != nil {
+				return err
+			}
+			return read(db)
+		})
+		return objs, count, at, err
+	}
 	if b := v.api.cfg.broker; b != nil {
 		if err := subscribe(fanout.Held); err != nil {
 			return nil, 0, at, err
@@ -364,16 +387,9 @@ func (v *viewSet[T]) snapshot(ctx context.Context, req *Request, sf *query.Query
 			return nil, 0, at, errResumeBusy
 		}
 		at = Position{epoch, offset}
-		fix = func() (func(), error) { return func() {}, nil }
+		fix = noFix
 	}
-	err = v.readSnapshot(ctx, fix, func(db *gorm.DB) error {
-		var meta *pageMeta
-		objs, meta, err = v.page(ctx, db, req, sf, lq, 1, size)
-		if meta != nil {
-			count = meta.Count
-		}
-		return err
-	})
+	err = v.readSnapshot(ctx, fix, read)
 	return objs, count, at, err
 }
 
@@ -413,6 +429,9 @@ func (v *viewSet[T]) readSnapshot(ctx context.Context, fix func() (func(), error
 		return fixThenRead(conn, "SELECT 1 FROM "+conn.Statement.Quote(v.m.schema.Table)+" LIMIT 1", fix, read)
 	})
 }
+
+// noFix is a fix for readSnapshot that holds nothing back.
+func noFix() (func(), error) { return func() {}, nil }
 
 // fixThenRead runs fix, then first (the statement that fixes the
 // transaction's snapshot), then fix's release, then read.

@@ -520,13 +520,24 @@ func (v *viewSet[T]) list(ctx context.Context, req *Request) result {
 }
 
 // readAtPosition runs read and returns the stream position it read at. On
-// one instance it is exact: read runs in a read-only transaction whose
+// one instance, or with the outbox, it is exact: read runs in a read-only transaction whose
 // snapshot is fixed while no commit is under way, and the position is the
 // stream's then, so that a subscribe since it receives exactly the changes
 // the rows do not hold. With a broker, offsets are assigned after commit:
 // the broker's position is read first, and a change committed before the
 // read may come after it as well.
 func (v *viewSet[T]) readAtPosition(ctx context.Context, read func(*gorm.DB) error) (at Position, err error) {
+	if ob := v.api.outbox; ob != nil {
+		// Exact on any number of instances: the position is read in the
+		// rows' own snapshot.
+		err = v.readSnapshot(ctx, noFix, func(db *gorm.DB) error {
+			if at, err = ob.position(db, v.Stream); err != nil {
+				return err
+			}
+			return read(db)
+		})
+		return at, err
+	}
 	if b := v.api.cfg.broker; b != nil {
 		epoch, offset, err := b.Position(ctx, v.Stream)
 		if err != nil {

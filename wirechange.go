@@ -22,16 +22,24 @@ type wireChange struct {
 	Same      bool            `json:"s,omitempty"` // change.same
 	Row       json.RawMessage `json:"r,omitempty"`
 	BeforeRow json.RawMessage `json:"p,omitempty"`
+	// With the outbox (outbox.go): the change's offset in the stream, and
+	// the reason of a resync, which has no action.
+	Offset uint64 `json:"o,omitempty"`
+	Resync string `json:"x,omitempty"`
 }
 
 // encodeWireChange encodes ch for the streams of r's model; stateful says
 // whether one of them needs the row's states (registry.stateful), which
-// carry the column values.
-func encodeWireChange(r resource, stateful bool, ch change) ([]byte, error) {
+// carry the column values. offset is its place in r's stream, 0 unless the
+// outbox numbered it.
+func encodeWireChange(r resource, stateful bool, ch change, offset uint64) ([]byte, error) {
+	if ch.resync != "" {
+		return json.Marshal(wireChange{Offset: offset, Resync: ch.resync})
+	}
 	if err := ch.encode(); err != nil {
 		return nil, err
 	}
-	w := wireChange{Action: ch.action, Key: pkKey(ch.pk), Data: ch.data, Same: ch.same}
+	w := wireChange{Action: ch.action, Key: pkKey(ch.pk), Data: ch.data, Same: ch.same, Offset: offset}
 	if stateful {
 		m := r.model()
 		w.Before = ch.before
@@ -52,6 +60,9 @@ func decodeWireChange(r resource, payload []byte) (change, error) {
 	if err := json.Unmarshal(payload, &w); err != nil {
 		return change{}, err
 	}
+	if w.Resync != "" {
+		return change{typ: r.model().schema.ModelType, resync: w.Resync, offset: w.Offset}, nil
+	}
 	if w.Action != actionCreate && w.Action != actionUpdate && w.Action != actionDelete {
 		return change{}, fmt.Errorf("unknown action %q", w.Action)
 	}
@@ -60,7 +71,7 @@ func decodeWireChange(r resource, payload []byte) (change, error) {
 	if !ok {
 		return change{}, fmt.Errorf("invalid key %q", w.Key)
 	}
-	ch := change{typ: m.schema.ModelType, action: w.Action, pk: pk, data: w.Data, before: w.Before, same: w.Same}
+	ch := change{typ: m.schema.ModelType, action: w.Action, pk: pk, data: w.Data, before: w.Before, same: w.Same, offset: w.Offset}
 	if !r.stateful() {
 		return ch, nil
 	}
