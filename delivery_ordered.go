@@ -39,6 +39,8 @@ type ordered struct {
 	want   uint64          // an offset known to be committed
 	due    time.Time       // when the offsets up to want are read from the outbox, unless they came
 	ahead  map[uint64]item // arrived beyond cursor+1
+	// recheck: the top could not be read; it is read again when due.
+	recheck bool
 }
 
 // committedNumbered queues changes committed on this instance at their
@@ -88,7 +90,12 @@ func (d *delivery) runOrdered(q *streamQueue) {
 			d.toTop(q)
 		}
 		if !o.due.IsZero() && !time.Now().Before(o.due) {
-			d.fill(q)
+			if o.recheck {
+				o.recheck = false
+				d.toTop(q)
+			} else {
+				d.fill(q)
+			}
 		}
 		if len(items) > 0 || overflow {
 			continue
@@ -170,10 +177,14 @@ func (d *delivery) await(q *streamQueue, offset uint64) {
 
 // toTop reads q's stream top now and fills up to it from the outbox.
 func (d *delivery) toTop(q *streamQueue) {
-	at, err := q.ord.positionNow(d, q.r.name())
+	o := q.ord
+	at, err := o.positionNow(d, q.r.name())
 	if err != nil {
 		d.log.Error("channelsapi: read the outbox", "stream", q.r.name(), "err", err)
-		d.await(q, q.ord.cursor+1) // try again after gapWait
+		o.recheck = true // try again after gapWait
+		if o.due.IsZero() {
+			o.due = time.Now().Add(gapWait)
+		}
 		return
 	}
 	d.await(q, at.Offset)

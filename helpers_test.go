@@ -58,6 +58,11 @@ func TestMain(m *testing.M) {
 // tests use SQLite.
 const envPostgres = "CHANNELSAPI_TEST_POSTGRES"
 
+// envOutbox, when set (to anything), runs every test server with the
+// outbox (WithOutbox), as .ci/run does once for SQLite: every guarantee
+// of delivery must hold with it too.
+const envOutbox = "CHANNELSAPI_TEST_OUTBOX"
+
 // postgresDSN returns the DSN of envPostgres, or "" when it is not set.
 func postgresDSN() string { return os.Getenv(envPostgres) }
 
@@ -233,6 +238,9 @@ func newServerOn(tb testing.TB, db *gorm.DB, setup func(api *channelsapi.API, db
 // ViewSets, and serves the router on 127.0.0.1 until the test ends.
 func serveAPI(tb testing.TB, router *gin.Engine, db *gorm.DB, setup func(api *channelsapi.API, db *gorm.DB), opts ...channelsapi.Option) *testServer {
 	tb.Helper()
+	if os.Getenv(envOutbox) != "" {
+		opts = append([]channelsapi.Option{channelsapi.WithOutbox(channelsapi.OutboxConfig{PollInterval: 100 * time.Millisecond})}, opts...)
+	}
 	api, err := channelsapi.Register(router, db, opts...)
 	require.NoError(tb, err)
 	if setup != nil {
