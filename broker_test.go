@@ -703,6 +703,19 @@ func TestMultiInstancePeerKilled(t *testing.T) {
 // not the test's to know. The proxy sees the PUBLISH arrive and guarantees
 // it goes no further; B's own connection to Redis is untouched.
 func TestBrokerGapWhenAPeerDiesWithAChangeInFlight(t *testing.T) {
+	peerDiesWithAChangeInFlight(t, false)
+}
+
+// TestOutboxPeerDiesWithAChangeInFlight is
+// TestBrokerGapWhenAPeerDiesWithAChangeInFlight with both instances of the
+// example app run with -outbox: the change that never reached Redis is in
+// the outbox, and B's subscriber receives it (once B has polled, or read
+// the outbox when A fell silent) instead of being closed.
+func TestOutboxPeerDiesWithAChangeInFlight(t *testing.T) {
+	peerDiesWithAChangeInFlight(t, true)
+}
+
+func peerDiesWithAChangeInFlight(t *testing.T, outbox bool) {
 	if testing.Short() {
 		t.Skip("SKIP: -short")
 	}
@@ -715,8 +728,12 @@ func TestBrokerGapWhenAPeerDiesWithAChangeInFlight(t *testing.T) {
 	if pg := postgresDSN(); pg != "" {
 		db = postgresSchema(t, pg)
 	}
-	a := startInstance(t, bin, "-db", db, "-redis", proxy.url) // migrates the schema first
-	b := startInstance(t, bin, "-db", db, "-redis", r.URL)
+	var extra []string
+	if outbox {
+		extra = []string{"-outbox"}
+	}
+	a := startInstance(t, bin, append([]string{"-db", db, "-redis", proxy.url}, extra...)...) // migrates the schema first
+	b := startInstance(t, bin, append([]string{"-db", db, "-redis", r.URL}, extra...)...)
 
 	cb := b.dial(t, nil)
 	got := cb.request("questions", map[string]any{"action": "subscribe", "data": map[string]any{"action": "create"}, "request_id": 1})
@@ -735,6 +752,13 @@ func TestBrokerGapWhenAPeerDiesWithAChangeInFlight(t *testing.T) {
 	_ = a.cmd.Wait()
 	proxy.close()
 
+	if outbox {
+		got := cb.readPayload("questions")
+		assert.Equal(t, "create", got["action"])
+		assert.Equal(t, lost, dataOf(got)["question_text"], "the change A committed and never published reaches B's subscriber")
+		cb.assertAliveOn("questions")
+		return
+	}
 	code, reason, frames := cb.closeWithin(t, 15*time.Second)
 	assert.Empty(t, frames, "no event: the change never reached Redis")
 	assert.Equal(t, 1013, code, "B's subscriber may have missed a change: it must resync")

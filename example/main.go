@@ -2,7 +2,10 @@
 // over REST under /api and over one WebSocket at /ws, on a SQLite file or a
 // PostgreSQL database (-db postgres://...). Several instances on one
 // PostgreSQL database and one Redis server (-redis redis://...) serve the
-// same clients behind a load balancer.
+// same clients behind a load balancer. With -outbox, every change is
+// written to an outbox table in its own transaction: none is lost when an
+// instance dies right after COMMIT, and instances sharing the database
+// deliver each other's changes even without Redis.
 package main
 
 import (
@@ -57,8 +60,9 @@ func main() {
 	dsn := flag.String("db", "example.db", "SQLite database file, or a PostgreSQL URL (postgres://user@host:5432/db?sslmode=disable)")
 	redisURL := flag.String("redis", "", "Redis URL (redis://host:6379/0) connecting several instances; empty: one instance")
 	debug := flag.Bool("debug", false, "serve the debugger page at /channels-api/ (development only)")
+	outbox := flag.Bool("outbox", false, "write every change to an outbox table in its own transaction, so that none is lost if an instance dies right after COMMIT")
 	flag.Parse()
-	if err := run(*addr, *dsn, *redisURL, *debug); err != nil {
+	if err := run(*addr, *dsn, *redisURL, *debug, *outbox); err != nil {
 		log.Fatal(err)
 	}
 }
@@ -76,7 +80,7 @@ func openDB(dsn string) (*gorm.DB, string, error) {
 	return db, dsn, err
 }
 
-func run(addr, dsn, redisURL string, debug bool) error {
+func run(addr, dsn, redisURL string, debug, outbox bool) error {
 	db, name, err := openDB(dsn)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", name, err)
@@ -90,6 +94,9 @@ func run(addr, dsn, redisURL string, debug bool) error {
 	opts := []channelsapi.Option{channelsapi.WithRESTPrefix("/api"), channelsapi.WithSubprotocols("bearer")}
 	if debug {
 		opts = append(opts, channelsapi.WithDebugPage(""))
+	}
+	if outbox {
+		opts = append(opts, channelsapi.WithOutbox(channelsapi.OutboxConfig{}))
 	}
 	if redisURL != "" {
 		broker, err := redisbroker.New(redisbroker.Config{URL: redisURL})
@@ -141,6 +148,9 @@ func run(addr, dsn, redisURL string, debug bool) error {
 	fmt.Printf("polls app on %s (database %s)\n  REST:      http://localhost%s/api/questions\n  WebSocket: ws://localhost%s/ws\n", addr, name, port(addr), port(addr))
 	if redisURL != "" {
 		fmt.Printf("  Redis:     %s (events of every instance sharing it)\n", redact(redisURL))
+	}
+	if outbox {
+		fmt.Printf("  Outbox:    on (tables channelsapi_streams and channelsapi_outbox; instances sharing the database also see each other's changes)\n")
 	}
 	fmt.Printf("  Private notes need a token: Authorization: Bearer alice-token (or bob-token, admin-token)\n")
 	if debug {

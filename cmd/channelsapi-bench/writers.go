@@ -40,14 +40,15 @@ func (Row) TableName() string { return rowsTable }
 // of the process list.
 const dsnEnv = "CHANNELSAPI_BENCH_DSN"
 
-// S7's variants, three *gorm.DB over one *sql.DB pool.
+// S7's variants, four *gorm.DB over one *sql.DB pool.
 const (
 	variantPlain      = "plain"      // GORM without channelsapi
 	variantCapture    = "capture"    // channelsapi registered, its stream without subscribers
 	variantSubscribed = "subscribed" // channelsapi registered, the driver's subscribers on its stream
+	variantOutbox     = "outbox"     // channelsapi registered with WithOutbox, its stream without subscribers
 )
 
-var s7Variants = []string{variantPlain, variantCapture, variantSubscribed}
+var s7Variants = []string{variantPlain, variantCapture, variantSubscribed, variantOutbox}
 
 // writersServer runs rounds of W writers on one variant at a time.
 type writersServer struct {
@@ -67,14 +68,20 @@ func runWritersServer(cfg serverConfig) error {
 	s := &writersServer{dbs: dbs, last: make([]int64, cfg.rows)}
 	router := gin.New()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	// Two APIs on their own paths: the capture variant's stream has no
-	// subscriber, the subscribed one's has the driver's (on /ws).
+	// Three APIs on their own paths: the capture and outbox variants'
+	// streams have no subscriber, the subscribed one's has the driver's
+	// (on /ws).
 	mounts := []struct {
 		variant string
 		router  gin.IRouter
-	}{{variantCapture, router.Group("/capture")}, {variantSubscribed, router}}
+		opts    []channelsapi.Option
+	}{
+		{variantCapture, router.Group("/capture"), nil},
+		{variantSubscribed, router, nil},
+		{variantOutbox, router.Group("/outbox"), []channelsapi.Option{channelsapi.WithOutbox(channelsapi.OutboxConfig{})}},
+	}
 	for _, m := range mounts {
-		api, err := channelsapi.Register(m.router, dbs[m.variant], channelsapi.WithLogger(log))
+		api, err := channelsapi.Register(m.router, dbs[m.variant], append(m.opts, channelsapi.WithLogger(log))...)
 		if err != nil {
 			return fmt.Errorf("%s: %w", m.variant, err)
 		}
@@ -145,6 +152,11 @@ func openWriterDBs(cfg serverConfig) (dbs map[string]*gorm.DB, cleanup func(), e
 	cleanup = func() {
 		if cfg.db == "postgres" {
 			_ = first.Migrator().DropTable(&Row{})
+			// The outbox variant's rows, in tables that may be shared.
+			if first.Migrator().HasTable("channelsapi_outbox") {
+				_ = first.Exec(`DELETE FROM channelsapi_outbox WHERE stream = ?`, rowsTable).Error
+				_ = first.Exec(`DELETE FROM channelsapi_streams WHERE stream = ?`, rowsTable).Error
+			}
 		}
 		_ = sqlDB.Close()
 		prev()
@@ -169,7 +181,7 @@ func openWriterDBs(cfg serverConfig) (dbs map[string]*gorm.DB, cleanup func(), e
 		}
 	}
 	dbs = map[string]*gorm.DB{variantPlain: first}
-	for _, v := range []string{variantCapture, variantSubscribed} {
+	for _, v := range []string{variantCapture, variantSubscribed, variantOutbox} {
 		if dbs[v], err = gorm.Open(dialer(sqlDB), gcfg()); err != nil {
 			return fail(fmt.Errorf("open %s: %w", v, err))
 		}
