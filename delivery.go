@@ -117,11 +117,19 @@ func newDelivery(hub *fanout.Hub, log *slog.Logger, limit int, ret retention, ob
 		hub: hub, log: log, limit: limit, ret: ret, epoch: newEpoch(), ctx: ctx, cancel: cancel, ob: ob,
 		quit: make(chan struct{}), streams: map[string]*streamQueue{}, byType: map[reflect.Type][]*streamQueue{},
 	}
-	if ob != nil {
-		d.wg.Add(1)
-		go d.tendOutbox()
-	}
 	return d
+}
+
+// startOutbox starts polling and trimming the outbox, once Register has
+// installed the capture (which changes the *gorm.DB the outbox reads).
+func (d *delivery) startOutbox() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ob == nil || d.closed {
+		return
+	}
+	d.wg.Add(1)
+	go d.tendOutbox()
 }
 
 // add starts the delivery of r's stream. With the outbox, it creates the

@@ -49,6 +49,15 @@
 // long as the history holds them (WithHistory; with a broker, the
 // broker's shared history, so on any instance).
 //
+// # Crash-safe delivery
+//
+// Without further options, a committed change lives in the process's
+// memory until it is published. WithOutbox writes it, in its own
+// transaction, to an outbox table the library owns, numbered in commit
+// order: a change whose process died right after COMMIT still reaches
+// every subscriber, once and in order, and clients resume from the
+// database, across restarts.
+//
 // # Errors
 //
 // Hooks, permission checks and custom actions return errors: ErrNotFound,
