@@ -107,6 +107,9 @@ type relay interface {
 	// cannot be promised the subscribers of stream are resynced later,
 	// once it can.
 	ready(ctx context.Context, stream string)
+	// numbered takes changes of stream that the outbox numbered after
+	// COMMIT (numbering.go), in offset order. It must not block.
+	numbered(stream string, rows []outboxRow)
 	// shutdown stops what the relay started and waits for it, or until ctx
 	// is done. It may be called more than once.
 	shutdown(ctx context.Context) error
@@ -115,7 +118,10 @@ type relay interface {
 // localRelay hands changes straight to this process's delivery.
 type localRelay struct{ d *delivery }
 
-func (r localRelay) publish(changes []change)     { r.d.committed(changes) }
+func (r localRelay) publish(changes []change) { r.d.committed(changes) }
+func (r localRelay) numbered(stream string, rows []outboxRow) {
+	r.d.numbered(stream, rows)
+}
 func (localRelay) interest(string, bool)          {}
 func (localRelay) ready(context.Context, string)  {}
 func (localRelay) shutdown(context.Context) error { return nil }
@@ -201,6 +207,14 @@ func (r *brokerRelay) publishNumbered(changes []change) {
 	}
 }
 
+// numbered publishes changes the outbox numbered after COMMIT, each with
+// its offset.
+func (r *brokerRelay) numbered(stream string, rows []outboxRow) {
+	for _, row := range rows {
+		r.b.Publish(stream, withOffset(row.payload, row.offset))
+	}
+}
+
 // receive queues a change from the broker for this instance's subscribers
 // of stream. It runs on the broker's reader goroutine: it only queues.
 func (r *brokerRelay) receive(stream, epoch string, offset uint64, payload []byte) {
@@ -208,7 +222,11 @@ func (r *brokerRelay) receive(stream, epoch string, offset uint64, payload []byt
 	if !ok {
 		return // a stream this instance does not serve
 	}
-	r.delivery.received(stream, Position{epoch, offset}, func() (change, error) { return decodeWireChange(res, payload) })
+	at := Position{epoch, offset}
+	if r.outbox {
+		at = Position{} // the outbox's offset is in the payload
+	}
+	r.delivery.received(stream, at, func() (change, error) { return decodeWireChange(res, payload) })
 }
 
 // lost resyncs the subscribers of streams whose events may have been lost,

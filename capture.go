@@ -60,6 +60,7 @@ type change struct {
 	// broker or the outbox.
 	numbered []numbered
 	offset   uint64
+	pending  bool // written to the outbox, to be numbered after COMMIT (numbering.go)
 }
 
 // encodeSafely is encode, with a panic of the model's JSON methods as an
@@ -102,7 +103,12 @@ type capture struct {
 func newCapture(a *API) *capture {
 	return &capture{
 		reg: a.reg, log: a.log, bulkLimit: a.cfg.bulkLimit,
-		order:       &sequencer{publish: func(c []change) { a.relay.publish(c) }, log: a.log},
+		order: &sequencer{publish: func(c []change) {
+			if a.outbox != nil {
+				c = a.outbox.committed(c)
+			}
+			a.relay.publish(c)
+		}, log: a.log},
 		encodeEarly: a.cfg.broker != nil || a.outbox != nil,
 		outbox:      a.outbox,
 	}

@@ -122,7 +122,7 @@ func newDelivery(hub *fanout.Hub, log *slog.Logger, limit int, ret retention, ob
 
 // startOutbox starts polling and trimming the outbox, once Register has
 // installed the capture (which changes the *gorm.DB the outbox reads).
-func (d *delivery) startOutbox() {
+func (d *delivery) startOutbox(publish func(stream string, rows []outboxRow)) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.ob == nil || d.closed {
@@ -130,6 +130,13 @@ func (d *delivery) startOutbox() {
 	}
 	d.wg.Add(1)
 	go d.tendOutbox()
+	if d.ob.after {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			d.ob.numberLoop(d.ctx, d.quit, publish, d.log.Error)
+		}()
+	}
 }
 
 // add starts the delivery of r's stream. With the outbox, it creates the

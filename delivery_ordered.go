@@ -60,6 +60,20 @@ func (d *delivery) committedNumbered(changes []change) {
 	}
 }
 
+// numbered queues changes of stream this instance numbered after COMMIT
+// (numbering.go), at their offsets.
+func (d *delivery) numbered(stream string, rows []outboxRow) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	q, ok := d.streams[stream]
+	if !ok {
+		return
+	}
+	for _, row := range rows {
+		d.enqueue(q, item{at: Position{Offset: row.offset}, decode: func() (change, error) { return decodeWireChange(q.r, row.payload) }})
+	}
+}
+
 // check makes stream's goroutine read the stream's top and fill up to it
 // from the outbox: a broker lost messages of it.
 func (d *delivery) check(stream string) {
@@ -132,14 +146,21 @@ func (d *delivery) take(q *streamQueue, it item) {
 		d.await(q, it.top)
 		return
 	}
-	if it.decode != nil {
+	if it.decode != nil && it.at.Offset != 0 {
+		// Numbered here: deliver decodes it, if anyone listens.
+		it.at.Epoch = o.epoch
+	} else if it.decode != nil {
 		ch, err := it.decode()
 		if err != nil {
 			d.log.Error("channelsapi: undecodable change", "stream", q.r.name(), "err", err)
 			d.resync(q.r.name(), reasonUndecodable)
 			return
 		}
-		it.ch, it.decode, it.at = ch, nil, Position{o.epoch, ch.offset}
+		it.ch, it.decode = ch, nil
+		if ch.offset != 0 {
+			it.at.Offset = ch.offset
+		}
+		it.at.Epoch = o.epoch
 	}
 	off := it.at.Offset
 	switch {
@@ -367,6 +388,14 @@ func (d *delivery) tendOutbox() {
 func (d *delivery) pollOutbox(ctx context.Context, seen map[string]uint64) {
 	ctx, cancel := context.WithTimeout(ctx, resumeTimeout)
 	defer cancel()
+	if err := d.ob.orphans(ctx, func(s string) bool {
+		d.mu.RLock()
+		defer d.mu.RUnlock()
+		_, ok := d.streams[s]
+		return ok
+	}); err != nil && ctx.Err() == nil {
+		d.log.Error("channelsapi: poll the outbox", "err", err)
+	}
 	tops, err := d.ob.tops(ctx)
 	if err != nil && ctx.Err() == nil {
 		d.log.Error("channelsapi: poll the outbox", "err", err)

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"gorm.io/gorm"
@@ -23,17 +24,22 @@ import (
 //	channelsapi_streams (stream PRIMARY KEY, top, epoch)
 //	channelsapi_outbox  (stream, "offset", payload, created_at, PRIMARY KEY (stream, "offset"))
 //
-// Just before COMMIT, the transaction adds the number of its changes to
-// the top of each stream they belong to (in the streams' name order, so
-// that two transactions never wait for each other's counters in a cycle)
-// and takes the offsets below the new top, then inserts one outbox row
-// per change and stream: the change as a broker carries it (wirechange.go),
-// its offset inside. The counter's row stays locked until COMMIT, so the
-// offsets of a stream are given in commit order, without gaps, whichever
-// instance or process commits.
+// On SQLite, whose writers take turns anyway, just before COMMIT the
+// transaction adds the number of its changes to the top of each stream
+// they belong to (in the streams' name order, so that two transactions
+// never wait for each other's counters in a cycle) and takes the offsets
+// below the new top, then inserts one outbox row per change and stream:
+// the change as a broker carries it (wirechange.go), its offset inside.
+// The counter stays locked until COMMIT, so the offsets of a stream are
+// given in commit order, without gaps, whichever process commits; after
+// COMMIT the changes are published from memory as without the outbox.
 //
-// After COMMIT the changes are published from memory as without the
-// outbox. Every instance delivers each stream strictly in offset order
+// On PostgreSQL, holding the counter until COMMIT would make the commits
+// of one stream wait for each other's WAL flush: there the transaction
+// writes its changes to a third table, channelsapi_pending, and they are
+// numbered right after COMMIT (numbering.go).
+//
+// After numbering, the changes are published as without the outbox. Every instance delivers each stream strictly in offset order
 // (delivery_ordered.go): what arrives ahead of a missing offset waits for
 // it briefly, then the missing rows are read from the outbox; and every
 // PollInterval each instance reads the streams' tops, which reveals what a
@@ -106,12 +112,23 @@ type outbox struct {
 	reg      *registry
 	postgres bool
 	sql      outboxSQL
+	// after: changes are numbered after COMMIT (PostgreSQL), not in their
+	// transaction (SQLite); see numbering.go.
+	after  bool
+	raw    *sql.DB // for numbering, beside GORM and the capture
+	wake   chan struct{}
+	mu     sync.Mutex
+	toDo   map[string]bool // streams with changes to number
+	number func(stream string, rows []outboxRow)
 }
 
 // outboxSQL holds the statements, in the dialect's placeholders.
 type outboxSQL struct {
 	bump, insertRows, ensure, position, tops, read, oldest, trim string
 	row                                                          string // one row of insertRows' VALUES, with %d for its placeholders
+	// With numbering after COMMIT (PostgreSQL): the changes waiting for
+	// their offsets, one row's VALUES, and the numbering.
+	insertPending, pendingRow, lockTop, move, pendingStreams string
 }
 
 // outboxBatch bounds the rows one statement inserts, reads or deletes.
@@ -122,14 +139,18 @@ func newOutbox(db *gorm.DB, cfg OutboxConfig, reg *registry) (*outbox, error) {
 	case cfg.Retention < 0 || cfg.MaxRows < 0 || cfg.PollInterval < 0:
 		return nil, fmt.Errorf("channelsapi: outbox retention, rows and poll interval must not be negative")
 	}
-	o := &outbox{db: db, cfg: cfg, reg: reg}
-	var ddl []string
+	o := &outbox{db: db, cfg: cfg, reg: reg, wake: make(chan struct{}, 1), toDo: map[string]bool{}}
+	var (
+		ddl []string
+		err error
+	)
 	switch db.Dialector.Name() {
 	case "postgres":
 		o.postgres = true
 		ddl = []string{
 			`CREATE TABLE IF NOT EXISTS channelsapi_streams (stream text PRIMARY KEY, top bigint NOT NULL, epoch text NOT NULL)`,
 			`CREATE TABLE IF NOT EXISTS channelsapi_outbox (stream text NOT NULL, "offset" bigint NOT NULL, payload bytea NOT NULL, created_at bigint NOT NULL, PRIMARY KEY (stream, "offset"))`,
+			`CREATE TABLE IF NOT EXISTS channelsapi_pending (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, stream text NOT NULL, payload bytea NOT NULL, created_at bigint NOT NULL)`,
 		}
 	case "sqlite":
 		ddl = []string{
@@ -161,6 +182,26 @@ ON CONFLICT (stream) DO UPDATE SET top = channelsapi_streams.top + excluded.top 
 	}
 	if o.postgres {
 		o.sql.row = "($%d, $%d, $%d, $%d)"
+		o.sql.insertPending = `INSERT INTO channelsapi_pending (stream, payload, created_at) VALUES `
+		o.sql.pendingRow = "($%d, $%d, $%d)"
+		// The numbering transaction does not wait for its WAL flush
+		// (numbering.go says why that is safe).
+		o.sql.lockTop = `SELECT set_config('synchronous_commit', 'off', true), top FROM channelsapi_streams WHERE stream = $1 FOR UPDATE`
+		o.sql.move = `WITH moved AS (
+	DELETE FROM channelsapi_pending WHERE id IN (SELECT id FROM channelsapi_pending WHERE stream = $1 ORDER BY id LIMIT ` + strconv.Itoa(outboxBatch) + `)
+	RETURNING id, payload, created_at),
+numbered AS (
+	INSERT INTO channelsapi_outbox (stream, "offset", payload, created_at)
+	SELECT $1, $2::bigint + row_number() OVER (ORDER BY id), payload, created_at FROM moved
+	RETURNING "offset", payload),
+raised AS (
+	UPDATE channelsapi_streams SET top = top + (SELECT COUNT(*) FROM moved) WHERE stream = $1)
+SELECT "offset", payload FROM numbered`
+		o.sql.pendingStreams = `SELECT DISTINCT stream FROM channelsapi_pending`
+		o.after = true
+		if o.raw, err = db.DB(); err != nil {
+			return nil, fmt.Errorf("channelsapi: the outbox needs the database's *sql.DB: %w", err)
+		}
 	} else {
 		o.sql.row = "(?, ?, ?, ?)"
 	}
@@ -252,6 +293,9 @@ type numbered struct {
 // into the outbox, in tx, the transaction about to commit them. The
 // changes are encoded already (capture.prepare).
 func (o *outbox) write(ctx context.Context, tx gorm.ConnPool, changes []change) error {
+	if o.after {
+		return o.writePending(ctx, tx, changes)
+	}
 	counts := map[string]int{}
 	for _, ch := range changes {
 		for _, r := range o.reg.ofType(ch.typ) {

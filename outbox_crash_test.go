@@ -299,8 +299,23 @@ func crashRuns(t *testing.T, writer string, db *gorm.DB, dsn string, redis bool)
 	}
 }
 
-// outboxPosition reads the position of outboxtest.Stream in the outbox.
+// outboxPosition reads the position of outboxtest.Stream in the outbox,
+// once every committed change is numbered: on PostgreSQL they are after
+// COMMIT (numbering.go), by the instance that committed them or by a
+// poll.
 func outboxPosition(t *testing.T, db *gorm.DB) channelsapi.Position {
+	if db.Migrator().HasTable("channelsapi_pending") {
+		deadline := time.Now().Add(readTimeout)
+		for {
+			var n int64
+			require.NoError(t, db.Raw(`SELECT COUNT(*) FROM channelsapi_pending`).Row().Scan(&n))
+			if n == 0 {
+				break
+			}
+			require.True(t, time.Now().Before(deadline), "%d changes left unnumbered", n)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	var at channelsapi.Position
 	require.NoError(t, db.Raw(`SELECT top, epoch FROM channelsapi_streams WHERE stream = ?`, outboxtest.Stream).Row().Scan(&at.Offset, &at.Epoch))
 	return at

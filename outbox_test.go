@@ -42,6 +42,7 @@ func TestOutboxRollbackWritesNothing(t *testing.T) {
 	}, quietLog(), withOutbox())
 	db := srv.DB
 	require.NoError(t, db.Create(&outboxtest.Item{Name: "kept"}).Error)
+	require.Equal(t, uint64(1), outboxPosition(t, db).Offset)
 	sub := dialCrash(t, srv.WSURL, nil, 1)
 	for range 2 {
 		ev, err := sub.next()
@@ -68,8 +69,8 @@ func TestOutboxRollbackWritesNothing(t *testing.T) {
 		})
 		require.ErrorIs(t, err, rollback)
 	}
-	assert.EqualValues(t, 1, outboxRows(t, db), "only the create committed before")
 	assert.Equal(t, uint64(1), outboxPosition(t, db).Offset)
+	assert.EqualValues(t, 1, outboxRows(t, db), "only the create committed before")
 
 	// A savepoint rolled back: the nested create is not numbered.
 	require.NoError(t, db.Transaction(func(tx *gorm.DB) error {
@@ -84,6 +85,7 @@ func TestOutboxRollbackWritesNothing(t *testing.T) {
 		})
 		return tx.Model(&outboxtest.Item{ID: 1}).Update("n", 99).Error
 	}))
+	assert.Equal(t, uint64(3), outboxPosition(t, db).Offset)
 	assert.EqualValues(t, 3, outboxRows(t, db))
 	evs := sub.until(3, 1)
 	require.Len(t, evs, 2)

@@ -334,7 +334,7 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 		_ = a.delivery.close(context.Background())
 		return nil, fmt.Errorf("channelsapi: install change capture: %w", err)
 	}
-	a.delivery.startOutbox()
+	a.delivery.startOutbox(a.relay.numbered)
 	return a, nil
 }
 
