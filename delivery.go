@@ -64,6 +64,10 @@ type delivery struct {
 	// delivered in the order of the offsets it gives (delivery_ordered.go).
 	ob   *outbox
 	quit chan struct{} // closed by close: the outbox's loops return
+	// numberQuit stops the numbering (stopNumbering), which numbering
+	// counts.
+	numberQuit chan struct{}
+	numbering  sync.WaitGroup
 
 	mu      sync.RWMutex
 	streams map[string]*streamQueue
@@ -120,6 +124,21 @@ func newDelivery(hub *fanout.Hub, log *slog.Logger, limit int, ret retention, ob
 	return d
 }
 
+// stopNumbering stops the outbox's numbering (numbering.go) and waits for
+// it: Shutdown does, before the relay, which publishes what it numbered.
+func (d *delivery) stopNumbering() {
+	d.mu.Lock()
+	if d.numberQuit != nil {
+		select {
+		case <-d.numberQuit:
+		default:
+			close(d.numberQuit)
+		}
+	}
+	d.mu.Unlock()
+	d.numbering.Wait()
+}
+
 // startOutbox starts polling and trimming the outbox, once Register has
 // installed the capture (which changes the *gorm.DB the outbox reads).
 func (d *delivery) startOutbox(publish func(stream string, rows []outboxRow)) {
@@ -131,10 +150,11 @@ func (d *delivery) startOutbox(publish func(stream string, rows []outboxRow)) {
 	d.wg.Add(1)
 	go d.tendOutbox()
 	if d.ob.after {
-		d.wg.Add(1)
+		d.numberQuit = make(chan struct{})
+		d.numbering.Add(1)
 		go func() {
-			defer d.wg.Done()
-			d.ob.numberLoop(d.ctx, d.quit, publish, d.log.Error)
+			defer d.numbering.Done()
+			d.ob.numberLoop(d.ctx, d.numberQuit, publish, d.log.Error)
 		}()
 	}
 }
@@ -235,7 +255,11 @@ func (d *delivery) enqueue(q *streamQueue, it item) bool {
 		// Shutting down (the sockets are closed with 1001), or the
 		// subscribers are resynced after what is queued: nothing is missed.
 	case len(q.items) >= d.limit && q.ord != nil:
-		// The outbox holds what is dropped: it is read back in order.
+		// The outbox holds what is dropped: it is read back in order;
+		// but not a resync it could not number, which is kept.
+		if it.at.Offset == 0 && it.ch.resync != "" {
+			q.resync = it.ch.resync
+		}
 		if it.resume == nil && !q.overflow {
 			q.overflow = true
 			d.log.Warn("channelsapi: delivery queue full; the stream's changes are read back from the outbox", "stream", q.r.name(), "size", d.limit)
@@ -353,6 +377,10 @@ func (d *delivery) deliver(r resource, it item, only *fanout.Subscription) {
 		if ch, err = it.decode(); err != nil {
 			d.log.Error("channelsapi: undecodable change", "stream", r.name(), "err", err)
 			resync(reasonUndecodable)
+			return
+		}
+		if ch.resync != "" { // a resync the outbox numbered
+			resync(ch.resync)
 			return
 		}
 	}

@@ -94,14 +94,17 @@ func (d *delivery) runOrdered(q *streamQueue) {
 	defer timer.Stop()
 	for {
 		q.mu.Lock()
-		items, overflow, stopped := q.items, q.overflow, q.stopped
-		q.items, q.overflow = nil, false
+		items, overflow, reason, stopped := q.items, q.overflow, q.resync, q.stopped
+		q.items, q.overflow, q.resync = nil, false, ""
 		q.mu.Unlock()
 		for _, it := range items {
 			d.take(q, it)
 		}
 		if overflow {
 			d.toTop(q)
+		}
+		if reason != "" {
+			d.resync(q.r.name(), reason)
 		}
 		if !o.due.IsZero() && !time.Now().Before(o.due) {
 			if o.recheck {
@@ -111,7 +114,7 @@ func (d *delivery) runOrdered(q *streamQueue) {
 				d.fill(q)
 			}
 		}
-		if len(items) > 0 || overflow {
+		if len(items) > 0 || overflow || reason != "" {
 			continue
 		}
 		if stopped {
@@ -144,6 +147,11 @@ func (d *delivery) take(q *streamQueue, it item) {
 		return
 	case it.top != 0:
 		d.await(q, it.top)
+		if d.ret.broker == nil {
+			// Nothing else brings another process's changes: no
+			// reason to wait for them.
+			d.fill(q)
+		}
 		return
 	}
 	if it.decode != nil && it.at.Offset != 0 {
@@ -203,9 +211,7 @@ func (d *delivery) toTop(q *streamQueue) {
 	if err != nil {
 		d.log.Error("channelsapi: read the outbox", "stream", q.r.name(), "err", err)
 		o.recheck = true // try again after gapWait
-		if o.due.IsZero() {
-			o.due = time.Now().Add(gapWait)
-		}
+		o.due = time.Now().Add(gapWait)
 		return
 	}
 	d.await(q, at.Offset)

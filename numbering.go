@@ -2,6 +2,7 @@ package channelsapi
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"slices"
 	"strings"
@@ -34,14 +35,9 @@ import (
 // numbered in either order. A change that is committed is numbered, once,
 // with every offset of its stream taken in between: gap-free.
 //
-// The numbering transaction commits without waiting for its WAL flush
-// (synchronous_commit off for it alone), so that the counter's lock is
-// held for its statements only. That is safe: the changes it moves were
-// committed, and flushed, before it began; a crash of the database can
-// lose it only along with every commit after it, since each later commit
-// flushes the WAL up to itself. Numbered again after the restart, the same
-// pending changes, in the same order, from the same top, take the same
-// offsets: subscribers that received them see no difference.
+// The numbering transaction waits for its WAL flush like any other: it is
+// published only once durable, so that a crash of the database cannot
+// number differently what subscribers have received.
 
 // writePending inserts changes into channelsapi_pending, in tx, the
 // transaction about to commit them, one row per change and stream of its
@@ -159,7 +155,7 @@ func (o *outbox) numberLoop(ctx context.Context, quit <-chan struct{}, publish f
 		slices.Sort(streams)
 		failed := false
 		for _, s := range streams {
-			if err := o.numberAll(ctx, s, publish); err != nil {
+			if err := o.numberAll(ctx, quit, s, publish); err != nil {
 				if ctx.Err() != nil {
 					return
 				}
@@ -178,8 +174,13 @@ func (o *outbox) numberLoop(ctx context.Context, quit <-chan struct{}, publish f
 
 // numberAll numbers stream's pending changes, a batch per transaction,
 // and publishes each batch once it committed.
-func (o *outbox) numberAll(ctx context.Context, stream string, publish func(stream string, rows []outboxRow)) error {
+func (o *outbox) numberAll(ctx context.Context, quit <-chan struct{}, stream string, publish func(stream string, rows []outboxRow)) error {
 	for {
+		select {
+		case <-quit:
+			return nil // what is left is numbered by the next start, or another instance
+		default:
+		}
 		rows, err := o.numberBatch(ctx, stream)
 		if err != nil {
 			return err
@@ -198,7 +199,9 @@ func (o *outbox) numberAll(ctx context.Context, stream string, publish func(stre
 func (o *outbox) numberBatch(ctx context.Context, stream string) (rows []outboxRow, err error) {
 	ctx, cancel := context.WithTimeout(ctx, resumeTimeout)
 	defer cancel()
-	tx, err := o.raw.BeginTx(ctx, nil)
+	// Read committed whatever the database's default: the lock waits
+	// for another instance's numbering, and the move then sees it.
+	tx, err := o.raw.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
 	if err != nil {
 		return nil, err
 	}
@@ -207,11 +210,8 @@ func (o *outbox) numberBatch(ctx context.Context, stream string) (rows []outboxR
 			_ = tx.Rollback()
 		}
 	}()
-	var (
-		top     uint64
-		setting string
-	)
-	if err = tx.QueryRowContext(ctx, o.sql.lockTop, stream).Scan(&setting, &top); err != nil {
+	var top uint64
+	if err = tx.QueryRowContext(ctx, o.sql.lockTop, stream).Scan(&top); err != nil {
 		return nil, err
 	}
 	res, err := tx.QueryContext(ctx, o.sql.move, stream, top)

@@ -170,8 +170,7 @@ func newOutbox(db *gorm.DB, cfg OutboxConfig, reg *registry) (*outbox, error) {
 		p = func(n int) string { return "$" + strconv.Itoa(n) }
 	}
 	o.sql = outboxSQL{
-		bump: `INSERT INTO channelsapi_streams (stream, top, epoch) VALUES (` + p(1) + `, ` + p(2) + `, ` + p(3) + `)
-ON CONFLICT (stream) DO UPDATE SET top = channelsapi_streams.top + excluded.top RETURNING top`,
+		bump:       `UPDATE channelsapi_streams SET top = top + ` + p(1) + ` WHERE stream = ` + p(2) + ` RETURNING top`,
 		insertRows: `INSERT INTO channelsapi_outbox (stream, "offset", payload, created_at) VALUES `,
 		ensure:     `INSERT INTO channelsapi_streams (stream, top, epoch) VALUES (?, 0, ?) ON CONFLICT (stream) DO NOTHING`,
 		position:   `SELECT top, epoch FROM channelsapi_streams WHERE stream = ?`,
@@ -184,9 +183,7 @@ ON CONFLICT (stream) DO UPDATE SET top = channelsapi_streams.top + excluded.top 
 		o.sql.row = "($%d, $%d, $%d, $%d)"
 		o.sql.insertPending = `INSERT INTO channelsapi_pending (stream, payload, created_at) VALUES `
 		o.sql.pendingRow = "($%d, $%d, $%d)"
-		// The numbering transaction does not wait for its WAL flush
-		// (numbering.go says why that is safe).
-		o.sql.lockTop = `SELECT set_config('synchronous_commit', 'off', true), top FROM channelsapi_streams WHERE stream = $1 FOR UPDATE`
+		o.sql.lockTop = `SELECT top FROM channelsapi_streams WHERE stream = $1 FOR UPDATE`
 		o.sql.move = `WITH moved AS (
 	DELETE FROM channelsapi_pending WHERE id IN (SELECT id FROM channelsapi_pending WHERE stream = $1 ORDER BY id LIMIT ` + strconv.Itoa(outboxBatch) + `)
 	RETURNING id, payload, created_at),
@@ -313,7 +310,8 @@ func (o *outbox) write(ctx context.Context, tx gorm.ConnPool, changes []change) 
 	next := make(map[string]uint64, len(streams))
 	for _, s := range streams {
 		var top uint64
-		if err := tx.QueryRowContext(ctx, o.sql.bump, s, counts[s], newEpoch()).Scan(&top); err != nil {
+		// The counter exists from Add on (ensure).
+		if err := tx.QueryRowContext(ctx, o.sql.bump, counts[s], s).Scan(&top); err != nil {
 			return fmt.Errorf("channelsapi: number the changes of %s in the outbox: %w", s, err)
 		}
 		next[s] = top - uint64(counts[s]) + 1

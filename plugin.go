@@ -427,8 +427,10 @@ func (a *API) Shutdown(ctx context.Context) error {
 		a.mu.Unlock()
 		_ = a.melody.CloseWithMsg(melody.FormatCloseMessage(closeGoingAway, "server shutting down"))
 	})
-	// Then the relay: it sends what is queued for the other instances and
+	// Then the outbox's numbering, which publishes through the relay; then
+	// the relay: it sends what is queued for the other instances and
 	// stops receiving; then delivery drains what it holds.
+	a.delivery.stopNumbering()
 	if err := a.relay.shutdown(ctx); err != nil {
 		return err
 	}
