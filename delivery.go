@@ -150,6 +150,7 @@ func (d *delivery) startOutbox(publish func(stream string, rows []outboxRow)) {
 	d.wg.Add(1)
 	go d.tendOutbox()
 	if d.ob.after {
+		d.ob.publish = publish
 		d.numberQuit = make(chan struct{})
 		d.numbering.Add(1)
 		go func() {

@@ -299,37 +299,31 @@ func (d *delivery) fill(q *streamQueue) {
 
 // replayOutbox is replay for streams with the outbox: the changes after
 // since up to the cursor, read from the outbox.
+//
+// The replay reaches up to the stream's top in the database, which may be
+// ahead of what this instance delivered so far: the subscription starts
+// there, and skips those changes when they are delivered.
 func (d *delivery) replayOutbox(q *streamQueue, rs *resumption) resumed {
 	o := q.ord
-	at := Position{o.epoch, o.cursor}
-	if rs.since.Epoch != o.epoch {
-		return resumed{at: at}
+	top, err := o.positionNow(d, q.r.name())
+	if err != nil {
+		d.log.Error("channelsapi: read the outbox", "stream", q.r.name(), "err", err)
+		return resumed{err: errResumeBusy}
 	}
-	if rs.since.Offset >= o.cursor {
-		if rs.since.Offset == o.cursor {
-			return resumed{recovered: true, at: at}
-		}
-		// The client saw more than this instance delivered so far
-		// (through another instance): it starts after since, provided
-		// the stream got that far.
-		top, err := o.positionNow(d, q.r.name())
-		if err != nil {
-			d.log.Error("channelsapi: read the outbox", "stream", q.r.name(), "err", err)
-			return resumed{err: errResumeBusy}
-		}
-		if rs.since.Offset > top.Offset {
-			return resumed{at: at}
-		}
-		return resumed{recovered: true, at: rs.since}
-	}
-	n := o.cursor - rs.since.Offset
-	if n > uint64(d.ob.cfg.MaxRows) {
+	upto := max(o.cursor, top.Offset)
+	at := Position{o.epoch, upto}
+	switch {
+	case rs.since.Epoch != o.epoch || rs.since.Offset > upto:
+		return resumed{at: at} // another numbering, or a position never given
+	case rs.since.Offset == upto:
+		return resumed{recovered: true, at: at}
+	case upto-rs.since.Offset > uint64(d.ob.cfg.MaxRows):
 		return resumed{at: at}
 	}
 	var replay []item
-	for after := rs.since.Offset; after < o.cursor; {
+	for after := rs.since.Offset; after < upto; {
 		ctx, cancel := context.WithTimeout(d.ctx, resumeTimeout)
-		rows, err := d.ob.read(ctx, q.r.name(), after, o.cursor, outboxBatch)
+		rows, err := d.ob.read(ctx, q.r.name(), after, upto, outboxBatch)
 		cancel()
 		if err != nil {
 			d.log.Error("channelsapi: read the outbox", "stream", q.r.name(), "err", err)

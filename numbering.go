@@ -239,6 +239,18 @@ func (o *outbox) numberBatch(ctx context.Context, stream string) (rows []outboxR
 	return rows, nil
 }
 
+// settle numbers stream's pending changes now, before a list or a
+// snapshot reads its position: every change committed before it then has
+// its offset (read your writes). A change committed in the moment between
+// settle and the read's snapshot is in the rows without being within the
+// position, so its event may also follow (PostgreSQL only).
+func (o *outbox) settle(ctx context.Context, stream string) error {
+	if !o.after || o.publish == nil {
+		return nil
+	}
+	return o.numberAll(ctx, nil, stream, o.publish)
+}
+
 // orphans marks the registered streams with pending changes for
 // numbering: those of a process that died between its COMMIT and its
 // numbering, or whose numbering failed.

@@ -119,7 +119,7 @@ type outbox struct {
 	wake   chan struct{}
 	mu     sync.Mutex
 	toDo   map[string]bool // streams with changes to number
-	number func(stream string, rows []outboxRow)
+	publish func(stream string, rows []outboxRow) // what numbering numbered, to the relay; set before any write
 }
 
 // outboxSQL holds the statements, in the dialect's placeholders.

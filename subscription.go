@@ -53,8 +53,9 @@ func (v *viewSet[T]) subscription(ctx context.Context, req *Request, c *conn) re
 		if _, err := c.scopeOf(v); err != nil {
 			return result{err: err}
 		}
+		fresh := !resuming && v.api.outbox != nil
 		after := uint64(0)
-		if resuming {
+		if resuming || fresh {
 			after = fanout.Held
 		}
 		if hub.SubscribeAfter(c, v.Stream, event, key, after) && hub.Count(c) > v.api.cfg.subscriptions {
@@ -62,6 +63,12 @@ func (v *viewSet[T]) subscription(ctx context.Context, req *Request, c *conn) re
 			return result{err: errSubscriptionLimit}
 		}
 		v.api.relay.ready(ctx, v.Stream)
+		if fresh {
+			if err := v.startAtTop(ctx, c, fanout.Subscription{S: c, Kind: fanout.Group, Action: event, PK: key}); err != nil {
+				hub.Unsubscribe(c, v.Stream, event, key)
+				return result{err: err}
+			}
+		}
 		if !resuming {
 			return result{status: http.StatusOK, data: map[string]string{"action": event}}
 		}
@@ -87,7 +94,8 @@ func (v *viewSet[T]) subscription(ctx context.Context, req *Request, c *conn) re
 			return result{err: err}
 		}
 		key, after := pkKey(req.PK), uint64(0)
-		if resuming {
+		fresh := !resuming && v.api.outbox != nil
+		if resuming || fresh {
 			after = fanout.Held
 		}
 		if hub.SubscribeInstanceAfter(c, v.Stream, key, rid, after) && hub.Count(c) > v.api.cfg.subscriptions {
@@ -95,6 +103,12 @@ func (v *viewSet[T]) subscription(ctx context.Context, req *Request, c *conn) re
 			return result{err: errSubscriptionLimit}
 		}
 		v.api.relay.ready(ctx, v.Stream)
+		if fresh {
+			if err := v.startAtTop(ctx, c, fanout.Subscription{S: c, Kind: fanout.Instance, PK: key, RequestID: string(rid)}); err != nil {
+				hub.UnsubscribeInstance(c, v.Stream, key, rid)
+				return result{err: err}
+			}
+		}
 		if !resuming {
 			return result{status: http.StatusCreated}
 		}
@@ -138,10 +152,36 @@ type resumeReply struct {
 // starts it after them (resume.go). The replay is queued on c behind the
 // reply, beyond the connection's queue size: it is bounded by the history.
 func (v *viewSet[T]) resume(ctx context.Context, c *conn, sub fanout.Subscription, since Position) (resumed, error) {
+	if ob := v.api.outbox; ob != nil {
+		// What committed before is numbered, and replayed.
+		if err := ob.settle(ctx, v.Stream); err != nil {
+			v.api.log.Error("channelsapi: number the outbox's changes", "stream", v.Stream, "err", err)
+			return resumed{}, errResumeBusy
+		}
+	}
 	c.mu.Lock()
 	c.replaying = true // until the reply and what follows it are written
 	c.mu.Unlock()
 	return v.api.delivery.resumeAt(ctx, v.Stream, sub, since)
+}
+
+// startAtTop starts sub, subscribed held on c, after the stream's
+// position now, with the outbox: a subscription receives the events of the
+// changes numbered after it was made, and none of those before, even when
+// the stream's goroutine has yet to deliver them.
+func (v *viewSet[T]) startAtTop(ctx context.Context, c *conn, sub fanout.Subscription) error {
+	// resume numbers what is pending first; this position may be below
+	// it, and resume replays the difference.
+	at, err := v.api.outbox.position(v.api.db.WithContext(ctx), v.Stream)
+	if err != nil {
+		v.api.log.Error("channelsapi: read the outbox position", "stream", v.Stream, "err", err)
+		return errResumeBusy
+	}
+	res, err := v.resume(ctx, c, sub, at)
+	if err == nil && !res.recovered {
+		err = errResumeBusy // the stream's numbering started over meanwhile
+	}
+	return err
 }
 
 // subscribePK returns the key of the object a subscribe or unsubscribe
@@ -288,10 +328,21 @@ func (v *viewSet[T]) subscribeList(ctx context.Context, req *Request, c *conn) r
 		}
 	}
 	if !snapshot {
-		if err := subscribe(0); err != nil {
+		fresh := v.api.outbox != nil
+		from := uint64(0)
+		if fresh {
+			from = fanout.Held
+		}
+		if err := subscribe(from); err != nil {
 			return result{err: err}
 		}
 		v.api.relay.ready(ctx, v.Stream)
+		if fresh {
+			if err := v.startAtTop(ctx, c, fanout.Subscription{S: c, Kind: fanout.Query, RequestID: string(rid)}); err != nil {
+				v.api.hub.UnsubscribeQuery(c, v.Stream, rid)
+				return result{err: err}
+			}
+		}
 		return result{status: http.StatusOK, data: reply}
 	}
 	pq, err := pageOf(req.Data)
@@ -363,11 +414,16 @@ func (v *viewSet[T]) snapshot(ctx context.Context, req *Request, sf *query.Query
 	}
 	if ob := v.api.outbox; ob != nil {
 		// The position is read in the rows' own snapshot: exact on any
-		// number of instances.
+		// number of instances on SQLite, at least once on PostgreSQL
+		// (settle).
 		if err := subscribe(fanout.Held); err != nil {
 			return nil, 0, at, err
 		}
 		v.api.relay.ready(ctx, v.Stream)
+		if err := ob.settle(ctx, v.Stream); err != nil {
+			v.api.log.Error("channelsapi: number the outbox's changes", "stream", v.Stream, "err", err)
+			return nil, 0, at, errResumeBusy
+		}
 		err = v.readSnapshot(ctx, noFix, func(db *gorm.DB) error {
 			if at, err = ob.position(db, v.Stream); err != nil {
 				return err

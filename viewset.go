@@ -528,8 +528,13 @@ func (v *viewSet[T]) list(ctx context.Context, req *Request) result {
 // read may come after it as well.
 func (v *viewSet[T]) readAtPosition(ctx context.Context, read func(*gorm.DB) error) (at Position, err error) {
 	if ob := v.api.outbox; ob != nil {
-		// Exact on any number of instances: the position is read in the
-		// rows' own snapshot.
+		// The position is read in the rows' own snapshot: exact on any
+		// number of instances on SQLite, at least once on PostgreSQL
+		// (settle).
+		if err := ob.settle(ctx, v.Stream); err != nil {
+			v.api.log.Error("channelsapi: number the outbox's changes", "stream", v.Stream, "err", err)
+			return at, errResumeBusy
+		}
 		err = v.readSnapshot(ctx, noFix, func(db *gorm.DB) error {
 			if at, err = ob.position(db, v.Stream); err != nil {
 				return err
