@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 
@@ -82,6 +83,9 @@ func TestResyncReasonsNameTheCause(t *testing.T) {
 			return anonymous, nil
 		}, "authorization failed"},
 		{"more changes than the delivery queue holds", func(t *testing.T) (*wsClient, []string) {
+			if os.Getenv(envOutbox) != "" {
+				t.Skip("SKIP: with the outbox, what does not fit is read back (TestOutboxQueueOverflowReadsBack)")
+			}
 			gate := newDeliveryGate()
 			srv := newScopedServer(t, openDB(t, &scopedNote{}), func(api *channelsapi.API) {
 				require.NoError(t, channelsapi.Add(api, scopedNotes(false, gate)))

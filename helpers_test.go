@@ -63,6 +63,12 @@ const envPostgres = "CHANNELSAPI_TEST_POSTGRES"
 // of delivery must hold with it too.
 const envOutbox = "CHANNELSAPI_TEST_OUTBOX"
 
+// outboxAtLeastOnce reports whether the test servers run the outbox on
+// PostgreSQL, where changes are numbered right after COMMIT: a list's or a
+// snapshot's position taken while writes run is at least once (README, the
+// outbox), so a row listed may also be sent.
+func outboxAtLeastOnce() bool { return os.Getenv(envOutbox) != "" && postgresDSN() != "" }
+
 // postgresDSN returns the DSN of envPostgres, or "" when it is not set.
 func postgresDSN() string { return os.Getenv(envPostgres) }
 

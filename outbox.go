@@ -114,11 +114,11 @@ type outbox struct {
 	sql      outboxSQL
 	// after: changes are numbered after COMMIT (PostgreSQL), not in their
 	// transaction (SQLite); see numbering.go.
-	after  bool
-	raw    *sql.DB // for numbering, beside GORM and the capture
-	wake   chan struct{}
-	mu     sync.Mutex
-	toDo   map[string]bool // streams with changes to number
+	after   bool
+	raw     *sql.DB // for numbering, beside GORM and the capture
+	wake    chan struct{}
+	mu      sync.Mutex
+	toDo    map[string]bool                       // streams with changes to number
 	publish func(stream string, rows []outboxRow) // what numbering numbered, to the relay; set before any write
 }
 

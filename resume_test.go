@@ -194,7 +194,9 @@ func TestListThenSubscribeNoGapNoDuplicate(t *testing.T) {
 			next++
 			var row TestModel
 			require.NoError(t, json.Unmarshal(e.Payload.Data, &row))
-			require.False(t, seen[row.ID], "rep %d: row %d listed and sent", rep, row.ID)
+			if !outboxAtLeastOnce() {
+				require.False(t, seen[row.ID], "rep %d: row %d listed and sent", rep, row.ID)
+			}
 			seen[row.ID] = true
 			return row.ID
 		}
