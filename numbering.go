@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"gorm.io/gorm"
@@ -43,49 +42,19 @@ import (
 // transaction about to commit them, one row per change and stream of its
 // model. The changes are encoded already (capture.prepare).
 func (o *outbox) writePending(ctx context.Context, tx gorm.ConnPool, changes []change) error {
+	rows := insertRows{tx: tx, head: o.sql.insertPending, postgres: true}
 	now := time.Now().UnixMilli()
-	var (
-		query strings.Builder
-		args  []any
-	)
-	flush := func() error {
-		if len(args) == 0 {
-			return nil
-		}
-		_, err := tx.ExecContext(ctx, query.String(), args...)
-		query.Reset()
-		args = args[:0]
-		if err != nil {
-			return fmt.Errorf("channelsapi: write the outbox: %w", err)
-		}
-		return nil
-	}
 	for i := range changes {
 		ch := &changes[i]
-		rs := o.reg.ofType(ch.typ)
 		stateful := o.reg.stateful(ch.typ)
-		for _, r := range rs {
-			payload, err := encodeWireChange(r, stateful, *ch, 0)
-			if err != nil {
-				payload, _ = encodeWireChange(r, false, change{typ: ch.typ, resync: reasonEncoding}, 0)
-			}
+		for _, r := range o.reg.ofType(ch.typ) {
 			ch.pending = true
-			if len(args) == 0 {
-				query.WriteString(o.sql.insertPending)
-			} else {
-				query.WriteString(", ")
-			}
-			k := len(args)
-			fmt.Fprintf(&query, o.sql.pendingRow, k+1, k+2, k+3)
-			args = append(args, r.name(), payload, now)
-			if len(args) >= 3*outboxBatch {
-				if err := flush(); err != nil {
-					return err
-				}
+			if err := rows.add(ctx, r.name(), encodeOutbox(r, stateful, *ch, 0), now); err != nil {
+				return err
 			}
 		}
 	}
-	return flush()
+	return rows.flush(ctx)
 }
 
 // committed takes changes after COMMIT, in commit order: the streams of

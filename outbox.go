@@ -128,7 +128,7 @@ type outboxSQL struct {
 	row                                                               string // one row of insertRows' VALUES, with %d for its placeholders
 	// With numbering after COMMIT (PostgreSQL): the changes waiting for
 	// their offsets, one row's VALUES, and the numbering.
-	insertPending, pendingRow, lockTop, move, pendingStreams string
+	insertPending, lockTop, move, pendingStreams string
 }
 
 // outboxBatch bounds the rows one statement inserts, reads or deletes.
@@ -183,9 +183,7 @@ func newOutbox(db *gorm.DB, cfg OutboxConfig, reg *registry) (*outbox, error) {
 		trim:       `DELETE FROM channelsapi_outbox WHERE stream = ? AND "offset" BETWEEN ? AND ? AND ("offset" <= ? OR created_at < ?)`,
 	}
 	if o.postgres {
-		o.sql.row = "($%d, $%d, $%d, $%d)"
 		o.sql.insertPending = `INSERT INTO channelsapi_pending (stream, payload, created_at) VALUES `
-		o.sql.pendingRow = "($%d, $%d, $%d)"
 		o.sql.lockTop = `SELECT top FROM channelsapi_streams WHERE stream = $1 FOR UPDATE`
 		o.sql.move = `WITH moved AS (
 	DELETE FROM channelsapi_pending WHERE id IN (SELECT id FROM channelsapi_pending WHERE stream = $1 ORDER BY id LIMIT ` + strconv.Itoa(outboxBatch) + `)
@@ -202,8 +200,6 @@ SELECT "offset", payload FROM numbered`
 		if o.raw, err = db.DB(); err != nil {
 			return nil, fmt.Errorf("channelsapi: the outbox needs the database's *sql.DB: %w", err)
 		}
-	} else {
-		o.sql.row = "(?, ?, ?, ?)"
 	}
 	return o, nil
 }
@@ -313,7 +309,6 @@ func (o *outbox) write(ctx context.Context, tx gorm.ConnPool, changes []change) 
 	next := make(map[string]uint64, len(streams))
 	for _, s := range streams {
 		var top uint64
-		// The counter exists from Add on (ensure).
 		// The counter exists from Add on (ensure); the transaction holds
 		// SQLite's write lock.
 		if _, err := tx.ExecContext(ctx, o.sql.bump, counts[s], s); err != nil {
@@ -324,23 +319,8 @@ func (o *outbox) write(ctx context.Context, tx gorm.ConnPool, changes []change) 
 		}
 		next[s] = top - uint64(counts[s]) + 1
 	}
+	rows := insertRows{tx: tx, head: o.sql.insertRows, postgres: o.postgres}
 	now := time.Now().UnixMilli()
-	var (
-		query strings.Builder
-		args  []any
-	)
-	flush := func() error {
-		if len(args) == 0 {
-			return nil
-		}
-		_, err := tx.ExecContext(ctx, query.String(), args...)
-		query.Reset()
-		args = args[:0]
-		if err != nil {
-			return fmt.Errorf("channelsapi: write the outbox: %w", err)
-		}
-		return nil
-	}
 	for i := range changes {
 		ch := &changes[i]
 		rs := o.reg.ofType(ch.typ)
@@ -349,31 +329,75 @@ func (o *outbox) write(ctx context.Context, tx gorm.ConnPool, changes []change) 
 		for _, r := range rs {
 			n := numbered{stream: r.name(), offset: next[r.name()]}
 			next[n.stream]++
-			var err error
-			if n.payload, err = encodeWireChange(r, stateful, *ch, n.offset); err != nil {
-				// Its subscribers resync instead: the place is kept.
-				n.payload, _ = encodeWireChange(r, false, change{typ: ch.typ, resync: reasonEncoding}, n.offset)
-			}
+			n.payload = encodeOutbox(r, stateful, *ch, n.offset)
 			ch.numbered = append(ch.numbered, n)
-			if len(args) == 0 {
-				query.WriteString(o.sql.insertRows)
-			} else {
-				query.WriteString(", ")
-			}
-			if k := len(args); o.postgres {
-				fmt.Fprintf(&query, o.sql.row, k+1, k+2, k+3, k+4)
-			} else {
-				query.WriteString(o.sql.row)
-			}
-			args = append(args, n.stream, n.offset, n.payload, now)
-			if len(args) >= 4*outboxBatch {
-				if err := flush(); err != nil {
-					return err
-				}
+			if err := rows.add(ctx, n.stream, n.offset, n.payload, now); err != nil {
+				return err
 			}
 		}
 	}
-	return flush()
+	return rows.flush(ctx)
+}
+
+// encodeOutbox encodes ch for r's stream at offset (0: not yet numbered);
+// a change that cannot be encoded takes its place as a resync.
+func encodeOutbox(r resource, stateful bool, ch change, offset uint64) []byte {
+	payload, err := encodeWireChange(r, stateful, ch, offset)
+	if err != nil {
+		payload, _ = encodeWireChange(r, false, change{typ: ch.typ, resync: reasonEncoding}, offset)
+	}
+	return payload
+}
+
+// insertRows builds multi-row INSERT statements (head, then the rows'
+// VALUES) and runs them in tx, at most outboxBatch rows each.
+type insertRows struct {
+	tx       gorm.ConnPool
+	head     string
+	postgres bool
+	rows     int
+	query    strings.Builder
+	args     []any
+}
+
+// add appends a row of values, running the statement when it is full.
+func (b *insertRows) add(ctx context.Context, values ...any) error {
+	if b.rows == 0 {
+		b.query.WriteString(b.head)
+	} else {
+		b.query.WriteString(", ")
+	}
+	b.query.WriteByte('(')
+	for i, v := range values {
+		if i > 0 {
+			b.query.WriteString(", ")
+		}
+		b.args = append(b.args, v)
+		if b.postgres {
+			b.query.WriteString("$" + strconv.Itoa(len(b.args)))
+		} else {
+			b.query.WriteByte('?')
+		}
+	}
+	b.query.WriteByte(')')
+	if b.rows++; b.rows >= outboxBatch {
+		return b.flush(ctx)
+	}
+	return nil
+}
+
+// flush runs the statement built so far, if any.
+func (b *insertRows) flush(ctx context.Context) error {
+	if b.rows == 0 {
+		return nil
+	}
+	_, err := b.tx.ExecContext(ctx, b.query.String(), b.args...)
+	b.query.Reset()
+	b.args, b.rows = b.args[:0], 0
+	if err != nil {
+		return fmt.Errorf("channelsapi: write the outbox: %w", err)
+	}
+	return nil
 }
 
 // trim deletes stream's rows that are older than the retention or beyond
