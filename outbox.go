@@ -125,9 +125,8 @@ type outbox struct {
 // outboxSQL holds the statements, in the dialect's placeholders.
 type outboxSQL struct {
 	bump, top, insertRows, ensure, position, tops, read, oldest, trim string
-	row                                                               string // one row of insertRows' VALUES, with %d for its placeholders
 	// With numbering after COMMIT (PostgreSQL): the changes waiting for
-	// their offsets, one row's VALUES, and the numbering.
+	// their offsets, and the numbering.
 	insertPending, lockTop, move, pendingStreams string
 }
 
