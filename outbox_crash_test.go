@@ -228,6 +228,7 @@ func crashRuns(t *testing.T, writer string, db *gorm.DB, dsn string, redis bool)
 			state[ev.item.ID] = ev.item
 		}
 	}
+	unpublished := 0 // kills after which the writer's client had not got every change
 	for i := range crashKills {
 		// A client of the writer, from the position everything so far
 		// was delivered at.
@@ -284,13 +285,26 @@ func crashRuns(t *testing.T, writer string, db *gorm.DB, dsn string, redis bool)
 		for _, ev := range fromWriter {
 			resumeAt = max(resumeAt, ev.offset)
 		}
-		require.Less(t, resumeAt, at.Offset, "kill %d: the killed commit was published", i+1)
+		// On SQLite the killed commit, and those behind it, were never
+		// published: its goroutine publishes after the failpoint. On
+		// PostgreSQL the process's numbering publishes (numbering.go),
+		// apart from the writing goroutine, which may have been descheduled
+		// between its COMMIT and the failpoint long enough for its change
+		// to be numbered and sent: then the client has them all.
+		if !strings.HasPrefix(dsn, "postgres:") {
+			require.Less(t, resumeAt, at.Offset, "kill %d: the killed commit was published", i+1)
+		}
+		if resumeAt < at.Offset {
+			unpublished++
+		}
 		resumed := dialCrash(t, srv.WSURL, &channelsapi.Position{Epoch: at.Epoch, Offset: resumeAt}, resumeAt)
 		got := resumed.until(at.Offset, resumeAt)
 		assert.Len(t, got, int(at.Offset-resumeAt), "kill %d", i+1)
 		_ = resumed.conn.Close()
 		_ = onWriter.conn.Close()
 	}
+	t.Logf("%d of %d kills left changes unpublished, which a resume here replayed", unpublished, crashKills)
+	require.Greater(t, unpublished, crashKills/2, "the kills land between COMMIT and publication")
 	var rowsNow []outboxtest.Item
 	require.NoError(t, db.Find(&rowsNow).Error)
 	require.Len(t, state, len(rowsNow))
