@@ -152,17 +152,32 @@ type resumeReply struct {
 // starts it after them (resume.go). The replay is queued on c behind the
 // reply, beyond the connection's queue size: it is bounded by the history.
 func (v *viewSet[T]) resume(ctx context.Context, c *conn, sub fanout.Subscription, since Position) (resumed, error) {
-	if ob := v.api.outbox; ob != nil {
-		// What committed before is numbered, and replayed.
-		if err := ob.settle(ctx, v.Stream); err != nil {
-			v.api.log.Error("channelsapi: number the outbox's changes", "stream", v.Stream, "err", err)
-			return resumed{}, errResumeBusy
-		}
+	// With the outbox, what committed before is numbered, and replayed.
+	if err := v.settle(ctx); err != nil {
+		return resumed{}, err
 	}
+	return v.replayFrom(ctx, c, sub, since)
+}
+
+// replayFrom is resume without settle.
+func (v *viewSet[T]) replayFrom(ctx context.Context, c *conn, sub fanout.Subscription, since Position) (resumed, error) {
 	c.mu.Lock()
 	c.replaying = true // until the reply and what follows it are written
 	c.mu.Unlock()
 	return v.api.delivery.resumeAt(ctx, v.Stream, sub, since)
+}
+
+// settle numbers the stream's pending changes now (outbox.settle).
+func (v *viewSet[T]) settle(ctx context.Context) error {
+	ob := v.api.outbox
+	if ob == nil {
+		return nil
+	}
+	if err := ob.settle(ctx, v.Stream); err != nil {
+		v.api.log.Error("channelsapi: number the outbox's changes", "stream", v.Stream, "err", err)
+		return errResumeBusy
+	}
+	return nil
 }
 
 // startAtTop starts sub, subscribed held on c, after the stream's
@@ -170,14 +185,17 @@ func (v *viewSet[T]) resume(ctx context.Context, c *conn, sub fanout.Subscriptio
 // changes numbered after it was made, and none of those before, even when
 // the stream's goroutine has yet to deliver them.
 func (v *viewSet[T]) startAtTop(ctx context.Context, c *conn, sub fanout.Subscription) error {
-	// resume numbers what is pending first; this position may be below
-	// it, and resume replays the difference.
+	// Numbered first, so that the position holds every change committed
+	// before the subscribe.
+	if err := v.settle(ctx); err != nil {
+		return err
+	}
 	at, err := v.api.outbox.position(v.api.db.WithContext(ctx), v.Stream)
 	if err != nil {
 		v.api.log.Error("channelsapi: read the outbox position", "stream", v.Stream, "err", err)
 		return errResumeBusy
 	}
-	res, err := v.resume(ctx, c, sub, at)
+	res, err := v.replayFrom(ctx, c, sub, at)
 	if err == nil && !res.recovered {
 		err = errResumeBusy // the stream's numbering started over meanwhile
 	}
@@ -420,9 +438,8 @@ func (v *viewSet[T]) snapshot(ctx context.Context, req *Request, sf *query.Query
 			return nil, 0, at, err
 		}
 		v.api.relay.ready(ctx, v.Stream)
-		if err := ob.settle(ctx, v.Stream); err != nil {
-			v.api.log.Error("channelsapi: number the outbox's changes", "stream", v.Stream, "err", err)
-			return nil, 0, at, errResumeBusy
+		if err := v.settle(ctx); err != nil {
+			return nil, 0, at, err
 		}
 		err = v.readSnapshot(ctx, noFix, func(db *gorm.DB) error {
 			if at, err = ob.position(db, v.Stream); err != nil {

@@ -531,9 +531,8 @@ func (v *viewSet[T]) readAtPosition(ctx context.Context, read func(*gorm.DB) err
 		// The position is read in the rows' own snapshot: exact on any
 		// number of instances on SQLite, at least once on PostgreSQL
 		// (settle).
-		if err := ob.settle(ctx, v.Stream); err != nil {
-			v.api.log.Error("channelsapi: number the outbox's changes", "stream", v.Stream, "err", err)
-			return at, errResumeBusy
+		if err := v.settle(ctx); err != nil {
+			return at, err
 		}
 		err = v.readSnapshot(ctx, noFix, func(db *gorm.DB) error {
 			if at, err = ob.position(db, v.Stream); err != nil {
