@@ -10,7 +10,10 @@ package channelsapi_test
 // input; and the example app run as a process.
 
 import (
+	"bytes"
+	"cmp"
 	"context"
+	"crypto/sha256"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -24,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,6 +37,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/gorilla/websocket"
+	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -217,6 +222,11 @@ type testServer struct {
 	DB     *gorm.DB
 	API    *channelsapi.API
 	Router *gin.Engine
+
+	// The documents of an instance of the example app, which has no API
+	// here (docs).
+	fetchDocs         sync.Once
+	openAPI, asyncAPI []byte
 }
 
 // newServer registers channelsapi on a new router and database; setup adds
@@ -333,6 +343,7 @@ func dumpRows[T any](tb testing.TB, db *gorm.DB) string {
 type wsClient struct {
 	tb   testing.TB
 	conn *websocket.Conn
+	srv  *testServer // whose documents describe its frames; nil: unchecked
 }
 
 const readTimeout = 10 * time.Second
@@ -342,13 +353,13 @@ func (s *testServer) dial(tb testing.TB, header http.Header) *wsClient {
 	conn, resp, err := websocket.DefaultDialer.Dial(s.WSURL, header)
 	require.NoError(tb, err)
 	_ = resp.Body.Close()
-	c := &wsClient{tb: tb, conn: conn}
+	c := &wsClient{tb: tb, conn: conn, srv: s}
 	tb.Cleanup(func() { _ = conn.Close() })
 	return c
 }
 
 // in returns c for use in the (sub)test tb, so that its failures are tb's.
-func (c *wsClient) in(tb testing.TB) *wsClient { return &wsClient{tb: tb, conn: c.conn} }
+func (c *wsClient) in(tb testing.TB) *wsClient { return &wsClient{tb: tb, conn: c.conn, srv: c.srv} }
 
 func (c *wsClient) sendRaw(b []byte) {
 	c.tb.Helper()
@@ -369,6 +380,7 @@ func (c *wsClient) read() map[string]any {
 	typ, b, err := c.conn.ReadMessage()
 	require.NoError(c.tb, err)
 	require.Equal(c.tb, websocket.TextMessage, typ)
+	c.checkFrame(b)
 	var m map[string]any
 	require.NoError(c.tb, json.Unmarshal(b, &m), "frame %s", b)
 	withoutOffset(c.tb, m)
@@ -404,6 +416,7 @@ func (c *wsClient) readRaw() []byte {
 	typ, b, err := c.conn.ReadMessage()
 	require.NoError(c.tb, err)
 	require.Equal(c.tb, websocket.TextMessage, typ)
+	c.checkFrame(b)
 	return b
 }
 
@@ -492,9 +505,11 @@ func (c *wsClient) untilClose() (payloads []map[string]any, code int, reason str
 	c.tb.Helper()
 	for {
 		require.NoError(c.tb, c.conn.SetReadDeadline(time.Now().Add(readTimeout)))
-		var f struct{ Payload map[string]any }
-		err := c.conn.ReadJSON(&f)
+		_, b, err := c.conn.ReadMessage()
 		if err == nil {
+			c.checkFrame(b)
+			var f struct{ Payload map[string]any }
+			require.NoError(c.tb, json.Unmarshal(b, &f), "frame %s", b)
 			payloads = append(payloads, f.Payload)
 			continue
 		}
@@ -527,7 +542,7 @@ func dialStatus(tb testing.TB, srv *testServer, dialer *websocket.Dialer, header
 		return nil, resp.StatusCode, body
 	}
 	tb.Cleanup(func() { _ = conn.Close() })
-	return &wsClient{tb: tb, conn: conn}, resp.StatusCode, body
+	return &wsClient{tb: tb, conn: conn, srv: srv}, resp.StatusCode, body
 }
 
 // doREST sends a REST request with a JSON body and returns the status and
@@ -543,8 +558,11 @@ func (s *testServer) doREST(tb testing.TB, method, path, body string, header ...
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(tb, err)
 	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(tb, err)
+	s.checkResponse(tb, resp, b)
 	var out any
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+	if err := json.Unmarshal(b, &out); err != nil {
 		out = nil
 	}
 	if m, ok := out.(map[string]any); ok {
@@ -584,6 +602,7 @@ func (s *testServer) restRaw(tb testing.TB, method, path string, body io.Reader)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	require.NoError(tb, err)
+	s.checkResponse(tb, resp, b)
 	return resp.StatusCode, b, resp.Header
 }
 
@@ -730,6 +749,7 @@ func (s *testServer) restAs(tb testing.TB, u *authUser, method, path, body strin
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	require.NoError(tb, err)
+	s.checkResponse(tb, resp, b)
 	return resp.StatusCode, b
 }
 
@@ -1180,4 +1200,339 @@ func startInstance(t *testing.T, bin string, args ...string) *instance {
 		return resp.StatusCode == http.StatusOK
 	}, 30*time.Second, 50*time.Millisecond, "the instance on %s does not serve", addr)
 	return in
+}
+
+// envNoDocs, when set (to anything), turns off the check of every REST
+// response and WebSocket frame the helpers read against the description
+// documents of the server that sent it (docChecker).
+const envNoDocs = "CHANNELSAPI_TEST_NODOCS"
+
+// docChecker holds a server's description documents, compiled lazily,
+// one location at a time, to check what the server sends against them:
+// a REST response against the response of its path, method and status, a
+// frame against the messages of its stream.
+type docChecker struct {
+	paths    []docRoute
+	messages map[string][]string // stream ("" for null) -> names of the messages the server sends on it
+
+	mu       sync.Mutex
+	compiler *jsonschema.Compiler
+	compiled map[string]*jsonschema.Schema // by location
+	openAPI  map[string]any
+}
+
+// docRoute is a path of the OpenAPI document.
+type docRoute struct {
+	path     string
+	segments []string // "{pk}" matches any one segment
+}
+
+// docCheckers are the compiled documents, by their SHA-256: the servers of
+// many tests describe the same ViewSets.
+var docCheckers sync.Map
+
+const (
+	openAPIURL  = "mem://openapi.json"
+	asyncAPIURL = "mem://asyncapi.json"
+)
+
+// newDocChecker parses the documents, or returns the checker of equal ones.
+func newDocChecker(openAPI, asyncAPI []byte) (*docChecker, error) {
+	sum := sha256.Sum256(append(append(slices.Clip(openAPI), 0), asyncAPI...))
+	if c, ok := docCheckers.Load(sum); ok {
+		return c.(*docChecker), nil
+	}
+	c := &docChecker{messages: map[string][]string{}, compiled: map[string]*jsonschema.Schema{}, compiler: jsonschema.NewCompiler()}
+	c.compiler.DefaultDraft(jsonschema.Draft2020)
+	for url, b := range map[string][]byte{openAPIURL: openAPI, asyncAPIURL: asyncAPI} {
+		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", url, err)
+		}
+		if err := c.compiler.AddResource(url, doc); err != nil {
+			return nil, err
+		}
+	}
+	var o struct {
+		Paths map[string]any `json:"paths"`
+	}
+	if err := json.Unmarshal(openAPI, &o); err != nil {
+		return nil, err
+	}
+	for p := range o.Paths {
+		c.paths = append(c.paths, docRoute{path: p, segments: strings.Split(p, "/")})
+	}
+	if err := json.Unmarshal(openAPI, &c.openAPI); err != nil {
+		return nil, err
+	}
+	var a struct {
+		Components struct {
+			Messages map[string]struct {
+				Payload struct {
+					Properties struct {
+						Stream struct {
+							Const *string `json:"const"`
+						} `json:"stream"`
+					} `json:"properties"`
+				} `json:"payload"`
+			} `json:"messages"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(asyncAPI, &a); err != nil {
+		return nil, err
+	}
+	for name, m := range a.Components.Messages {
+		if strings.HasSuffix(name, ".request") {
+			continue // clients send them
+		}
+		stream := m.Payload.Properties.Stream.Const
+		if stream == nil {
+			c.messages[""] = append(c.messages[""], name) // any stream
+			continue
+		}
+		c.messages[*stream] = append(c.messages[*stream], name)
+	}
+	for _, names := range c.messages {
+		slices.Sort(names)
+	}
+	got, _ := docCheckers.LoadOrStore(sum, c)
+	return got.(*docChecker), nil
+}
+
+// schema compiles the schema at location once.
+func (c *docChecker) schema(location string) (*jsonschema.Schema, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s, ok := c.compiled[location]; ok {
+		return s, nil
+	}
+	s, err := c.compiler.Compile(location)
+	if err != nil {
+		return nil, err
+	}
+	c.compiled[location] = s
+	return s, nil
+}
+
+// pointer escapes a JSON pointer token.
+func pointer(token string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(token, "~", "~0"), "/", "~1")
+}
+
+// checkREST checks a REST response: its path and method must be an
+// operation of the document (or the status 405), its status one of the
+// operation's responses, and its body the response's.
+func (c *docChecker) checkREST(method, urlPath string, status int, body []byte) error {
+	route, ok := c.route(urlPath)
+	if !ok {
+		return nil // not a route of the API (the application's own)
+	}
+	item, _ := c.openAPI["paths"].(map[string]any)[route].(map[string]any)
+	op, ok := item[strings.ToLower(method)].(map[string]any)
+	base := openAPIURL + "#/paths/" + pointer(route) + "/" + strings.ToLower(method) + "/responses/"
+	var resp map[string]any
+	if !ok {
+		if status != http.StatusMethodNotAllowed {
+			return fmt.Errorf("%s %s (%s) is not documented, answered %d %s", method, urlPath, route, status, body)
+		}
+		base = openAPIURL + "#/components/responses/"
+		resp = c.openAPI["components"].(map[string]any)["responses"].(map[string]any)["MethodNotAllowed"].(map[string]any)
+		base += "MethodNotAllowed"
+	} else {
+		responses := op["responses"].(map[string]any)
+		key := strconv.Itoa(status)
+		for _, k := range []string{key, key[:1] + "XX", "default"} {
+			if r, ok := responses[k].(map[string]any); ok {
+				resp, base = r, base+k
+				break
+			}
+		}
+		if resp == nil {
+			return fmt.Errorf("%s %s: status %d is not documented (%s)", method, urlPath, status, body)
+		}
+	}
+	if ref, ok := resp["$ref"].(string); ok {
+		name := strings.TrimPrefix(ref, "#/components/responses/")
+		resp = c.openAPI["components"].(map[string]any)["responses"].(map[string]any)[name].(map[string]any)
+		base = openAPIURL + "#/components/responses/" + pointer(name)
+	}
+	content, _ := resp["content"].(map[string]any)
+	if content == nil || method == http.MethodHead {
+		if len(body) > 0 {
+			return fmt.Errorf("%s %s: %d has a body the document does not describe: %s", method, urlPath, status, body)
+		}
+		return nil
+	}
+	if _, ok := content["application/json"]; !ok {
+		return nil
+	}
+	schema, err := c.schema(base + "/content/application~1json/schema")
+	if err != nil {
+		return err
+	}
+	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("%s %s: %d: the body is not JSON: %q", method, urlPath, status, body)
+	}
+	if err := schema.Validate(v); err != nil {
+		return fmt.Errorf("%s %s: %d %s: %w", method, urlPath, status, body, err)
+	}
+	return nil
+}
+
+// route returns the document's path that urlPath matches, a literal one
+// before one with a parameter.
+func (c *docChecker) route(urlPath string) (string, bool) {
+	segments := strings.Split(urlPath, "/")
+	best, params := "", -1
+	for _, r := range c.paths {
+		if len(r.segments) != len(segments) {
+			continue
+		}
+		n := 0
+		for i, s := range r.segments {
+			if strings.HasPrefix(s, "{") {
+				n++
+			} else if s != segments[i] {
+				n = -1
+				break
+			}
+		}
+		if n >= 0 && (params < 0 || n < params) {
+			best, params = r.path, n
+		}
+	}
+	return best, params >= 0
+}
+
+// checkFrame checks a frame the server sent against the messages the
+// server sends on its stream.
+func (c *docChecker) checkFrame(b []byte) error {
+	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+	if err != nil {
+		return fmt.Errorf("frame is not JSON: %q", b)
+	}
+	f, _ := v.(map[string]any)
+	stream, _ := f["stream"].(string)
+	action := ""
+	if p, ok := f["payload"].(map[string]any); ok {
+		action, _ = p["action"].(string)
+	}
+	names := append(slices.Clone(c.messages[stream]), c.messages[""]...)
+	// The messages of the frame's action first: one of them usually matches.
+	slices.SortStableFunc(names, func(x, y string) int {
+		return cmp.Compare(btoi(!strings.HasPrefix(x, stream+"."+action+".")), btoi(!strings.HasPrefix(y, stream+"."+action+".")))
+	})
+	var errs []string
+	for _, name := range names {
+		schema, err := c.schema(asyncAPIURL + "#/components/messages/" + pointer(name) + "/payload")
+		if err != nil {
+			return err
+		}
+		err = schema.Validate(v)
+		if err == nil {
+			return nil
+		}
+		if strings.HasPrefix(name, stream+"."+action+".") || name == "error" {
+			errs = append(errs, name+": "+err.Error())
+		}
+	}
+	return fmt.Errorf("frame %s matches no message of the AsyncAPI document (tried %v):\n%s", b, names, strings.Join(errs, "\n"))
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// docs returns the checker of s's documents, nil when the check is off or
+// s has none.
+func (s *testServer) docs(tb testing.TB) *docChecker {
+	tb.Helper()
+	if s == nil || os.Getenv(envNoDocs) != "" {
+		return nil
+	}
+	var openAPI, asyncAPI []byte
+	if s.API != nil {
+		var err error
+		openAPI, err = s.API.OpenAPI()
+		require.NoError(tb, err)
+		asyncAPI, err = s.API.AsyncAPI()
+		require.NoError(tb, err)
+	} else {
+		// An instance of the example app: its documents, over HTTP.
+		s.fetchDocs.Do(func() { s.openAPI, s.asyncAPI = fetchDoc(s.URL+"/openapi.json"), fetchDoc(s.URL+"/asyncapi.json") })
+		if s.openAPI == nil || s.asyncAPI == nil {
+			return nil
+		}
+		openAPI, asyncAPI = s.openAPI, s.asyncAPI
+	}
+	c, err := newDocChecker(openAPI, asyncAPI)
+	require.NoError(tb, err)
+	return c
+}
+
+// fetchDoc returns the body of a GET of url, nil unless it is a 200.
+func fetchDoc(url string) []byte {
+	ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return nil
+	}
+	return b
+}
+
+// checkResponse checks a REST response s sent against s's documents; a
+// mismatch fails tb.
+func (s *testServer) checkResponse(tb testing.TB, resp *http.Response, body []byte) {
+	tb.Helper()
+	if c := s.docs(tb); c != nil {
+		if err := c.checkREST(resp.Request.Method, resp.Request.URL.Path, resp.StatusCode, body); err != nil {
+			tb.Errorf("the OpenAPI document does not describe the response: %v", err)
+		}
+	}
+}
+
+// checkFrame checks a frame c read against its server's documents; a
+// mismatch fails the test.
+func (c *wsClient) checkFrame(b []byte) {
+	c.tb.Helper()
+	if d := c.srv.docs(c.tb); d != nil {
+		if err := d.checkFrame(b); err != nil {
+			c.tb.Errorf("the AsyncAPI document does not describe the frame: %v", err)
+		}
+	}
+}
+
+// compileSchemas compiles every schema of a document's components with a
+// JSON Schema 2020-12 compiler.
+func compileSchemas(tb testing.TB, doc []byte) {
+	tb.Helper()
+	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(doc))
+	require.NoError(tb, err)
+	c := jsonschema.NewCompiler()
+	c.DefaultDraft(jsonschema.Draft2020)
+	require.NoError(tb, c.AddResource(openAPIURL, v))
+	components := v.(map[string]any)["components"].(map[string]any)
+	schemas := components["schemas"].(map[string]any)
+	require.NotEmpty(tb, schemas)
+	for name := range schemas {
+		_, err := c.Compile(openAPIURL + "#/components/schemas/" + pointer(name))
+		require.NoError(tb, err, "schema %s", name)
+	}
+	if messages, ok := components["messages"].(map[string]any); ok {
+		for name := range messages {
+			_, err := c.Compile(openAPIURL + "#/components/messages/" + pointer(name) + "/payload")
+			require.NoError(tb, err, "message %s", name)
+		}
+	}
 }

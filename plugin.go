@@ -68,6 +68,7 @@ type config struct {
 	historySize    int
 	historyTTL     time.Duration
 	outbox         *OutboxConfig // outbox.go
+	docs           APIDocs       // apidoc.go
 }
 
 // WithPath sets the WebSocket endpoint's path, relative to the router given
@@ -215,6 +216,7 @@ type API struct {
 	precision time.Duration
 
 	reg       *registry
+	docs      apiDocs      // apidoc.go
 	mu        sync.RWMutex // guards closing
 	closing   bool
 	conns     atomic.Int64   // open WebSocket connections (melody's count keeps those registered after Shutdown)
@@ -280,6 +282,8 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 		return nil, errors.New("channelsapi: nil user resolver, logger or default permission")
 	case cfg.rate <= 0 || cfg.burst <= 0:
 		return nil, fmt.Errorf("channelsapi: rate limit must be positive, got %v per second, burst %d", cfg.rate, cfg.burst)
+	case !docPath(cfg.docs.OpenAPIPath) || !docPath(cfg.docs.AsyncAPIPath):
+		return nil, fmt.Errorf("channelsapi: description document paths %q and %q must be empty or start with /", cfg.docs.OpenAPIPath, cfg.docs.AsyncAPIPath)
 	case cfg.subscriptions <= 0:
 		return nil, fmt.Errorf("channelsapi: subscription limit must be positive, got %d", cfg.subscriptions)
 	case cfg.pingPeriod <= 0 || cfg.pongWait <= cfg.pingPeriod:
@@ -318,6 +322,9 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 		if err != nil {
 			return nil, fmt.Errorf("channelsapi: mount debug page: %w", err)
 		}
+	}
+	if err := a.mountDocs(router); err != nil {
+		return nil, fmt.Errorf("channelsapi: mount description documents: %w", err)
 	}
 	if cfg.outbox != nil {
 		if a.outbox, err = newOutbox(db, *cfg.outbox, a.reg); err != nil {

@@ -12,9 +12,10 @@ import (
 	"github.com/channelsapi/channelsapi/internal/query"
 )
 
-// streamSchema describes one added ViewSet for the debugger page: what a
-// client may send on its stream and where its REST routes are. It is a
-// development aid, served only when WithDebugPage is given.
+// streamSchema describes one added ViewSet: what a client may send on its
+// stream and where its REST routes are. It is the one description the
+// debugger page's schema (served only when WithDebugPage is given) and the
+// documents of WithAPIDocs (apidoc.go) are built from.
 type streamSchema struct {
 	Name        string         `json:"name"`      // the stream
 	Model       string         `json:"model"`     // the "model" label of its events
@@ -36,6 +37,10 @@ type streamSchema struct {
 	// SearchFields are the fields "search" looks in, as declared; never
 	// nil, empty when search is disabled.
 	SearchFields []string `json:"search_fields"`
+
+	// model is the model, whose Go type the documents' JSON Schemas
+	// are built from (apidoc_schema.go).
+	model *model
 }
 
 // filterSchema describes one filterable field: the keys "<name>" and
@@ -68,6 +73,8 @@ type fieldSchema struct {
 	// Rules are the parts of its `binding` tag, for example
 	// ["required", "max=200"]; never nil.
 	Rules []string `json:"rules"`
+	// Choices are the values its "oneof" rule allows, nil without one.
+	Choices []string `json:"choices,omitempty"`
 }
 
 // actionSchema describes one action a stream serves.
@@ -88,7 +95,10 @@ type actionSchema struct {
 // schema describes the added ViewSets, sorted by stream name, for the
 // debugger page (which adds the WebSocket path to it). It is safe to call
 // while the API serves.
-func (a *API) schema() any {
+func (a *API) schema() any { return a.describeAll() }
+
+// describeAll describes the added ViewSets, sorted by stream name.
+func (a *API) describeAll() []streamSchema {
 	streams := []streamSchema{}
 	for _, r := range a.reg.all() {
 		streams = append(streams, r.describe())
@@ -109,6 +119,7 @@ func (v *viewSet[T]) describe() streamSchema {
 		PageSize:    v.PageSize,
 		MaxPageSize: v.MaxPageSize,
 		Fields:      make([]fieldSchema, 0, len(v.m.fields)),
+		model:       v.m,
 	}
 	s.Filters, s.OrderingFields, s.SearchFields = v.qs.queryable()
 	if t := fieldType(v.m.pk.FieldType); t == "integer" {
@@ -125,6 +136,7 @@ func (v *viewSet[T]) describe() streamSchema {
 			Required: f.required && f.writable,
 			ReadOnly: !f.writable,
 			Rules:    rules(f.gorm.Tag.Get("binding")),
+			Choices:  choices(f.gorm.Tag.Get("binding")),
 		})
 	}
 

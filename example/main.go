@@ -91,7 +91,17 @@ func run(addr, dsn, redisURL string, debug, outbox bool) error {
 
 	router := gin.Default()
 	router.Use(authenticate)
-	opts := []channelsapi.Option{channelsapi.WithRESTPrefix("/api"), channelsapi.WithSubprotocols("bearer")}
+	opts := []channelsapi.Option{
+		channelsapi.WithRESTPrefix("/api"),
+		channelsapi.WithSubprotocols("bearer"),
+		channelsapi.WithAPIDocs(channelsapi.APIDocs{
+			OpenAPIPath:  "/api/openapi.json",
+			AsyncAPIPath: "/api/asyncapi.json",
+			Title:        "Polls",
+			Version:      "1.0.0",
+			Description:  "The polls app of channelsapi: questions, choices and private notes.",
+		}),
+	}
 	if debug {
 		opts = append(opts, channelsapi.WithDebugPage(""))
 	}
@@ -152,6 +162,7 @@ func run(addr, dsn, redisURL string, debug, outbox bool) error {
 	if outbox {
 		fmt.Printf("  Outbox:    on (tables channelsapi_streams and channelsapi_outbox; instances sharing the database also see each other's changes)\n")
 	}
+	fmt.Printf("  API docs:  http://localhost%s/api/openapi.json (REST), http://localhost%s/api/asyncapi.json (WebSocket)\n", port(addr), port(addr))
 	fmt.Printf("  Private notes need a token: Authorization: Bearer alice-token (or bob-token, admin-token)\n")
 	if debug {
 		fmt.Printf("  Debugger:  http://localhost%s/channels-api/ (development only)\n", port(addr))
