@@ -170,6 +170,9 @@ func pkParameter(s streamSchema) *apispec.Parameter {
 	schema := &apispec.Schema{Type: s.PKType}
 	if s.PKType == "string" {
 		schema = newSchemaSet().typeSchema(s.model.pk.FieldType) // with its format, uuid for example
+		if schema.Format == "" {
+			schema.Format = formatOf(rules(s.model.pk.Tag.Get("binding")))
+		}
 	}
 	return &apispec.Parameter{
 		Name: "pk", In: "path", Required: true, Schema: schema,
@@ -271,7 +274,7 @@ func optionsOperation(s streamSchema, path string) *apispec.Operation {
 	str := &apispec.Schema{Type: "string"}
 	list := &apispec.Schema{Type: "array", Items: str}
 	return &apispec.Operation{
-		OperationID: s.Name + ".options" + strings.ReplaceAll(strings.TrimPrefix(path, s.RESTPath), "/", "."),
+		OperationID: s.Name + ".options" + strings.NewReplacer("/", ".", "{pk}", "detail").Replace(strings.TrimPrefix(path, s.RESTPath)),
 		Tags:        []string{s.Name},
 		Summary:     "The metadata of the route",
 		Responses: map[string]*apispec.Response{

@@ -132,8 +132,11 @@ func (b *schemaSet) structSchema(t reflect.Type, m *model) *apispec.Schema {
 		if f.quoted {
 			fs = quotedSchema(fs)
 		}
-		if m != nil {
-			if mf := m.byJSON[f.name]; mf != nil && !mf.writable {
+		if mf := m.field(f.name); mf != nil {
+			if format := formatOf(rules(mf.gorm.Tag.Get("binding"))); format != "" && fs.Type == "string" && fs.Format == "" {
+				fs.Format = format // an annotation, also of what clients do not write
+			}
+			if !mf.writable {
 				fs = readOnly(fs)
 			}
 		}
@@ -143,6 +146,29 @@ func (b *schemaSet) structSchema(t reflect.Type, m *model) *apispec.Schema {
 		}
 	}
 	return s
+}
+
+// field returns the field of m with JSON key name; nil when m is nil.
+func (m *model) field(name string) *field {
+	if m == nil {
+		return nil
+	}
+	return m.byJSON[name]
+}
+
+// formatOf returns the JSON Schema format a binding rule names, "" if none.
+func formatOf(rules []string) string {
+	for _, r := range rules {
+		switch name, _, _ := strings.Cut(r, "="); {
+		case name == "email":
+			return "email"
+		case name == "url" || name == "uri" || name == "http_url":
+			return "uri"
+		case strings.HasPrefix(name, "uuid"):
+			return "uuid"
+		}
+	}
+	return ""
 }
 
 // readOnly marks s read-only; a $ref, which takes no siblings, is wrapped.
@@ -344,12 +370,8 @@ rules:
 			if values := oneOf(param, number); values != nil {
 				c.Enum, constrained = values, true
 			}
-		case name == "email":
-			c.Format, constrained = "email", true
-		case name == "url" || name == "uri" || name == "http_url":
-			c.Format, constrained = "uri", true
-		case strings.HasPrefix(name, "uuid"):
-			c.Format, constrained = "uuid", true
+		case formatOf([]string{name}) != "":
+			c.Format, constrained = formatOf([]string{name}), true
 		case name == "alphanum":
 			c.Pattern, constrained = "^[a-zA-Z0-9]+$", true
 		case name == "alpha":

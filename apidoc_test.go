@@ -6,12 +6,16 @@ package channelsapi_test
 // documents against testdata/apidocs.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -46,10 +50,17 @@ type docOwner struct {
 	Name string `json:"name"`
 }
 
+// docTicket has a UUID primary key.
+type docTicket struct {
+	ID    string  `json:"id" gorm:"primaryKey" binding:"uuid"`
+	Title string  `json:"title" binding:"required,len=4"`
+	Score float64 `json:"score" binding:"gt=0,lt=1"`
+}
+
 // docsServer serves docProject and the conformance model with WithAPIDocs.
 func docsServer(t *testing.T) *testServer {
 	t.Helper()
-	db := openDB(t, &TestModel{}, &docProject{}, &docOwner{})
+	db := openDB(t, &TestModel{}, &docProject{}, &docOwner{}, &docTicket{})
 	return newServerOn(t, db, func(api *channelsapi.API, _ *gorm.DB) {
 		addTestModel(t, api)
 		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[docProject]{
@@ -60,7 +71,9 @@ func docsServer(t *testing.T) *testServer {
 			ReadOnlyFields: []string{"email"},
 		}))
 		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[docOwner]{Stream: "owners", ReadOnly: true}))
-	}, channelsapi.WithAPIDocs(channelsapi.APIDocs{OpenAPIPath: "/docs/openapi.json", AsyncAPIPath: "/docs/asyncapi.json", Title: "Docs"}))
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[docTicket]{Stream: "tickets"}))
+	}, channelsapi.WithAPIDocs(channelsapi.APIDocs{OpenAPIPath: "/docs/openapi.json", AsyncAPIPath: "/docs/asyncapi.json", Title: "Docs"}),
+		channelsapi.WithDebugPage(""))
 }
 
 // TestAPIDocsServed: both documents are served as JSON at the paths given,
@@ -80,6 +93,18 @@ func TestAPIDocsServed(t *testing.T) {
 		require.NoError(t, err)
 		assert.JSONEq(t, string(want), string(body))
 	}
+	// Nothing in them comes from the request: not its Host.
+	req, err := http.NewRequest(http.MethodGet, srv.URL+"/docs/openapi.json", nil)
+	require.NoError(t, err)
+	req.Host = "evil.example"
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.NoError(t, resp.Body.Close())
+	assert.NotContains(t, string(body), "evil")
+	assert.Equal(t, "/", docValue(t, body, "/servers/0/url"), "servers are relative")
+
 	openAPI, err := srv.API.OpenAPI()
 	require.NoError(t, err)
 	validateOpenAPI(t, openAPI)
@@ -187,4 +212,131 @@ func TestAsyncAPIParser(t *testing.T) {
 	require.NoError(t, os.WriteFile(file, bad, 0o600))
 	out, err := exec.Command("node", "testdata/asyncapi/validate.mjs", file).CombinedOutput()
 	require.Error(t, err, "a dangling $ref passes: %s", out)
+}
+
+// updateDocs rewrites testdata/apidocs from the example app:
+// go test -run TestExampleAppDocs -update .
+var updateDocs = flag.Bool("update", false, "rewrite testdata/apidocs/*.json from the example app")
+
+// TestExampleAppDocs: the example app serves its documents at
+// /api/openapi.json and /api/asyncapi.json; they are valid, and equal to
+// testdata/apidocs (rewritten with -update), so that a change to them
+// shows in review.
+func TestExampleAppDocs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("SKIP: -short")
+	}
+	bin := filepath.Join(t.TempDir(), "example")
+	out, err := exec.Command("go", "build", "-o", bin, "./example").CombinedOutput()
+	require.NoError(t, err, "build the example: %s", out)
+	app := startInstance(t, bin, "-db", filepath.Join(t.TempDir(), "polls.db"))
+	for _, name := range []string{"openapi.json", "asyncapi.json"} {
+		status, body, _ := app.restRaw(t, http.MethodGet, "/"+name, nil)
+		require.Equal(t, http.StatusOK, status, "%s: %s", name, body)
+		var pretty bytes.Buffer
+		require.NoError(t, json.Indent(&pretty, body, "", "  "))
+		pretty.WriteByte('\n')
+		golden := filepath.Join("testdata", "apidocs", name)
+		if *updateDocs {
+			require.NoError(t, os.WriteFile(golden, pretty.Bytes(), 0o644))
+		}
+		want, err := os.ReadFile(golden)
+		require.NoError(t, err)
+		assert.Equal(t, string(want), pretty.String(), "%s is not current: go test -run TestExampleAppDocs -update .", golden)
+		if name == "openapi.json" {
+			validateOpenAPI(t, body)
+		} else {
+			compileSchemas(t, body)
+			validateAsyncAPI(t, body)
+		}
+	}
+}
+
+// docValue returns the value at a JSON pointer of the JSON b ("/a/b").
+func docValue(t *testing.T, b []byte, ptr string) any {
+	t.Helper()
+	var v any
+	require.NoError(t, json.Unmarshal(b, &v))
+	for _, tok := range strings.Split(strings.TrimPrefix(ptr, "/"), "/") {
+		tok = strings.ReplaceAll(strings.ReplaceAll(tok, "~1", "/"), "~0", "~")
+		if a, ok := v.([]any); ok {
+			i, err := strconv.Atoi(tok)
+			require.True(t, err == nil && i < len(a), "%s: no %s", ptr, tok)
+			v = a[i]
+			continue
+		}
+		m, ok := v.(map[string]any)
+		require.True(t, ok, "%s: %s is not in an object", ptr, tok)
+		v, ok = m[tok]
+		require.True(t, ok, "%s: no %s", ptr, tok)
+	}
+	return v
+}
+
+// TestAPIDocsModelSchemas: the JSON Schemas of the models follow the Go
+// types as encoding/json writes them and the binding tags: required,
+// bounds, formats, oneof as an enum, nullable pointers, times, JSON
+// columns, read-only keys and automatic fields, a UUID key.
+func TestAPIDocsModelSchemas(t *testing.T) {
+	srv := docsServer(t)
+	b, err := srv.API.OpenAPI()
+	require.NoError(t, err)
+	obj := "/components/schemas/projects/properties/"
+	write := "/components/schemas/projects.write/properties/"
+	for ptr, want := range map[string]string{
+		obj + "ID":         `{"type":"integer","minimum":0,"readOnly":true}`,
+		obj + "CreatedAt":  `{"type":"string","format":"date-time","readOnly":true}`,
+		obj + "DeletedAt":  `{"type":["string","null"],"format":"date-time","readOnly":true}`,
+		obj + "email":      `{"type":"string","format":"email","readOnly":true}`,
+		obj + "due":        `{"type":["string","null"],"format":"date-time"}`,
+		obj + "meta":       `{"description":"Any JSON value."}`,
+		obj + "tags":       `{"type":["array","null"],"items":{"type":"string"}}`,
+		obj + "owner":      `{"anyOf":[{"$ref":"#/components/schemas/docOwner"},{"type":"null"}]}`,
+		obj + "owner_id":   `{"type":["integer","null"],"minimum":0}`,
+		write + "name":     `{"type":"string","minLength":3,"maxLength":10}`,
+		write + "color":    `{"type":"string","anyOf":[{"const":""},{"enum":["red","green","blue"]}]}`,
+		write + "priority": `{"type":"integer","minimum":0,"maximum":5}`,
+		write + "site":     `{"type":["string","null"],"anyOf":[{"type":"null"},{"format":"uri"}]}`,
+		"/components/schemas/projects.write/required":  `["name"]`,
+		"/components/schemas/projects.patch/required":  `null`,
+		"/components/schemas/projects/required":        `["ID","CreatedAt","UpdatedAt","DeletedAt","name","color","priority","email","site","due","meta","owner_id"]`,
+		"/components/schemas/tickets/properties/id":    `{"type":"string","format":"uuid","readOnly":true}`,
+		"/components/schemas/tickets.write/properties": `{"title":{"type":"string","minLength":4,"maxLength":4},"score":{"type":"number","exclusiveMinimum":0,"exclusiveMaximum":1}}`,
+		"/paths/~1tickets~1{pk}/parameters/0/schema":   `{"type":"string","format":"uuid"}`,
+	} {
+		if want == "null" {
+			assert.NotContains(t, docValue(t, b, strings.TrimSuffix(ptr, "/required")), "required", ptr)
+			continue
+		}
+		got, err := json.Marshal(docValue(t, b, ptr))
+		require.NoError(t, err)
+		assert.JSONEq(t, want, string(got), ptr)
+	}
+	for _, key := range []string{"Secret", "secret"} {
+		assert.NotContains(t, docValue(t, b, "/components/schemas/projects/properties"), key, "json:\"-\" is not sent")
+	}
+	assert.NotContains(t, docValue(t, b, "/components/schemas/projects.write/properties"), "ID", "the primary key is not written")
+
+	// The debugger's schema is the same description: oneof is its choices.
+	status, body, _ := srv.restRaw(t, http.MethodGet, "/channels-api/schema.json", nil)
+	require.Equal(t, http.StatusOK, status)
+	var schema struct {
+		Streams []struct {
+			Name   string
+			Fields []struct {
+				Name    string
+				Choices []string
+			}
+		}
+	}
+	require.NoError(t, json.Unmarshal(body, &schema))
+	var choices []string
+	for _, s := range schema.Streams {
+		for _, f := range s.Fields {
+			if s.Name == "projects" && f.Name == "color" {
+				choices = f.Choices
+			}
+		}
+	}
+	assert.Equal(t, []string{"red", "green", "blue"}, choices)
 }

@@ -42,6 +42,9 @@ func TestRegisterConfigurationErrors(t *testing.T) {
 		{"origin of another scheme", []channelsapi.Option{channelsapi.WithAllowedOrigins("ftp://app.example")}},
 		{"origin null", []channelsapi.Option{channelsapi.WithAllowedOrigins("null")}},
 		{"origin wildcard", []channelsapi.Option{channelsapi.WithAllowedOrigins("*")}},
+		{"relative OpenAPI path", []channelsapi.Option{channelsapi.WithAPIDocs(channelsapi.APIDocs{OpenAPIPath: "openapi.json"})}},
+		{"relative AsyncAPI path", []channelsapi.Option{channelsapi.WithAPIDocs(channelsapi.APIDocs{AsyncAPIPath: "asyncapi.json"})}},
+		{"AsyncAPI path taken by the WebSocket", []channelsapi.Option{channelsapi.WithAPIDocs(channelsapi.APIDocs{AsyncAPIPath: "/ws"})}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
