@@ -1,6 +1,7 @@
 package channelsapi
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/json"
 	"fmt"
@@ -47,17 +48,19 @@ type apiDocs struct {
 }
 
 // OpenAPI returns the OpenAPI 3.1 document of the REST routes of the
-// added ViewSets, as JSON. It is safe to call while the API serves.
+// added ViewSets, as JSON; the caller may keep and modify it. It is safe
+// to call while the API serves.
 func (a *API) OpenAPI() ([]byte, error) {
 	openAPI, _, err := a.documents()
-	return openAPI, err
+	return bytes.Clone(openAPI), err
 }
 
 // AsyncAPI returns the AsyncAPI 3.0 document of the WebSocket of the added
-// ViewSets, as JSON. It is safe to call while the API serves.
+// ViewSets, as JSON; the caller may keep and modify it. It is safe to call
+// while the API serves.
 func (a *API) AsyncAPI() ([]byte, error) {
 	_, asyncAPI, err := a.documents()
-	return asyncAPI, err
+	return bytes.Clone(asyncAPI), err
 }
 
 // documents returns both documents, built once for the ViewSets added so
@@ -89,24 +92,24 @@ func (a *API) documents() (openAPI, asyncAPI []byte, err error) {
 
 // mountDocs adds the routes of WithAPIDocs to router.
 func (a *API) mountDocs(router gin.IRouter) error {
-	serve := func(doc func() ([]byte, error)) gin.HandlerFunc {
+	serve := func(pick func(openAPI, asyncAPI []byte) []byte) gin.HandlerFunc {
 		return func(c *gin.Context) {
-			b, err := doc()
+			openAPI, asyncAPI, err := a.documents()
 			if err != nil {
 				a.log.ErrorContext(c.Request.Context(), "channelsapi: description document", "err", err)
 				c.AbortWithStatusJSON(http.StatusInternalServerError, gin.H{"detail": msgServerError})
 				return
 			}
-			c.Data(http.StatusOK, "application/json; charset=utf-8", b)
+			c.Data(http.StatusOK, "application/json; charset=utf-8", pick(openAPI, asyncAPI))
 		}
 	}
 	a.docs.wsPath = basePath(router) + a.cfg.path
 	return mount(func() {
 		if p := a.cfg.docs.OpenAPIPath; p != "" {
-			router.GET(p, serve(a.OpenAPI))
+			router.GET(p, serve(func(o, _ []byte) []byte { return o }))
 		}
 		if p := a.cfg.docs.AsyncAPIPath; p != "" {
-			router.GET(p, serve(a.AsyncAPI))
+			router.GET(p, serve(func(_, as []byte) []byte { return as }))
 		}
 	})
 }

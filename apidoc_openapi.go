@@ -256,6 +256,12 @@ func readOnlyOperation(s streamSchema, act actionSchema) *apispec.Operation {
 	}
 }
 
+// The REST behaviours beyond PROTOCOL.md section 7 that the documents
+// describe: HEAD on GET routes (headOperation), OPTIONS metadata
+// (optionsOperation), the 405 of a method a path does not have, the 415 of
+// a body that is not JSON (restResponses), and "expand" (expandParameters,
+// with the relations of a stream from expandable).
+
 // headOperation is op's GET answered without a body.
 func headOperation(get *apispec.Operation) *apispec.Operation {
 	op := *get

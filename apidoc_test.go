@@ -340,3 +340,25 @@ func TestAPIDocsModelSchemas(t *testing.T) {
 	}
 	assert.Equal(t, []string{"red", "green", "blue"}, choices)
 }
+
+// TestAPIDocsFollowAdd: the documents are built again after an Add, and
+// what a caller does with the bytes it got does not change them.
+func TestAPIDocsFollowAdd(t *testing.T) {
+	db := openDB(t, &TestModel{}, &docOwner{})
+	srv := newServerOn(t, db, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) })
+	before, err := srv.API.OpenAPI()
+	require.NoError(t, err)
+	assert.NotContains(t, string(before), `"/owners"`)
+	clear(before)
+
+	require.NoError(t, channelsapi.Add(srv.API, channelsapi.ViewSet[docOwner]{Stream: "owners"}))
+	after, err := srv.API.OpenAPI()
+	require.NoError(t, err)
+	assert.Contains(t, string(after), `"/owners"`)
+	assert.Contains(t, string(after), `"/testmodel"`)
+	async, err := srv.API.AsyncAPI()
+	require.NoError(t, err)
+	assert.Contains(t, string(async), `"owners.create"`)
+	status, _ := srv.doREST(t, http.MethodPost, "/owners", `{"name":"ann"}`)
+	assert.Equal(t, http.StatusCreated, status)
+}
