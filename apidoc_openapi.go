@@ -97,6 +97,7 @@ const (
 	responseDenied           = "Denied"
 	responseNotFound         = "NotFound"
 	responseServerError      = "ServerError"
+	responseBusy             = "Busy"
 	responseConflict         = "Conflict"
 	responseTooLarge         = "TooLarge"
 	responseUnsupportedMedia = "UnsupportedMediaType"
@@ -120,6 +121,7 @@ func restResponses() map[string]*apispec.Response {
 		responseNotFound:    detail("{\"detail\": \"Not found.\"}: no object with this pk within the stream's scope, or a pk that cannot be parsed."),
 		responseServerError: detail("{\"detail\": \"A server error occurred.\"}, with no internal detail."),
 		responseConflict:    detail("The object conflicts with an existing one (a unique constraint)."),
+		responseBusy:        detail("{\"detail\": \"Server busy, try again.\"}: the write or read could not be ordered against the stream's events in time."),
 		responseTooLarge:    detail("{\"detail\": \"Request body too large.\"}: the body is over the size limit (WithMaxMessageSize)."),
 		responseUnsupportedMedia: detail(
 			"{\"detail\": \"Unsupported media type \\\"text/plain\\\" in request.\"}: a body that is not application/json."),
@@ -142,13 +144,14 @@ func responseRef(name string) *apispec.Response {
 
 // refusals returns the error responses of an operation: permission first
 // (401 and 403), 404 for one that looks an object up, 413 and 415 for one
-// that takes a body, 500 and, for any other status a hook or custom action
-// chooses, the error body as default.
+// that takes a body, 500, 503 and, for any other status a hook or custom
+// action chooses, the error body as default.
 func refusals(detail, body bool, extra map[string]*apispec.Response) map[string]*apispec.Response {
 	r := map[string]*apispec.Response{
 		"401":     responseRef(responseDenied),
 		"403":     responseRef(responseDenied),
 		"500":     responseRef(responseServerError),
+		"503":     responseRef(responseBusy),
 		"default": responseRef(responseError),
 	}
 	if detail {
