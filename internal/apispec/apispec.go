@@ -1,7 +1,7 @@
 // Package apispec holds the documents the root package describes its
 // routes and its socket with: JSON Schema (the 2020-12 subset that is also
 // valid draft-07, as AsyncAPI's schemas are), OpenAPI 3.1 and AsyncAPI 3.0.
-// The types are plain values, encoded with encoding/json; they imports
+// The types are plain values, encoded with encoding/json; the package imports
 // nothing of the root package.
 package apispec
 
