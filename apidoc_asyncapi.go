@@ -81,7 +81,7 @@ func closeCodes() []apispec.CloseCode {
 		{Code: 1011, Meaning: "An internal failure of the connection itself."},
 		{Code: closeTryAgain, Meaning: "The server can no longer guarantee the connection's events: reconnect and resume (PROTOCOL.md section 10), or reload.",
 			Reasons: []string{reasonSlowClient, reasonBulkChange, reasonUntracked, reasonConcurrent, reasonUpsert, reasonEncoding,
-				reasonAuthorize, reasonQueueFull, reasonBrokerGap, reasonUndecodable, reasonOutboxGap, "history exhausted"}},
+				reasonAuthorize, reasonQueueFull, reasonBrokerGap, reasonUndecodable, reasonOutboxGap}},
 	}
 }
 
