@@ -221,6 +221,11 @@ type API struct {
 	sockets   sync.WaitGroup // one per WebSocket connection handler
 	closers   sync.WaitGroup // goroutines closing slow connections
 	closeOnce sync.Once
+	// tooBig is the 1009 close frame, with its reason; lingerStop ends the
+	// lingering closes when Shutdown's ctx ends (linger.go).
+	tooBig     []byte
+	lingerStop context.Context
+	stopLinger context.CancelFunc
 }
 
 // Register mounts the WebSocket endpoint on router, installs the change
@@ -298,6 +303,8 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 		log:  cfg.logger,
 		reg:  newRegistry(),
 	}
+	a.tooBig = tooBigFrame(cfg.maxMessageSize)
+	a.lingerStop, a.stopLinger = context.WithCancel(context.Background())
 	if a.fold, err = caseFolding(db); err != nil {
 		return nil, fmt.Errorf("channelsapi: %w", err)
 	}
@@ -447,6 +454,7 @@ func (a *API) Shutdown(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
+		a.stopLinger()
 		return ctx.Err()
 	}
 }

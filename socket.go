@@ -53,9 +53,19 @@ func (a *API) newMelody() *melody.Melody {
 			_ = s.CloseWithMsg(melody.FormatCloseMessage(closeGoingAway, "server shutting down"))
 		}
 	})
-	m.HandleMessage(func(s *melody.Session, msg []byte) { sessionConn(s).handleFrame(msg) })
+	// After the server's close frame, what the client sends is dropped
+	// (linger.go).
+	m.HandleMessage(func(s *melody.Session, msg []byte) {
+		if c := sessionConn(s); !c.cork.dropAfterClose(len(msg)) {
+			c.handleFrame(msg)
+		}
+	})
 	m.HandleSentMessage(func(s *melody.Session, _ []byte) { sessionConn(s).cork.sent() })
-	m.HandleMessageBinary(func(s *melody.Session, _ []byte) { sessionConn(s).handleFrame(nil) })
+	m.HandleMessageBinary(func(s *melody.Session, msg []byte) {
+		if c := sessionConn(s); !c.cork.dropAfterClose(len(msg)) {
+			c.handleFrame(nil)
+		}
+	})
 	m.HandleDisconnect(func(s *melody.Session) {
 		c := sessionConn(s)
 		a.hub.Remove(c)
@@ -63,8 +73,12 @@ func (a *API) newMelody() *melody.Melody {
 		a.conns.Add(-1)
 	})
 	m.HandleError(func(s *melody.Session, err error) {
-		if errors.Is(err, melody.ErrMessageBufferFull) {
+		var ce *websocket.CloseError
+		switch {
+		case errors.Is(err, melody.ErrMessageBufferFull):
 			sessionConn(s).resync(reasonSlowClient)
+		case errors.As(err, &ce): // the client's close frame: no linger
+			sessionConn(s).cork.peerClosed.Store(true)
 		}
 	})
 	return m
@@ -119,10 +133,13 @@ func (a *API) serveSocket(c *gin.Context) {
 	defer cancel()
 	conn := &conn{
 		api: a, ctx: ctx, cancel: cancel, user: user, header: c.Request.Header.Clone(),
-		limiter: rate.NewLimiter(a.cfg.rate, a.cfg.burst), cork: &cork{},
+		limiter: rate.NewLimiter(a.cfg.rate, a.cfg.burst), cork: &cork{tooBig: a.tooBig, stop: a.lingerStop},
 	}
 	w := corkWriter{ResponseWriter: c.Writer, k: conn.cork}
 	err := a.melody.HandleRequestWithKeys(w, c.Request, map[string]any{connKey: conn})
+	if conn.cork.Conn != nil {
+		conn.cork.finish()
+	}
 	if errors.Is(err, melody.ErrClosed) {
 		c.AbortWithStatusJSON(http.StatusServiceUnavailable, gin.H{"detail": "Server is shutting down."})
 	}
