@@ -1,14 +1,19 @@
 package channelsapi_test
 
-// This file runs the example app (go run ./example) as a newcomer would.
+// This file runs the example app (go run ./example) and README.md's Quick
+// Start (example/quickstart) as a newcomer would.
 
 import (
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -125,4 +130,60 @@ func exampleSubscribePKInData(t *testing.T, app *instance) {
 			assert.Equal(t, mine, id, "only the deletion of data.pk")
 		})
 	}
+}
+
+// TestReadmeQuickStart checks that README.md's Quick Start is
+// example/quickstart/main.go whole, then runs that program as a newcomer
+// would (in a fresh directory, on $PORT) and creates a question over REST
+// and over the WebSocket.
+func TestReadmeQuickStart(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	require.NoError(t, err)
+	program, err := os.ReadFile("example/quickstart/main.go")
+	require.NoError(t, err)
+	_, rest, found := strings.Cut(string(readme), "\n## Quick start\n")
+	require.True(t, found, "README.md has a Quick start section")
+	_, block, found := strings.Cut(rest, "```go\n")
+	require.True(t, found, "the Quick start has a go block")
+	block, _, found = strings.Cut(block, "```\n")
+	require.True(t, found)
+	require.Equal(t, string(program), block, "README.md's Quick Start is example/quickstart/main.go")
+
+	if testing.Short() {
+		t.Skip("SKIP: -short")
+	}
+	bin := filepath.Join(t.TempDir(), "quickstart")
+	out, err := exec.Command("go", "build", "-o", bin, "./example/quickstart").CombinedOutput()
+	require.NoError(t, err, "build the Quick Start: %s", out)
+	port := freePort(t)
+	cmd := exec.Command(bin)
+	cmd.Dir = t.TempDir()
+	cmd.Env = append(os.Environ(), "PORT="+strconv.Itoa(port), "GIN_MODE=release")
+	var log strings.Builder
+	cmd.Stdout, cmd.Stderr = &log, &log
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("output of the Quick Start:\n%s", log.String())
+		}
+	})
+	srv := &testServer{URL: "http://127.0.0.1:" + strconv.Itoa(port), WSURL: "ws://127.0.0.1:" + strconv.Itoa(port) + "/ws"}
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(srv.URL + "/questions")
+		if err != nil {
+			return false
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, 30*time.Second, 50*time.Millisecond, "the Quick Start does not serve")
+
+	status, body := srv.doREST(t, http.MethodPost, "/questions", `{"question_text":"What's new?"}`)
+	assert.Equal(t, http.StatusCreated, status, "%v", body)
+	ws := srv.dial(t, nil)
+	got := ws.request("questions", map[string]any{"action": "create", "data": map[string]any{"question_text": "And now?"}, "request_id": 1})
+	assert.EqualValues(t, 201, got["response_status"], "%v", got)
+	_, err = os.Stat(filepath.Join(cmd.Dir, "polls.db"))
+	assert.NoError(t, err, "the database is polls.db in the working directory")
 }

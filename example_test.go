@@ -31,7 +31,7 @@ func exampleDB(models ...any) (db *gorm.DB, cleanup func()) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	db, err = gorm.Open(sqlite.Open(filepath.Join(dir, "polls.db")), &gorm.Config{Logger: logger.Discard})
+	db, err = gorm.Open(sqlite.Open(filepath.Join(dir, "polls.db")+"?_journal_mode=WAL&_busy_timeout=5000&_txlock=immediate"), &gorm.Config{Logger: logger.Discard})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func ExampleRegister() {
 
 	dir, _ := os.MkdirTemp("", "polls")
 	defer os.RemoveAll(dir)
-	db, err := gorm.Open(sqlite.Open(filepath.Join(dir, "polls.db")), &gorm.Config{})
+	db, err := gorm.Open(sqlite.Open(filepath.Join(dir, "polls.db")+"?_journal_mode=WAL&_busy_timeout=5000&_txlock=immediate"), &gorm.Config{})
 	if err != nil {
 		log.Fatal(err)
 	}
