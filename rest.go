@@ -211,10 +211,11 @@ func (a *API) restOptions(r resource, meta restMetadata, write, allow string) gi
 		if write == http.MethodPut {
 			action = actionUpdate
 		}
+		m := meta
 		if write != "" && r.mayWrite(c.Request.Context(), a.restRequest(c, r, action)) {
-			meta.Actions = map[string]fieldsMetadata{write: fieldsOf(r.describe().Fields)}
+			m.Actions = map[string]fieldsMetadata{write: fieldsOf(r.describe().Fields)}
 		}
-		a.writeJSON(c, http.StatusOK, meta)
+		a.writeJSON(c, http.StatusOK, m)
 	}
 }
 
