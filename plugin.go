@@ -91,9 +91,10 @@ func WithRESTPrefix(prefix string) Option { return func(c *config) { c.restPrefi
 // http or https, or that has a query or fragment.
 func WithBaseURL(u string) Option { return func(c *config) { c.baseURL = u } }
 
-// WithAllowedOrigins allows WebSocket upgrades from these exact origins
-// (scheme://host[:port]) in addition to the same origin. Requests without an
-// Origin header (non-browser clients) are always allowed; "null" never is.
+// WithAllowedOrigins allows WebSocket upgrades, and REST writes from
+// browsers, from these exact origins (scheme://host[:port]) in addition to
+// the same origin (and that of WithBaseURL). Requests without an Origin
+// header (non-browser clients) are always allowed; "null" never is.
 func WithAllowedOrigins(origins ...string) Option {
 	return func(c *config) {
 		for _, o := range origins {
