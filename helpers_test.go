@@ -587,6 +587,30 @@ func (s *testServer) restRaw(tb testing.TB, method, path string, body io.Reader)
 	return resp.StatusCode, b, resp.Header
 }
 
+// send sends a request with exactly the given header (no Content-Type
+// unless it has one) and returns the status, the raw body and the response
+// header.
+func (s *testServer) send(tb testing.TB, method, path, body string, header http.Header) (int, []byte, http.Header) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, s.URL+path, strings.NewReader(body))
+	require.NoError(tb, err)
+	req.Header = header.Clone()
+	if req.Header == nil {
+		req.Header = http.Header{}
+	}
+	if h := req.Header.Get("Host"); h != "" {
+		req.Host = h
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(tb, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(tb, err)
+	return resp.StatusCode, b, resp.Header
+}
+
 // jsonOf round-trips v through JSON so that it compares with parsed frames.
 func jsonOf(tb testing.TB, v any) any {
 	tb.Helper()

@@ -156,6 +156,7 @@ type resource interface {
 	authorize(ctx context.Context, ch change, ev *fanout.Event) (authorization, error)
 	states(ctx context.Context, ch change) (before, after fanout.State)
 	describe() streamSchema
+	mayWrite(ctx context.Context, req *Request) bool
 }
 
 // viewSet is an added ViewSet[T].
@@ -314,6 +315,32 @@ func (v *viewSet[T]) method(action string) string {
 	return ""
 }
 
+// mayWrite reports whether req's user may run req.Action, create or update
+// (of the object req names, which must exist within the user's scope and
+// pass the object permission), for the actions of an OPTIONS response. A
+// check that fails or panics counts as no.
+func (v *viewSet[T]) mayWrite(ctx context.Context, req *Request) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			v.api.log.ErrorContext(ctx, "channelsapi: permission panic", "stream", v.Stream, "action", req.Action, "panic", p)
+			ok = false
+		}
+	}()
+	if v.ReadOnly {
+		return false
+	}
+	req.Method = v.method(req.Action)
+	if v.Permission(ctx, req) != nil {
+		return false
+	}
+	if req.Action != actionUpdate {
+		return true
+	}
+	req.PK, _ = v.m.parsePK(req.rawPK)
+	_, err := v.find(ctx, v.api.db.WithContext(ctx), req)
+	return err == nil
+}
+
 // find looks the object up within req's scope and asks the object
 // permission.
 func (v *viewSet[T]) find(ctx context.Context, db *gorm.DB, req *Request) (*T, error) {
@@ -388,15 +415,17 @@ func (v *viewSet[T]) lookup(db *gorm.DB, req *Request) (*T, error) {
 	if req.PK == nil {
 		return nil, ErrNotFound
 	}
-	obj := new(T)
-	err := db.Where(clause.Eq{Column: clause.Column{Table: clause.CurrentTable, Name: v.m.pk.DBName}, Value: req.PK}).Take(obj).Error
-	if errors.Is(err, gorm.ErrRecordNotFound) {
-		return nil, ErrNotFound
-	}
+	// Find with a limit, not Take: no row is an answer, not an error that
+	// GORM's logger reports on every 404.
+	var objs []T
+	err := db.Where(clause.Eq{Column: clause.Column{Table: clause.CurrentTable, Name: v.m.pk.DBName}, Value: req.PK}).Limit(1).Find(&objs).Error
 	if err != nil {
 		return nil, fmt.Errorf("retrieve %s %v: %w", v.Stream, req.PK, err)
 	}
-	return obj, nil
+	if len(objs) == 0 {
+		return nil, ErrNotFound
+	}
+	return &objs[0], nil
 }
 
 func (v *viewSet[T]) create(ctx context.Context, req *Request) result {
