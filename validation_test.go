@@ -306,7 +306,7 @@ func TestValidationRelationByValue(t *testing.T) {
 		want map[string][]string // nil: 201
 	}{
 		{"relation by value", `{"name":"write","owner_id":1}`, nil},
-		{"relation key null", `{"name":"write","owner":null}`, nil},
+		{"relation key null", `{"name":"write","owner_id":1,"owner":null}`, nil},
 		{"relation key given", `{"name":"write","owner":{"id":1,"name":"x"}}`, map[string][]string{"owner": {"This field is read-only."}}},
 		{"own field still required", `{"owner_id":1}`, map[string][]string{"name": {"This field is required."}}},
 		{"nested field by path", `{"name":"a","settings":{"theme":"blue"}}`, map[string][]string{"settings.theme": {`"blue" is not a valid choice.`}}},
