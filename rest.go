@@ -68,6 +68,7 @@ func (a *API) restHandler(r resource, action string) gin.HandlerFunc {
 		if pk, ok := c.Params.Get("pk"); ok {
 			req.rawPK, _ = json.Marshal(pk)
 		}
+		req.readExpand(req.Query[keyExpand], nil)
 		if action == actionList {
 			req.Data = listData(req.Query)
 			req.params = restQuery(req.Query)
