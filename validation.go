@@ -77,7 +77,7 @@ func (m *model) errorKey(ns string) (key string, ok bool) {
 	segs := strings.Split(ns, ".")[1:] // the first is the model's type
 	t := m.schema.ModelType
 	var path []string
-	for i, seg := range segs {
+	for _, seg := range segs {
 		name, index, _ := strings.Cut(seg, "[")
 		for t.Kind() == reflect.Pointer {
 			t = t.Elem()
@@ -89,7 +89,7 @@ func (m *model) errorKey(ns string) (key string, ok bool) {
 		if !found {
 			return NonFieldErrors, true
 		}
-		if i == 0 && m.relation[sf.Name] {
+		if len(path) == 0 && m.relation[sf.Name] { // a field of the model, perhaps embedded
 			return "", false
 		}
 		t = sf.Type
