@@ -334,3 +334,30 @@ func TestValidationRelationByValue(t *testing.T) {
 		assert.Equal(t, jsonOf(t, map[string][]string{channelsapi.NonFieldErrors: {"Ensure this field has at least 2 characters."}}), body)
 	})
 }
+
+// ValOwned is embedded in valEmbedded, with its relation.
+type ValOwned struct {
+	OwnerID uint     `json:"owner_id"`
+	Owner   valOwner `json:"owner"`
+}
+
+type valEmbedded struct {
+	ID uint `json:"id" gorm:"primaryKey"`
+	ValOwned
+	Title string `json:"title" binding:"required"`
+}
+
+// TestValidationEmbeddedRelation checks that a relation of an embedded
+// struct is not client input either.
+func TestValidationEmbeddedRelation(t *testing.T) {
+	srv := newServer(t, func(api *channelsapi.API, db *gorm.DB) {
+		require.NoError(t, db.AutoMigrate(&valOwner{}, &valEmbedded{}))
+		require.NoError(t, db.Create(&valOwner{Name: "alice"}).Error)
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[valEmbedded]{Stream: "embedded"}))
+	}, quietLog())
+	status, body := createBoth(t, srv, "embedded", `{"title":"a","owner_id":1}`)
+	assert.Equal(t, http.StatusCreated, status, "%v", body)
+	status, body = createBoth(t, srv, "embedded", `{"owner_id":1}`)
+	assert.Equal(t, http.StatusBadRequest, status)
+	assert.Equal(t, jsonOf(t, map[string][]string{"title": {"This field is required."}}), body)
+}
