@@ -653,7 +653,7 @@ func event(action string, id uint, name string) map[string]any {
 }
 
 // sqlWords are what a constraint violation's reply must not contain.
-var sqlWords = []string{"UNIQUE", "constraint", "SQLSTATE", "23505", "duplicate", "violates", "FOREIGN", "NOT NULL",
+var sqlWords = []string{"UNIQUE constraint", "constraint failed", "SQLSTATE", "23505", "duplicate", "violates", "FOREIGN", "NOT NULL",
 	"INSERT", "UPDATE ", "DELETE FROM", "sqlite", "idx_", "email_address", "constraint_members", "constraint_teams", "hook_notes"}
 
 // assertNoSQL checks that a reply carries no SQL, table or column name.

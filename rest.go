@@ -143,6 +143,7 @@ func (a *API) restHandler(r resource, action, allow string) gin.HandlerFunc {
 			}
 		}
 		req := a.restRequest(c, r, action)
+		req.readExpand(req.Query[keyExpand], nil)
 		if action == actionList {
 			req.Data = listData(req.Query)
 			req.params = restQuery(req.Query)

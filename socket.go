@@ -290,6 +290,7 @@ func (a *API) dispatch(ctx context.Context, c *conn, msg []byte) []byte {
 		if pk, ok := scalarText(p.PK); ok && pk != "" {
 			req.Params = map[string]string{"pk": pk}
 		}
+		req.readExpand(nil, p.Expand)
 		if action == actionList || action == actionSubscribeList {
 			req.readQuery()
 		}
