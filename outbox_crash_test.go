@@ -258,6 +258,13 @@ func crashRuns(t *testing.T, writer string, db *gorm.DB, dsn string, redis bool)
 	}, opts...)
 	at := outboxPosition(t, db)
 	sub := dialCrash(t, srv.WSURL, nil, at.Offset)
+	// A subscribe starts after the changes numbered when it is answered
+	// (startAtTop): the writes start once both are.
+	for range 2 {
+		ev, err := sub.next()
+		require.NoError(t, err)
+		require.Nil(t, ev)
+	}
 	apply := func(evs []crashEvent) {
 		for _, ev := range evs {
 			state[ev.item.ID] = ev.item
