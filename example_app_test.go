@@ -21,7 +21,8 @@ import (
 
 // TestExampleApp runs `go run ./example` as a newcomer would (built, on a
 // fresh SQLite file): it answers the documented create message with 201,
-// serves REST under /api, keeps notes private, and closes its sockets with
+// serves REST under /api, keeps notes private, refuses cross-site writes
+// made with the cookie of its user, and closes its sockets with
 // 1001 on SIGTERM.
 func TestExampleApp(t *testing.T) {
 	if testing.Short() {
@@ -52,6 +53,22 @@ func TestExampleApp(t *testing.T) {
 	status, body = app.doREST(t, http.MethodGet, "/notes", "", "Authorization", "Bearer bob-token")
 	assert.Equal(t, http.StatusOK, status)
 	assert.EqualValues(t, 0, body.(map[string]any)["count"], "bob sees none of alice's notes")
+
+	// A form on another site, posted by alice's browser with her cookie.
+	origin := strings.TrimSuffix(app.URL, "/api")
+	for _, h := range [][]string{
+		{"Origin", "https://evil.example", "Sec-Fetch-Site", "cross-site", "Content-Type", "text/plain"},
+		{"Origin", "https://evil.example", "Sec-Fetch-Site", "cross-site"},
+		{"Sec-Fetch-Site", "cross-site"},
+	} {
+		status, body = app.doREST(t, http.MethodPost, "/notes", `{"text":"forged","x":"="}`, append([]string{"Cookie", "token=alice-token"}, h...)...)
+		assert.Equal(t, http.StatusForbidden, status, "%v: %v", h, body)
+	}
+	status, _ = app.doREST(t, http.MethodPost, "/notes", `{"text":"from the app's page"}`, "Cookie", "token=alice-token", "Origin", origin, "Sec-Fetch-Site", "same-origin")
+	assert.Equal(t, http.StatusCreated, status)
+	status, body = app.doREST(t, http.MethodGet, "/notes", "", "Cookie", "token=alice-token")
+	assert.Equal(t, http.StatusOK, status)
+	assert.EqualValues(t, 2, body.(map[string]any)["count"], "no forged note: %v", body)
 
 	t.Run("subscribe with the pk in data", func(t *testing.T) { exampleSubscribePKInData(t, app) })
 

@@ -77,7 +77,9 @@ func ExampleRegister() {
 	// router.Run(":8080") would serve it; here, one REST request:
 	rec := httptest.NewRecorder()
 	body := strings.NewReader(`{"question_text": "What's new?"}`)
-	router.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/questions", body))
+	req := httptest.NewRequest(http.MethodPost, "/questions", body)
+	req.Header.Set("Content-Type", "application/json")
+	router.ServeHTTP(rec, req)
 	fmt.Println(rec.Code, rec.Body.String())
 	// Output:
 	// 201 {"id":1,"question_text":"What's new?"}
