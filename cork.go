@@ -2,6 +2,8 @@ package channelsapi
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -27,9 +29,20 @@ type cork struct {
 	queued atomic.Int64 // frames handed to melody and not yet written
 	waiter atomic.Pointer[drainWaiter]
 
-	mu  sync.Mutex
-	buf []byte
-	err error // a failed write: every later write fails with it
+	mu     sync.Mutex
+	buf    []byte
+	err    error  // a failed write: every later write fails with it
+	out    frames // the frames written, to notice a close frame
+	unstop func() bool
+
+	// The lingering close (linger.go).
+	tooBig     []byte          // the 1009 close frame written for gorilla's
+	stop       context.Context // done: lingering ends (Shutdown's ctx ended)
+	closeSent  atomic.Bool     // the server wrote a close frame
+	peerClosed atomic.Bool     // the client's close frame was read
+	lingering  atomic.Bool
+	lingerOnce sync.Once
+	dropped    atomic.Int64 // bytes of frames dropped after closeSent
 }
 
 // Write implements net.Conn. gorilla/websocket calls it with one frame (or
@@ -40,14 +53,24 @@ func (k *cork) Write(p []byte) (int, error) {
 	if k.err != nil {
 		return 0, k.err
 	}
+	n := len(p)
+	if k.out.scan(p) {
+		k.closeSent.Store(true)
+		if bytes.Equal(p, gorillaTooBig) && k.tooBig != nil {
+			p = k.tooBig
+		}
+	}
 	if k.queued.Load() > 0 && len(k.buf)+len(p) <= maxCorked {
 		k.buf = append(k.buf, p...)
-		return len(p), nil
+		return n, nil
 	}
 	if err := k.flushLocked(); err != nil {
 		return 0, err
 	}
-	return k.Conn.Write(p)
+	if _, err := k.Conn.Write(p); err != nil {
+		return 0, err
+	}
+	return n, nil
 }
 
 // sent records that one queued frame was written; when none is left the
@@ -110,9 +133,15 @@ func (k *cork) flushLocked() error {
 	return k.err
 }
 
-// Close writes what is kept, then closes the connection.
+// Close writes what is kept, then closes the connection; after a close
+// frame the client has not answered, the connection lingers instead, and
+// finish closes it (linger.go).
 func (k *cork) Close() error {
 	k.flush()
+	if k.closeSent.Load() && !k.peerClosed.Load() {
+		k.startLinger()
+		return nil
+	}
 	return k.Conn.Close()
 }
 

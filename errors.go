@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"unicode"
 
 	"gorm.io/gorm"
 )
@@ -44,6 +45,14 @@ func NewError(status int, message string) *Error {
 func FieldError(field string, messages ...string) *Error {
 	return &Error{Status: http.StatusBadRequest, Fields: map[string][]string{field: messages}}
 }
+
+// FieldErrors are per-field messages keyed by JSON name, NonFieldErrors for
+// the object as a whole, for example
+// FieldErrors{"end": {"Must be after start."}}. As an error (from a
+// Validate hook, any hook or an action) it answers 400 with them.
+type FieldErrors map[string][]string
+
+func (e FieldErrors) Error() string { return (&Error{Fields: e}).Error() }
 
 func (e *Error) Error() string {
 	if e.Message != "" {
@@ -89,10 +98,15 @@ type wireError struct {
 // translate is the one place where errors become client-visible. Anything
 // it does not recognise is a 500 whose cause the caller logs.
 func translate(err error, authenticated bool) wireError {
-	var e *Error
+	var (
+		e  *Error
+		fe FieldErrors
+	)
 	switch {
 	case errors.As(err, &e):
 		return wireError{status: e.status(), message: e.Message, fields: e.Fields}
+	case errors.As(err, &fe):
+		return wireError{status: http.StatusBadRequest, fields: fe}
 	case errors.Is(err, ErrNotFound):
 		return wireError{status: http.StatusNotFound, message: msgNotFound}
 	case errors.Is(err, ErrNotAuthenticated):
@@ -137,19 +151,30 @@ const (
 	invalidValue // a value the column cannot hold (SQLSTATE class 22), e.g. a NUL byte in PostgreSQL text
 )
 
-// constraintError turns a constraint violation into a client error: a
-// unique violation on one column of a writable field is a 400 on that field,
-// other unique violations a 409; not-null, foreign-key and check violations
-// and values the column cannot hold a 400. It returns nil for any other
-// error. No table, column or SQL text reaches the client.
-func constraintError(db *gorm.DB, m *model, label string, err error) error {
-	kind, column := classify(db, err)
+// constraintError turns a constraint violation into a client error, as
+// Django REST Framework words it: a unique violation on one writable field
+// is a 400 on that field ("member with this email already exists."), on
+// several writable fields a 400 NonFieldErrors ("The fields code, region
+// must make a unique set."), on anything else a 409; not-null, foreign-key
+// and check violations and values the column cannot hold are a 400. It
+// returns nil for any other error. No table, column or SQL text reaches
+// the client.
+func constraintError(db *gorm.DB, m *model, err error) error {
+	kind, columns := classify(db, err)
 	switch kind {
 	case uniqueViolation:
-		for _, f := range m.fields {
-			if f.writable && column != "" && f.gorm.DBName == column {
-				return FieldError(f.json, fmt.Sprintf("A %s with this %s already exists.", label, f.json))
+		names := make([]string, 0, len(columns))
+		for _, c := range columns {
+			if f := m.writableColumn(c); f != nil {
+				names = append(names, f.json)
 			}
+		}
+		switch {
+		case len(names) == 0 || len(names) != len(columns):
+		case len(names) == 1:
+			return FieldError(names[0], fmt.Sprintf("%s with this %s already exists.", m.verboseName(), names[0]))
+		default:
+			return FieldError(NonFieldErrors, fmt.Sprintf("The fields %s must make a unique set.", strings.Join(names, ", ")))
 		}
 		return NewError(http.StatusConflict, "The object conflicts with an existing one.")
 	case notNullViolation, checkViolation, invalidValue:
@@ -160,29 +185,54 @@ func constraintError(db *gorm.DB, m *model, label string, err error) error {
 	return nil
 }
 
+// writableColumn is the writable field of column, or nil.
+func (m *model) writableColumn(column string) *field {
+	for _, f := range m.fields {
+		if f.writable && f.gorm.DBName == column {
+			return f
+		}
+	}
+	return nil
+}
+
+// verboseName is the model's name as Django derives a verbose_name from a
+// class name: the Go type's words in lower case ("TodoItem": "todo item").
+func (m *model) verboseName() string {
+	name := m.schema.ModelType.Name()
+	var b strings.Builder
+	rs := []rune(name)
+	for i, r := range rs {
+		if i > 0 && unicode.IsUpper(r) && (unicode.IsLower(rs[i-1]) || i+1 < len(rs) && unicode.IsLower(rs[i+1])) {
+			b.WriteByte(' ')
+		}
+		b.WriteRune(unicode.ToLower(r))
+	}
+	return b.String()
+}
+
 // classify recognises constraint violations through the dialect's error
-// translation, PostgreSQL's SQLSTATE codes and SQLite's messages; column is
-// the violated column when the error names exactly one.
-func classify(db *gorm.DB, err error) (kind constraint, column string) {
+// translation, PostgreSQL's SQLSTATE codes and SQLite's messages; columns
+// are those of a unique violation when the error names them.
+func classify(db *gorm.DB, err error) (kind constraint, columns []string) {
 	var state interface{ SQLState() string }
 	if errors.As(err, &state) {
 		switch state.SQLState() {
 		case "23505":
 			// The driver's Error() text has no detail: the column is in it.
-			column := pgKeyColumn(pgDetail(state))
-			if column == "" {
-				column = pgKeyColumn(err.Error())
+			columns := pgKeyColumns(pgDetail(state))
+			if columns == nil {
+				columns = pgKeyColumns(err.Error())
 			}
-			return uniqueViolation, column
+			return uniqueViolation, columns
 		case "23502":
-			return notNullViolation, ""
+			return notNullViolation, nil
 		case "23503":
-			return foreignKeyViolation, ""
+			return foreignKeyViolation, nil
 		case "23514":
-			return checkViolation, ""
+			return checkViolation, nil
 		}
 		if strings.HasPrefix(state.SQLState(), "22") {
-			return invalidValue, ""
+			return invalidValue, nil
 		}
 	}
 	msg := err.Error()
@@ -194,23 +244,27 @@ func classify(db *gorm.DB, err error) (kind constraint, column string) {
 		"PRIMARY KEY constraint failed: ": uniqueViolation,
 	} {
 		if _, rest, ok := strings.Cut(msg, prefix); ok {
-			if k == uniqueViolation && !strings.Contains(rest, ",") {
-				_, column, _ = strings.Cut(strings.TrimSpace(rest), ".")
+			if k == uniqueViolation {
+				// "UNIQUE constraint failed: notes.a, notes.b"
+				for c := range strings.SplitSeq(rest, ",") {
+					_, column, _ := strings.Cut(strings.TrimSpace(c), ".")
+					columns = append(columns, column)
+				}
 			}
-			return k, column
+			return k, columns
 		}
 	}
 	if t, ok := db.Dialector.(gorm.ErrorTranslator); ok {
 		switch terr := t.Translate(err); {
 		case errors.Is(terr, gorm.ErrDuplicatedKey):
-			return uniqueViolation, ""
+			return uniqueViolation, nil
 		case errors.Is(terr, gorm.ErrForeignKeyViolated):
-			return foreignKeyViolation, ""
+			return foreignKeyViolation, nil
 		case errors.Is(terr, gorm.ErrCheckConstraintViolated):
-			return checkViolation, ""
+			return checkViolation, nil
 		}
 	}
-	return noConstraint, ""
+	return noConstraint, nil
 }
 
 // pgDetail returns the Detail field of a PostgreSQL driver's error (pgx's
@@ -233,16 +287,20 @@ func pgDetail(err any) string {
 	return ""
 }
 
-// pgKeyColumn reads the column of a PostgreSQL unique violation from its
-// detail, `Key (name)=(x) already exists.`, when it names one column.
-func pgKeyColumn(msg string) string {
+// pgKeyColumns reads the columns of a PostgreSQL unique violation from its
+// detail, `Key (a, b)=(x, y) already exists.`; nil when it has none.
+func pgKeyColumns(msg string) []string {
 	_, rest, ok := strings.Cut(msg, "Key (")
 	if !ok {
-		return ""
+		return nil
 	}
-	column, _, ok := strings.Cut(rest, ")=")
-	if !ok || strings.Contains(column, ",") {
-		return ""
+	list, _, ok := strings.Cut(rest, ")=")
+	if !ok {
+		return nil
 	}
-	return strings.Trim(column, `"`)
+	var columns []string
+	for c := range strings.SplitSeq(list, ",") {
+		columns = append(columns, strings.Trim(strings.TrimSpace(c), `"`))
+	}
+	return columns
 }

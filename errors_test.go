@@ -33,7 +33,8 @@ type constraintTeam struct {
 // constraintMember has the constraints a database enforces: a unique
 // column whose JSON name differs from its column name, a NOT NULL column
 // without a default written from a pointer, a unique pair, a unique column
-// clients may not write, and a foreign key.
+// clients may not write, and a foreign key. Its verbose name, in the
+// messages, is "constraint member".
 type constraintMember struct {
 	ID     uint            `json:"id" gorm:"primaryKey"`
 	Email  string          `json:"email" gorm:"column:email_address;uniqueIndex"`
@@ -92,7 +93,8 @@ func TestConstraintViolations(t *testing.T) {
 	ws := srv.dialAs(t, nil)
 
 	const (
-		exists   = "A tests.member with this email already exists."
+		exists   = "constraint member with this email already exists."
+		pair     = "The fields code, region must make a unique set."
 		conflict = "The object conflicts with an existing one."
 		invalid  = "Invalid data."
 		related  = "A related object does not exist or is still referenced."
@@ -110,7 +112,8 @@ func TestConstraintViolations(t *testing.T) {
 		{"unique field on create", "members", "create", 0, map[string]any{"email": "taken@example.com", "nick": "x"}, 400, "email", exists},
 		{"unique field on patch", "members", "patch", second.ID, map[string]any{"email": "taken@example.com"}, 400, "email", exists},
 		{"unique field on update", "members", "update", second.ID, map[string]any{"email": "taken@example.com", "nick": "x"}, 400, "email", exists},
-		{"unique pair", "members", "create", 0, map[string]any{"email": "new@example.com", "nick": "x", "code": "c", "region": "r"}, 409, "", conflict},
+		{"unique pair", "members", "create", 0, map[string]any{"email": "new@example.com", "nick": "x", "code": "c", "region": "r"}, 400, channelsapi.NonFieldErrors, pair},
+		{"unique pair on patch", "members", "patch", second.ID, map[string]any{"code": "c", "region": "r"}, 400, channelsapi.NonFieldErrors, pair},
 		{"unique field clients do not write", "members", "create", 0, map[string]any{"email": "new@example.com", "nick": "vip"}, 409, "", conflict},
 		{"NOT NULL written as null", "members", "create", 0, map[string]any{"email": "new@example.com", "nick": nil}, 400, "", invalid},
 		{"NOT NULL left out", "members", "create", 0, map[string]any{"email": "new@example.com"}, 400, "", invalid},

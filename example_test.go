@@ -31,7 +31,7 @@ func exampleDB(models ...any) (db *gorm.DB, cleanup func()) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	db, err = gorm.Open(sqlite.Open(filepath.Join(dir, "polls.db")), &gorm.Config{Logger: logger.Discard})
+	db, err = gorm.Open(sqlite.Open(filepath.Join(dir, "polls.db")+"?_journal_mode=WAL&_busy_timeout=5000&_txlock=immediate"), &gorm.Config{Logger: logger.Discard})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func ExampleRegister() {
 
 	dir, _ := os.MkdirTemp("", "polls")
 	defer os.RemoveAll(dir)
-	db, err := gorm.Open(sqlite.Open(filepath.Join(dir, "polls.db")), &gorm.Config{})
+	db, err := gorm.Open(sqlite.Open(filepath.Join(dir, "polls.db")+"?_journal_mode=WAL&_busy_timeout=5000&_txlock=immediate"), &gorm.Config{})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -77,7 +77,9 @@ func ExampleRegister() {
 	// router.Run(":8080") would serve it; here, one REST request:
 	rec := httptest.NewRecorder()
 	body := strings.NewReader(`{"question_text": "What's new?"}`)
-	router.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/questions", body))
+	req := httptest.NewRequest(http.MethodPost, "/questions", body)
+	req.Header.Set("Content-Type", "application/json")
+	router.ServeHTTP(rec, req)
 	fmt.Println(rec.Code, rec.Body.String())
 	// Output:
 	// 201 {"id":1,"question_text":"What's new?"}

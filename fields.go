@@ -35,6 +35,11 @@ type model struct {
 	ignored map[string]bool   // lower-cased names of protected fields and keys
 	byGo    map[string]*field // Go field name -> field, for validation errors
 	updated []string          // auto-update-time columns written on every update
+	// relation holds the Go names of relation fields (a struct, pointer or
+	// slice of a model GORM relates), which are not client input.
+	relation map[string]bool
+	// relations are the relations visible in JSON, by JSON name.
+	relations map[string]*schema.Relationship
 	// softDelete is the gorm.DeletedAt field, or nil.
 	softDelete *schema.Field
 }
@@ -57,6 +62,18 @@ func newModel(db *gorm.DB, typ reflect.Type, readOnly []string) (*model, error) 
 		byJSON:  map[string]*field{},
 		ignored: map[string]bool{},
 		byGo:    map[string]*field{},
+
+		relation:  map[string]bool{},
+		relations: map[string]*schema.Relationship{},
+	}
+	for _, rel := range s.Relationships.Relations {
+		if rel.Field == nil {
+			continue
+		}
+		m.relation[rel.Field.Name] = true
+		if name, visible := jsonName(rel.Field.StructField); visible {
+			m.relations[name] = rel
+		}
 	}
 	if m.pk == nil {
 		m.pk = s.PrimaryFields[0]
@@ -242,6 +259,12 @@ func (m *model) assign(ctx context.Context, obj reflect.Value, data json.RawMess
 				continue
 			}
 			columns = append(columns, f.gorm.DBName)
+		case !ok && m.relations[key] != nil:
+			// A relation is not client input; null (what a read shows
+			// for a nil relation) is accepted and ignored.
+			if present(in[key]) {
+				errs[key] = []string{"This field is read-only."}
+			}
 		case ok || m.ignored[strings.ToLower(key)]:
 			// read-only: ignored, never written
 		default:

@@ -606,6 +606,30 @@ func (s *testServer) restRaw(tb testing.TB, method, path string, body io.Reader)
 	return resp.StatusCode, b, resp.Header
 }
 
+// send sends a request with exactly the given header (no Content-Type
+// unless it has one) and returns the status, the raw body and the response
+// header.
+func (s *testServer) send(tb testing.TB, method, path, body string, header http.Header) (int, []byte, http.Header) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, s.URL+path, strings.NewReader(body))
+	require.NoError(tb, err)
+	req.Header = header.Clone()
+	if req.Header == nil {
+		req.Header = http.Header{}
+	}
+	if h := req.Header.Get("Host"); h != "" {
+		req.Host = h
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(tb, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(tb, err)
+	return resp.StatusCode, b, resp.Header
+}
+
 // jsonOf round-trips v through JSON so that it compares with parsed frames.
 func jsonOf(tb testing.TB, v any) any {
 	tb.Helper()
@@ -648,7 +672,7 @@ func event(action string, id uint, name string) map[string]any {
 }
 
 // sqlWords are what a constraint violation's reply must not contain.
-var sqlWords = []string{"UNIQUE", "constraint", "SQLSTATE", "23505", "duplicate", "violates", "FOREIGN", "NOT NULL",
+var sqlWords = []string{"UNIQUE constraint", "constraint failed", "SQLSTATE", "23505", "duplicate", "violates", "FOREIGN", "NOT NULL",
 	"INSERT", "UPDATE ", "DELETE FROM", "sqlite", "idx_", "email_address", "constraint_members", "constraint_teams", "hook_notes"}
 
 // assertNoSQL checks that a reply carries no SQL, table or column name.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,6 +91,10 @@ func crashSQLite(t *testing.T) (*gorm.DB, string) {
 	return db, "sqlite:" + dsn
 }
 
+// crashWriterApp is the application_name of the writer's sessions on
+// PostgreSQL, which writerGone waits on.
+const crashWriterApp = "channelsapi_crash_writer"
+
 func crashPostgres(t *testing.T, server string) (*gorm.DB, string) {
 	dsn := postgresSchema(t, server)
 	db, err := gorm.Open(postgres.Open(dsn), &gorm.Config{Logger: logger.Discard})
@@ -97,7 +102,37 @@ func crashPostgres(t *testing.T, server string) (*gorm.DB, string) {
 	sqlDB, err := db.DB()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sqlDB.Close() })
-	return db, "postgres:" + dsn
+	var schema string
+	require.NoError(t, db.Raw(`SELECT current_schema()`).Row().Scan(&schema))
+	app := crashWriterApp + "_" + schema
+	if u, err := url.Parse(dsn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		q := u.Query()
+		q.Set("application_name", app)
+		u.RawQuery = q.Encode()
+		return db, "postgres:" + u.String()
+	}
+	return db, "postgres:" + dsn + " application_name=" + app
+}
+
+// writerGone waits until the PostgreSQL sessions of the killed writer have
+// ended. A COMMIT the writer sent just before it was killed is still
+// carried out by its session after the process is gone: a position read
+// before that would leave that change to the next round, whose client of
+// the next writer would then be sent it (a replay) among its subscribe
+// replies.
+func writerGone(t *testing.T, db *gorm.DB) {
+	var schema string
+	require.NoError(t, db.Raw(`SELECT current_schema()`).Row().Scan(&schema))
+	deadline := time.Now().Add(readTimeout)
+	for {
+		var n int64
+		require.NoError(t, db.Raw(`SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = ?`, crashWriterApp+"_"+schema).Row().Scan(&n))
+		if n == 0 {
+			return
+		}
+		require.True(t, time.Now().Before(deadline), "%d sessions of the killed writer left", n)
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // crashEvent is an event frame as the crash test reads it.
@@ -223,6 +258,13 @@ func crashRuns(t *testing.T, writer string, db *gorm.DB, dsn string, redis bool)
 	}, opts...)
 	at := outboxPosition(t, db)
 	sub := dialCrash(t, srv.WSURL, nil, at.Offset)
+	// A subscribe starts after the changes numbered when it is answered
+	// (startAtTop): the writes start once both are.
+	for range 2 {
+		ev, err := sub.next()
+		require.NoError(t, err)
+		require.Nil(t, ev)
+	}
 	apply := func(evs []crashEvent) {
 		for _, ev := range evs {
 			state[ev.item.ID] = ev.item
@@ -260,6 +302,9 @@ func crashRuns(t *testing.T, writer string, db *gorm.DB, dsn string, redis bool)
 		require.True(t, errors.As(err, &exit), "writer: %v", err)
 		status := exit.Sys().(syscall.WaitStatus)
 		require.True(t, status.Signaled() && status.Signal() == syscall.SIGKILL, "kill %d of %d: the writer ended with %v, not SIGKILL after COMMIT", i+1, crashKills, err)
+		if strings.HasPrefix(dsn, "postgres:") {
+			writerGone(t, db)
+		}
 
 		// What the writer's client got before the kill, in order.
 		var fromWriter []crashEvent

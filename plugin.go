@@ -46,6 +46,8 @@ type Option func(*config)
 type config struct {
 	path           string
 	restPrefix     string
+	baseURL        string // WithBaseURL, without a trailing slash
+	baseOrigin     string // its scheme://host, lower case
 	origins        map[string]bool
 	maxMessageSize int64
 	queueSize      int
@@ -79,9 +81,21 @@ func WithPath(path string) Option { return func(c *config) { c.path = path } }
 // on the router given to Register; the default is the router itself.
 func WithRESTPrefix(prefix string) Option { return func(c *config) { c.restPrefix = prefix } }
 
-// WithAllowedOrigins allows WebSocket upgrades from these exact origins
-// (scheme://host[:port]) in addition to the same origin. Requests without an
-// Origin header (non-browser clients) are always allowed; "null" never is.
+// WithBaseURL sets the public address of the application, an absolute
+// http or https URL such as "https://example.com" (with a path when it is
+// served under one, "https://example.com/app"): the next and previous links
+// of REST lists are this URL followed by the route's path, and its origin
+// counts as the same origin for the WebSocket's and the REST routes' origin
+// check. Without it, the links are relative to the host ("/notes?page=2"):
+// they are never built from the request's Host header, which a client or a
+// proxy chooses. Register returns an error for a URL that is not absolute
+// http or https, or that has a query or fragment.
+func WithBaseURL(u string) Option { return func(c *config) { c.baseURL = u } }
+
+// WithAllowedOrigins allows WebSocket upgrades, and REST writes from
+// browsers, from these exact origins (scheme://host[:port]) in addition to
+// the same origin (and that of WithBaseURL). Requests without an Origin
+// header (non-browser clients) are always allowed; "null" never is.
 func WithAllowedOrigins(origins ...string) Option {
 	return func(c *config) {
 		for _, o := range origins {
@@ -223,6 +237,11 @@ type API struct {
 	sockets   sync.WaitGroup // one per WebSocket connection handler
 	closers   sync.WaitGroup // goroutines closing slow connections
 	closeOnce sync.Once
+	// tooBig is the 1009 close frame, with its reason; lingerStop ends the
+	// lingering closes when Shutdown's ctx ends (linger.go).
+	tooBig     []byte
+	lingerStop context.Context
+	stopLinger context.CancelFunc
 }
 
 // Register mounts the WebSocket endpoint on router, installs the change
@@ -289,6 +308,14 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 	case cfg.pingPeriod <= 0 || cfg.pongWait <= cfg.pingPeriod:
 		return nil, fmt.Errorf("channelsapi: keepalive needs 0 < ping period (%v) < pong wait (%v)", cfg.pingPeriod, cfg.pongWait)
 	}
+	if cfg.baseURL != "" {
+		u, err := url.Parse(cfg.baseURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+			return nil, fmt.Errorf("channelsapi: base URL %q is not an absolute http or https URL without query", cfg.baseURL)
+		}
+		cfg.baseURL = strings.TrimRight(u.String(), "/")
+		cfg.baseOrigin = strings.ToLower(u.Scheme + "://" + u.Host)
+	}
 	for o := range cfg.origins {
 		if u, err := url.Parse(o); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" {
 			return nil, fmt.Errorf("channelsapi: allowed origin %q is not scheme://host[:port]", o)
@@ -302,6 +329,8 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 		log:  cfg.logger,
 		reg:  newRegistry(),
 	}
+	a.tooBig = tooBigFrame(cfg.maxMessageSize)
+	a.lingerStop, a.stopLinger = context.WithCancel(context.Background())
 	if a.fold, err = caseFolding(db); err != nil {
 		return nil, fmt.Errorf("channelsapi: %w", err)
 	}
@@ -310,7 +339,7 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 		a.rest = router.Group(cfg.restPrefix)
 	}
 	a.melody = a.newMelody()
-	if err := mount(func() { router.GET(cfg.path, a.serveSocket) }); err != nil {
+	if err := mount(func() { a.mountSocket(router) }); err != nil {
 		return nil, fmt.Errorf("channelsapi: mount WebSocket endpoint %s: %w", cfg.path, err)
 	}
 	if cfg.debugPath != "" {
@@ -454,6 +483,7 @@ func (a *API) Shutdown(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
+		a.stopLinger()
 		return ctx.Err()
 	}
 }

@@ -12,6 +12,7 @@ type inPayload struct {
 	PK        json.RawMessage
 	Data      json.RawMessage
 	RequestID json.RawMessage
+	Expand    json.RawMessage // the relations to expand (relations.go)
 }
 
 // outFrame is every server frame.
@@ -59,7 +60,7 @@ func decodeFrame(msg []byte) (stream json.RawMessage, p inPayload, ok bool) {
 	if !ok {
 		return f["stream"], p, false
 	}
-	p = inPayload{Action: keys["action"], PK: keys["pk"], Data: keys["data"], RequestID: keys["request_id"]}
+	p = inPayload{Action: keys["action"], PK: keys["pk"], Data: keys["data"], RequestID: keys["request_id"], Expand: keys[keyExpand]}
 	return f["stream"], p, true
 }
 

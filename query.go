@@ -43,7 +43,7 @@ const (
 	keySnapshot = "snapshot"
 )
 
-var reservedKeys = []string{keyPage, keyPageSize, query.KeyOrdering, query.KeySearch, keySnapshot, keySince, "cursor"}
+var reservedKeys = []string{keyPage, keyPageSize, keyExpand, query.KeyOrdering, query.KeySearch, keySnapshot, keySince, "cursor"}
 
 // queries is what a model offers to the filter grammar: every column of a
 // filterable type, and what the ViewSet lets clients do with them.
@@ -299,11 +299,12 @@ func goText(v any) (string, error) {
 	return "", fmt.Errorf("a value of type %T cannot be compared", v)
 }
 
-// restQuery reads a REST query string; page and page_size are pagination's.
+// restQuery reads a REST query string; page and page_size are
+// pagination's, expand names relations.
 func restQuery(values url.Values) map[string]query.Param {
 	in := make(map[string]query.Param, len(values))
 	for k, vs := range values {
-		if k != keyPage && k != keyPageSize {
+		if k != keyPage && k != keyPageSize && k != keyExpand {
 			in[k] = query.Param{Vals: vs}
 		}
 	}

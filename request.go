@@ -48,9 +48,11 @@ type Request struct {
 	// the WebSocket, "pk" when the request has one. It may be nil.
 	Params map[string]string
 
-	rawPK    json.RawMessage
-	params   map[string]query.Param // the query, for the filter grammar
-	queryErr error                  // the query could not be read
+	rawPK     json.RawMessage
+	params    map[string]query.Param // the query, for the filter grammar
+	queryErr  error                  // the query could not be read
+	expand    []string               // the relations to expand (relations.go)
+	expandErr error                  // they could not be read
 }
 
 // Authenticated reports whether the request has a user.

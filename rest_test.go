@@ -112,7 +112,7 @@ func TestRESTList(t *testing.T) {
 		addTestModel(t, api, func(vs *channelsapi.ViewSet[TestModel]) { vs.MaxPageSize = 10 })
 	})
 	seed(t, srv.DB, names(26)...)
-	link := func(query string) any { return srv.URL + "/testmodel?" + query }
+	link := func(query string) any { return "/testmodel?" + query }
 	items := func(from, to int) []any {
 		var out []any
 		for i := from; i < to; i++ {
@@ -272,7 +272,7 @@ func TestRESTPrefix(t *testing.T) {
 			require.Equal(t, http.StatusOK, status)
 			page := body.(map[string]any)
 			assert.EqualValues(t, 30, page["count"])
-			assert.Equal(t, srv.URL+tt.give+"?page=2", page["next"])
+			assert.Equal(t, tt.give+"?page=2", page["next"])
 
 			status, body = srv.doREST(t, http.MethodGet, tt.give+"/1", "")
 			assert.Equal(t, http.StatusOK, status)
@@ -398,4 +398,41 @@ func TestListSameOnBothTransports(t *testing.T) {
 			assert.EqualValues(t, 26, page["count"])
 		})
 	}
+}
+
+func TestRESTPageLinks(t *testing.T) {
+	setup := func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }
+	t.Run("relative to the host, never from Host", func(t *testing.T) {
+		srv := newServer(t, setup)
+		seed(t, srv.DB, names(3)...)
+		status, body, _ := srv.send(t, http.MethodGet, "/testmodel?page=2&page_size=1", "",
+			hdr("Host", "evil.example", "X-Forwarded-Host", "evil.example", "X-Forwarded-Proto", "https"))
+		require.Equal(t, http.StatusOK, status, "%s", body)
+		assert.Contains(t, string(body), `"next":"/testmodel?page=3&page_size=1","previous":"/testmodel?page=1&page_size=1"`, "& is not escaped")
+		assert.NotContains(t, string(body), "evil")
+	})
+	t.Run("WithBaseURL", func(t *testing.T) {
+		srv := newServer(t, setup, channelsapi.WithBaseURL("https://api.example/app/"))
+		seed(t, srv.DB, names(3)...)
+		status, body, _ := srv.send(t, http.MethodGet, "/testmodel?page=2&page_size=1", "", hdr("Host", "evil.example"))
+		require.Equal(t, http.StatusOK, status, "%s", body)
+		assert.Contains(t, string(body),
+			`"next":"https://api.example/app/testmodel?page=3&page_size=1","previous":"https://api.example/app/testmodel?page=1&page_size=1"`)
+	})
+	t.Run("invalid base URLs", func(t *testing.T) {
+		for _, u := range []string{"api.example", "/app", "ftp://api.example", "https://", "https://api.example/?x=1", "https://api.example/#f", "://x", "https://user@api.example"} {
+			_, err := channelsapi.Register(gin.New(), openDB(t, &TestModel{}), channelsapi.WithBaseURL(u))
+			assert.ErrorContains(t, err, "base URL", u)
+		}
+	})
+}
+
+func TestRESTNotHTMLEscaped(t *testing.T) {
+	srv := testModelServer(t)
+	const name = `<b>Tom & Jerry</b>`
+	status, body, _ := srv.send(t, http.MethodPost, "/testmodel", `{"name":"`+name+`"}`, hdr("Content-Type", "application/json"))
+	require.Equal(t, http.StatusCreated, status, "%s", body)
+	assert.Equal(t, `{"id":1,"name":"`+name+`"}`, string(body))
+	_, body, _ = srv.send(t, http.MethodGet, "/testmodel", "", nil)
+	assert.Contains(t, string(body), `"name":"`+name+`"`)
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +31,7 @@ func (a *API) newMelody() *melody.Melody {
 	m.Config.PingPeriod = a.cfg.pingPeriod
 	m.Config.PongWait = a.cfg.pongWait
 	m.Upgrader.CheckOrigin = a.checkOrigin
+	m.Upgrader.Error = upgradeError
 	m.Upgrader.Subprotocols = a.cfg.subprotocols
 	// Reads reuse the buffer of the HTTP server's connection; a write
 	// buffer is taken from the pool for the time of one message only, so an
@@ -53,9 +52,19 @@ func (a *API) newMelody() *melody.Melody {
 			_ = s.CloseWithMsg(melody.FormatCloseMessage(closeGoingAway, "server shutting down"))
 		}
 	})
-	m.HandleMessage(func(s *melody.Session, msg []byte) { sessionConn(s).handleFrame(msg) })
+	// After the server's close frame, what the client sends is dropped
+	// (linger.go).
+	m.HandleMessage(func(s *melody.Session, msg []byte) {
+		if c := sessionConn(s); !c.cork.dropAfterClose(len(msg)) {
+			c.handleFrame(msg)
+		}
+	})
 	m.HandleSentMessage(func(s *melody.Session, _ []byte) { sessionConn(s).cork.sent() })
-	m.HandleMessageBinary(func(s *melody.Session, _ []byte) { sessionConn(s).handleFrame(nil) })
+	m.HandleMessageBinary(func(s *melody.Session, msg []byte) {
+		if c := sessionConn(s); !c.cork.dropAfterClose(len(msg)) {
+			c.handleFrame(nil)
+		}
+	})
 	m.HandleDisconnect(func(s *melody.Session) {
 		c := sessionConn(s)
 		a.hub.Remove(c)
@@ -63,8 +72,12 @@ func (a *API) newMelody() *melody.Melody {
 		a.conns.Add(-1)
 	})
 	m.HandleError(func(s *melody.Session, err error) {
-		if errors.Is(err, melody.ErrMessageBufferFull) {
+		var ce *websocket.CloseError
+		switch {
+		case errors.Is(err, melody.ErrMessageBufferFull):
 			sessionConn(s).resync(reasonSlowClient)
+		case errors.As(err, &ce): // the client's close frame: no linger
+			sessionConn(s).cork.peerClosed.Store(true)
 		}
 	})
 	return m
@@ -75,21 +88,24 @@ func sessionConn(s *melody.Session) *conn {
 	return c.(*conn)
 }
 
-// checkOrigin allows requests without an Origin header (non-browser
-// clients), the same origin, and the exact origins of WithAllowedOrigins.
-func (a *API) checkOrigin(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return true
+// mountSocket adds the WebSocket endpoint to router: GET upgrades, every
+// other method is a 405 with a JSON body.
+func (a *API) mountSocket(router gin.IRouter) {
+	router.GET(a.cfg.path, a.serveSocket)
+	allow := methodNotAllowed(http.MethodGet)
+	for _, m := range methodOrder[1:] {
+		router.Handle(m, a.cfg.path, allow)
 	}
-	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-		return false
-	}
-	if strings.EqualFold(u.Host, r.Host) {
-		return true
-	}
-	return a.cfg.origins[strings.ToLower(u.Scheme+"://"+u.Host)]
+}
+
+// upgradeError answers an upgrade request gorilla/websocket refuses (not a
+// WebSocket handshake, an unsupported version) with a JSON body.
+func upgradeError(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+	w.Header().Set("Sec-Websocket-Version", "13")
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	b, _ := encodeJSON(map[string]string{"detail": reason.Error()})
+	_, _ = w.Write(b)
 }
 
 // serveSocket upgrades the request and serves the connection until it ends.
@@ -97,13 +113,17 @@ func (a *API) serveSocket(c *gin.Context) {
 	a.mu.Lock()
 	if a.closing {
 		a.mu.Unlock()
-		c.AbortWithStatusJSON(http.StatusServiceUnavailable, gin.H{"detail": "Server is shutting down."})
+		refuse(c, http.StatusServiceUnavailable, "Server is shutting down.")
 		return
 	}
 	a.sockets.Add(1)
 	a.mu.Unlock()
 	defer a.sockets.Done()
 
+	if origin := c.GetHeader("Origin"); !a.allowedOrigin(c.Request, origin) {
+		refuse(c, http.StatusForbidden, "Origin checking failed - "+origin+" does not match any trusted origins.")
+		return
+	}
 	user := a.userOf(c)
 	if a.cfg.connect != nil {
 		if err := a.cfg.connect(c, user); err != nil {
@@ -111,7 +131,8 @@ func (a *API) serveSocket(c *gin.Context) {
 			if e.internal {
 				a.log.Error("channelsapi: connect check failed", "err", err)
 			}
-			c.AbortWithStatusJSON(e.status, e.restBody())
+			_ = writeJSON(c, e.status, e.restBody())
+			c.Abort()
 			return
 		}
 	}
@@ -119,12 +140,15 @@ func (a *API) serveSocket(c *gin.Context) {
 	defer cancel()
 	conn := &conn{
 		api: a, ctx: ctx, cancel: cancel, user: user, header: c.Request.Header.Clone(),
-		limiter: rate.NewLimiter(a.cfg.rate, a.cfg.burst), cork: &cork{},
+		limiter: rate.NewLimiter(a.cfg.rate, a.cfg.burst), cork: &cork{tooBig: a.tooBig, stop: a.lingerStop},
 	}
 	w := corkWriter{ResponseWriter: c.Writer, k: conn.cork}
 	err := a.melody.HandleRequestWithKeys(w, c.Request, map[string]any{connKey: conn})
+	if conn.cork.Conn != nil {
+		conn.cork.finish()
+	}
 	if errors.Is(err, melody.ErrClosed) {
-		c.AbortWithStatusJSON(http.StatusServiceUnavailable, gin.H{"detail": "Server is shutting down."})
+		refuse(c, http.StatusServiceUnavailable, "Server is shutting down.")
 	}
 }
 
@@ -283,6 +307,7 @@ func (a *API) dispatch(ctx context.Context, c *conn, msg []byte) []byte {
 		if pk, ok := scalarText(p.PK); ok && pk != "" {
 			req.Params = map[string]string{"pk": pk}
 		}
+		req.readExpand(nil, p.Expand)
 		if action == actionList || action == actionSubscribeList {
 			req.readQuery()
 		}

@@ -4,16 +4,50 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
+	"sync"
 
-	"github.com/gin-gonic/gin/binding"
+	"github.com/go-playground/locales/en"
+	ut "github.com/go-playground/universal-translator"
 	"github.com/go-playground/validator/v10"
+	entranslations "github.com/go-playground/validator/v10/translations/en"
 )
 
-// validate runs Gin's validator (the `binding` struct tags) on obj, a pointer
-// to a model, and returns a 400 *Error with Django REST Framework style
-// messages keyed by JSON field name, or nil.
+// NonFieldErrors is the key of errors about no one field (Django REST
+// Framework's name): a Validate hook's cross-field errors, a rule on a
+// field hidden from JSON, a composite unique constraint.
+const NonFieldErrors = "non_field_errors"
+
+var (
+	validatorOnce    sync.Once
+	bindingValidator *validator.Validate
+	translator       ut.Translator
+)
+
+// Validator returns the validator that checks the `binding` rules of the
+// models, configured as Gin's (tag name "binding") but its own instance:
+// register custom rules, and their messages, on it. It is not Gin's
+// binding.Validator, which it leaves untouched.
+func Validator() *validator.Validate {
+	validatorOnce.Do(func() {
+		bindingValidator = validator.New()
+		bindingValidator.SetTagName("binding")
+		english := en.New()
+		translator, _ = ut.New(english, english).GetTranslator("en")
+		if err := entranslations.RegisterDefaultTranslations(bindingValidator, translator); err != nil {
+			panic("channelsapi: register the validator's English messages: " + err.Error())
+		}
+	})
+	return bindingValidator
+}
+
+// validate runs the `binding` rules on obj, a pointer to a model, and
+// returns a 400 *Error with Django REST Framework style messages keyed by
+// JSON field name (nested ones by dotted path, "settings.theme",
+// "tags.1"), or nil. Relation fields are not client input: their rules are
+// not checked.
 func (m *model) validate(obj any) error {
-	err := binding.Validator.ValidateStruct(obj)
+	err := Validator().Struct(obj)
 	if err == nil {
 		return nil
 	}
@@ -23,13 +57,64 @@ func (m *model) validate(obj any) error {
 	}
 	fields := map[string][]string{}
 	for _, fe := range verrs {
-		key := fe.Field()
-		if f, ok := m.byGo[fe.StructField()]; ok {
-			key = f.json
+		key, ok := m.errorKey(fe.StructNamespace())
+		if !ok {
+			continue
 		}
 		fields[key] = append(fields[key], validationMessage(fe))
 	}
+	if len(fields) == 0 {
+		return nil
+	}
 	return &Error{Fields: fields}
+}
+
+// errorKey turns the Go namespace of a failed rule ("Todo.Settings.Theme",
+// "Todo.Tags[1]") into the key clients see: the JSON names joined by dots
+// ("settings.theme", "tags.1"). ok is false below a relation field, whose
+// rules are not checked. A field hidden from JSON is NonFieldErrors.
+func (m *model) errorKey(ns string) (key string, ok bool) {
+	segs := strings.Split(ns, ".")[1:] // the first is the model's type
+	t := m.schema.ModelType
+	var path []string
+	for _, seg := range segs {
+		name, index, _ := strings.Cut(seg, "[")
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			return NonFieldErrors, true
+		}
+		sf, found := t.FieldByName(name)
+		if !found {
+			return NonFieldErrors, true
+		}
+		if len(path) == 0 && m.relation[sf.Name] { // a field of the model, perhaps embedded
+			return "", false
+		}
+		t = sf.Type
+		if j, visible := jsonName(sf); !visible {
+			return NonFieldErrors, true
+		} else if !sf.Anonymous || sf.Tag.Get("json") != "" {
+			path = append(path, j)
+		}
+		for index != "" { // "1]" or "1][2]" or "key]"
+			var elem string
+			elem, index, _ = strings.Cut(index, "]")
+			index = strings.TrimPrefix(index, "[")
+			path = append(path, elem)
+			for t.Kind() == reflect.Pointer {
+				t = t.Elem()
+			}
+			if k := t.Kind(); k == reflect.Slice || k == reflect.Array || k == reflect.Map {
+				t = t.Elem()
+			}
+		}
+	}
+	if len(path) == 0 {
+		return NonFieldErrors, true
+	}
+	return strings.Join(path, "."), true
 }
 
 // validationMessage turns one failed binding rule into a human message.
@@ -118,8 +203,27 @@ func validationMessage(fe validator.FieldError) string {
 	case "uppercase":
 		return "Must be upper case."
 	}
-	if p != "" {
-		return fmt.Sprintf("Invalid value (rule %q with %q).", fe.Tag(), p)
+	return translated(fe)
+}
+
+// translated is the validator's English message for fe, its subject
+// rewritten to Django REST Framework's "This field": "Color must be a valid
+// HEX color" becomes "This field must be a valid HEX color.". A rule
+// without a message names itself.
+func translated(fe validator.FieldError) string {
+	Validator()
+	msg := fe.Translate(translator)
+	if msg == "" || strings.HasPrefix(msg, "Key: '") { // no message for the rule
+		if p := fe.Param(); p != "" {
+			return fmt.Sprintf("Invalid value (rule %q with %q).", fe.Tag(), p)
+		}
+		return fmt.Sprintf("Invalid value (rule %q).", fe.Tag())
 	}
-	return fmt.Sprintf("Invalid value (rule %q).", fe.Tag())
+	if rest, ok := strings.CutPrefix(msg, fe.Field()+" "); ok {
+		msg = "This field " + rest
+	}
+	if !strings.HasSuffix(msg, ".") {
+		msg += "."
+	}
+	return msg
 }

@@ -5,6 +5,7 @@ package channelsapi_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net/http"
 	"strings"
@@ -243,4 +244,120 @@ func TestValidationErrorsNeverLeakInternals(t *testing.T) {
 			}
 		}
 	}
+}
+
+// valOwner is the related model of valTodo.
+type valOwner struct {
+	ID   uint   `json:"id" gorm:"primaryKey"`
+	Name string `json:"name" binding:"required"`
+}
+
+// valSettings is a JSON column with rules of its own.
+type valSettings struct {
+	Theme string `json:"theme" binding:"omitempty,oneof=dark light"`
+}
+
+// valTodo holds a belongs-to relation by value, a JSON column, a list of
+// tags with rules on each, a rule without a hand-written message and a
+// field hidden from JSON.
+type valTodo struct {
+	ID       uint        `json:"id" gorm:"primaryKey"`
+	Name     string      `json:"name" binding:"required"`
+	OwnerID  uint        `json:"owner_id"`
+	Owner    valOwner    `json:"owner"`
+	Settings valSettings `json:"settings" gorm:"serializer:json"`
+	Tags     []string    `json:"tags" gorm:"serializer:json" binding:"dive,max=3"`
+	Color    string      `json:"color" binding:"omitempty,hexcolor"`
+	Secret   string      `json:"-" binding:"omitempty,min=2"`
+}
+
+func newValTodoServer(tb testing.TB, vs channelsapi.ViewSet[valTodo]) *testServer {
+	tb.Helper()
+	return newServer(tb, func(api *channelsapi.API, db *gorm.DB) {
+		require.NoError(tb, db.AutoMigrate(&valOwner{}, &valTodo{}))
+		require.NoError(tb, db.Create(&valOwner{Name: "alice"}).Error)
+		vs.Stream = "todos"
+		require.NoError(tb, channelsapi.Add(api, vs))
+	}, quietLog())
+}
+
+// createBoth creates data on stream over the WebSocket and over REST,
+// requires the same status and body on both and returns them.
+func createBoth(tb testing.TB, srv *testServer, stream, data string) (int, any) {
+	tb.Helper()
+	ws := srv.dial(tb, nil)
+	got := ws.request(stream, map[string]any{"action": "create", "data": json.RawMessage(data), "request_id": 1})
+	status, body := srv.doREST(tb, http.MethodPost, "/"+stream, data)
+	require.EqualValues(tb, status, got["response_status"], "WebSocket %v, REST %v", got, body)
+	if status >= 400 {
+		assert.Equal(tb, []any{body}, got["errors"], "WebSocket")
+	}
+	return status, body
+}
+
+// TestValidationRelationByValue checks that a relation held by value is not
+// validated as client input, that its key in write data is read-only, and
+// that errors are keyed by JSON name and path.
+func TestValidationRelationByValue(t *testing.T) {
+	srv := newValTodoServer(t, channelsapi.ViewSet[valTodo]{})
+	tests := []struct {
+		name string
+		give string
+		want map[string][]string // nil: 201
+	}{
+		{"relation by value", `{"name":"write","owner_id":1}`, nil},
+		{"relation key null", `{"name":"write","owner_id":1,"owner":null}`, nil},
+		{"relation key given", `{"name":"write","owner":{"id":1,"name":"x"}}`, map[string][]string{"owner": {"This field is read-only."}}},
+		{"own field still required", `{"owner_id":1}`, map[string][]string{"name": {"This field is required."}}},
+		{"nested field by path", `{"name":"a","settings":{"theme":"blue"}}`, map[string][]string{"settings.theme": {`"blue" is not a valid choice.`}}},
+		{"list element by index", `{"name":"a","tags":["ok","long"]}`, map[string][]string{"tags.1": {"Ensure this field has no more than 3 characters."}}},
+		{"translated fallback", `{"name":"a","color":"nope"}`, map[string][]string{"color": {"This field must be a valid HEX color."}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			status, body := createBoth(t, srv, "todos", tt.give)
+			if tt.want == nil {
+				assert.Equal(t, http.StatusCreated, status, "%v", body)
+				return
+			}
+			assert.Equal(t, http.StatusBadRequest, status)
+			assert.Equal(t, jsonOf(t, tt.want), body)
+		})
+	}
+	// A rule broken on a field hidden from JSON (a row written by the
+	// application) is no field of the client's.
+	t.Run("hidden field", func(t *testing.T) {
+		row := valTodo{Name: "a", OwnerID: 1, Secret: "x"}
+		require.NoError(t, srv.DB.Create(&row).Error)
+		status, body := srv.doREST(t, http.MethodPatch, fmt.Sprintf("/todos/%d", row.ID), `{"name":"b"}`)
+		assert.Equal(t, http.StatusBadRequest, status)
+		assert.Equal(t, jsonOf(t, map[string][]string{channelsapi.NonFieldErrors: {"Ensure this field has at least 2 characters."}}), body)
+	})
+}
+
+// ValOwned is embedded in valEmbedded, with its relation.
+type ValOwned struct {
+	OwnerID uint     `json:"owner_id"`
+	Owner   valOwner `json:"owner"`
+}
+
+type valEmbedded struct {
+	ID uint `json:"id" gorm:"primaryKey"`
+	ValOwned
+	Title string `json:"title" binding:"required"`
+}
+
+// TestValidationEmbeddedRelation checks that a relation of an embedded
+// struct is not client input either.
+func TestValidationEmbeddedRelation(t *testing.T) {
+	srv := newServer(t, func(api *channelsapi.API, db *gorm.DB) {
+		require.NoError(t, db.AutoMigrate(&valOwner{}, &valEmbedded{}))
+		require.NoError(t, db.Create(&valOwner{Name: "alice"}).Error)
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[valEmbedded]{Stream: "embedded"}))
+	}, quietLog())
+	status, body := createBoth(t, srv, "embedded", `{"title":"a","owner_id":1}`)
+	assert.Equal(t, http.StatusCreated, status, "%v", body)
+	status, body = createBoth(t, srv, "embedded", `{"owner_id":1}`)
+	assert.Equal(t, http.StatusBadRequest, status)
+	assert.Equal(t, jsonOf(t, map[string][]string{"title": {"This field is required."}}), body)
 }

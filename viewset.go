@@ -79,6 +79,16 @@ type ViewSet[T any] struct {
 	// see an object before an update and cannot after receives a delete
 	// event for it. Nil allows every object the Scope lets through.
 	ObjectPermission ObjectPermission[T]
+	// Validate checks a create, update or patch as a whole, for rules
+	// across fields: it runs inside the write's transaction, after the
+	// `binding` rules and the foreign keys of Relations, before the
+	// Before hooks, on both transports. A FieldErrors (or any error
+	// Hooks may return) aborts the write with it; nil lets it through.
+	Validate func(ctx context.Context, r *Request, obj *T) error
+	// Relations declares the model's relations clients may expand, and the
+	// foreign keys checked against the related ViewSet's scope, by JSON
+	// name (relations.go).
+	Relations map[string]Relation
 	// Hooks run around the writes of the built-in actions, on both
 	// transports.
 	Hooks Hooks[T]
@@ -156,14 +166,20 @@ type resource interface {
 	authorize(ctx context.Context, ch change, ev *fanout.Event) (authorization, error)
 	states(ctx context.Context, ch change) (before, after fanout.State)
 	describe() streamSchema
+	mayWrite(ctx context.Context, req *Request) bool
+	// for the Relations of other ViewSets (relations.go)
+	referable(ctx context.Context, db *gorm.DB, req *Request, pk any) (bool, error)
+	expandObject(ctx context.Context, req *Request) (any, error)
+	expandWhere(ctx context.Context, req *Request, column string, value any, many bool) (any, error)
 }
 
 // viewSet is an added ViewSet[T].
 type viewSet[T any] struct {
 	ViewSet[T]
-	api *API
-	m   *model
-	qs  *queries
+	api  *API
+	m    *model
+	qs   *queries
+	rels []*relation // the declared Relations
 }
 
 // Add serves vs on api. Add every ViewSet before the router starts serving.
@@ -215,7 +231,11 @@ func Add[T any](api *API, vs ViewSet[T]) error {
 	if err != nil {
 		return fmt.Errorf("channelsapi: add %s: %w", vs.Stream, err)
 	}
-	r := &viewSet[T]{ViewSet: vs, api: api, m: m, qs: qs}
+	rels, err := resolveRelations(m, vs.Relations)
+	if err != nil {
+		return fmt.Errorf("channelsapi: add %s: %w", vs.Stream, err)
+	}
+	r := &viewSet[T]{ViewSet: vs, api: api, m: m, qs: qs, rels: rels}
 	return api.add(r)
 }
 
@@ -248,6 +268,23 @@ func (v *viewSet[T]) serve(ctx context.Context, req *Request, conn *conn) (res r
 			return result{err: ErrInvalidAction}
 		}
 	}
+	switch req.Action {
+	case actionCreate, actionRetrieve, actionUpdate, actionPatch, actionList:
+		rels, err := v.expansions(req)
+		if err != nil {
+			return result{err: err}
+		}
+		res = v.builtin(ctx, req, conn)
+		if res.err == nil && len(rels) > 0 {
+			res.data, res.err = v.expand(ctx, req, rels, res.data)
+		}
+		return res
+	}
+	return v.builtin(ctx, req, conn)
+}
+
+// builtin runs a built-in or custom action.
+func (v *viewSet[T]) builtin(ctx context.Context, req *Request, conn *conn) result {
 	switch req.Action {
 	case actionCreate:
 		return v.create(ctx, req)
@@ -312,6 +349,32 @@ func (v *viewSet[T]) method(action string) string {
 		return a.Method
 	}
 	return ""
+}
+
+// mayWrite reports whether req's user may run req.Action, create or update
+// (of the object req names, which must exist within the user's scope and
+// pass the object permission), for the actions of an OPTIONS response. A
+// check that fails or panics counts as no.
+func (v *viewSet[T]) mayWrite(ctx context.Context, req *Request) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			v.api.log.ErrorContext(ctx, "channelsapi: permission panic", "stream", v.Stream, "action", req.Action, "panic", p)
+			ok = false
+		}
+	}()
+	if v.ReadOnly {
+		return false
+	}
+	req.Method = v.method(req.Action)
+	if v.Permission(ctx, req) != nil {
+		return false
+	}
+	if req.Action != actionUpdate {
+		return true
+	}
+	req.PK, _ = v.m.parsePK(req.rawPK)
+	_, err := v.find(ctx, v.api.db.WithContext(ctx), req)
+	return err == nil
 }
 
 // find looks the object up within req's scope and asks the object
@@ -388,26 +451,32 @@ func (v *viewSet[T]) lookup(db *gorm.DB, req *Request) (*T, error) {
 	if req.PK == nil {
 		return nil, ErrNotFound
 	}
-	obj := new(T)
-	err := db.Where(clause.Eq{Column: clause.Column{Table: clause.CurrentTable, Name: v.m.pk.DBName}, Value: req.PK}).Take(obj).Error
-	if errors.Is(err, gorm.ErrRecordNotFound) {
-		return nil, ErrNotFound
-	}
+	// Find with a limit, not Take: no row is an answer, not an error that
+	// GORM's logger reports on every 404.
+	var objs []T
+	err := db.Where(clause.Eq{Column: clause.Column{Table: clause.CurrentTable, Name: v.m.pk.DBName}, Value: req.PK}).Limit(1).Find(&objs).Error
 	if err != nil {
 		return nil, fmt.Errorf("retrieve %s %v: %w", v.Stream, req.PK, err)
 	}
-	return obj, nil
+	if len(objs) == 0 {
+		return nil, ErrNotFound
+	}
+	return &objs[0], nil
 }
 
 func (v *viewSet[T]) create(ctx context.Context, req *Request) result {
 	obj := new(T)
-	if _, err := v.m.assign(ctx, reflect.ValueOf(obj).Elem(), req.Data, writeCreate); err != nil {
+	columns, err := v.m.assign(ctx, reflect.ValueOf(obj).Elem(), req.Data, writeCreate)
+	if err != nil {
 		return result{err: err}
 	}
 	if err := v.m.validate(obj); err != nil {
 		return result{err: err}
 	}
-	err := v.api.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err = v.api.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := v.check(ctx, tx, req, obj, columns); err != nil {
+			return err
+		}
 		if err := hook(ctx, tx, req, obj, v.Hooks.BeforeCreate); err != nil {
 			return err
 		}
@@ -437,6 +506,9 @@ func (v *viewSet[T]) update(ctx context.Context, req *Request, w write) result {
 			return err
 		}
 		if err := v.m.validate(obj); err != nil {
+			return err
+		}
+		if err := v.check(ctx, tx, req, obj, columns); err != nil {
 			return err
 		}
 		if v.Hooks.BeforeUpdate != nil {
@@ -477,6 +549,19 @@ func (v *viewSet[T]) delete(ctx context.Context, req *Request) result {
 		return result{err: v.dbError("delete", err)}
 	}
 	return result{status: http.StatusOK, data: struct{}{}}
+}
+
+// check runs the checks of a write after the binding rules: the foreign
+// keys among columns (those the client wrote) against the related
+// ViewSets' scopes, then the Validate hook.
+func (v *viewSet[T]) check(ctx context.Context, tx *gorm.DB, req *Request, obj *T, columns []string) error {
+	if err := v.checkKeys(ctx, tx, req, reflect.ValueOf(obj).Elem(), columns); err != nil {
+		return err
+	}
+	if v.Validate != nil {
+		return v.Validate(ctx, req, obj)
+	}
+	return nil
 }
 
 // hook runs h when it is set.
@@ -596,13 +681,16 @@ func (v *viewSet[T]) parseQuery(req *Request) (parsed, error) {
 // client (not found, validation, hooks' errors) recognisable by translate
 // and turning constraint violations into client errors that name no table.
 func (v *viewSet[T]) dbError(op string, err error) error {
-	var e *Error
+	var (
+		e  *Error
+		fe FieldErrors
+	)
 	switch {
-	case errors.As(err, &e), errors.Is(err, ErrNotFound), errors.Is(err, ErrPermissionDenied),
+	case errors.As(err, &e), errors.As(err, &fe), errors.Is(err, ErrNotFound), errors.Is(err, ErrPermissionDenied),
 		errors.Is(err, ErrNotAuthenticated), errors.Is(err, ErrInvalidAction):
 		return err
 	}
-	if ce := constraintError(v.api.db, v.m, v.Label, err); ce != nil {
+	if ce := constraintError(v.api.db, v.m, err); ce != nil {
 		v.api.log.Info("channelsapi: constraint violated", "stream", v.Stream, "action", op, "err", err)
 		return ce
 	}

@@ -7,12 +7,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"net/http"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
 
 	"github.com/channelsapi/channelsapi"
 )
@@ -212,4 +214,32 @@ func TestReadOnlyOverREST(t *testing.T) {
 		assert.Equal(t, map[string]any{"detail": "Invalid Action"}, body, m.method)
 	}
 	assert.EqualValues(t, 1, countRows[TestModel](t, srv.DB))
+}
+
+func TestNotFoundLogsNothing(t *testing.T) {
+	var out logBuffer
+	db := openDB(t, &TestModel{})
+	db.Logger = logger.New(log.New(&out, "", 0), logger.Config{LogLevel: logger.Warn})
+	srv := newServerOn(t, db, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) })
+	seed(t, db, "a")
+
+	for _, r := range []struct{ method, path string }{
+		{http.MethodGet, "/testmodel/99"},
+		{http.MethodPut, "/testmodel/99"},
+		{http.MethodPatch, "/testmodel/99"},
+		{http.MethodDelete, "/testmodel/99"},
+		{http.MethodGet, "/testmodel/99/test_detail"},
+	} {
+		status, _ := srv.doREST(t, r.method, r.path, `{"name":"x"}`)
+		assert.Equal(t, http.StatusNotFound, status, r.method+" "+r.path)
+	}
+	ws := srv.dial(t, nil)
+	got := ws.request("testmodel", map[string]any{"action": "retrieve", "pk": 99, "request_id": 1})
+	assert.EqualValues(t, 404, got["response_status"])
+	status, _ := srv.doREST(t, http.MethodGet, "/testmodel/1", "")
+	assert.Equal(t, http.StatusOK, status)
+	assert.Empty(t, out.String(), "a 404 is no error of GORM's")
+
+	require.ErrorIs(t, db.Take(&TestModel{}, 99).Error, gorm.ErrRecordNotFound)
+	assert.Contains(t, out.String(), "record not found", "the logger is the one GORM uses")
 }
