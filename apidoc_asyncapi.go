@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/channelsapi/channelsapi/internal/apispec"
@@ -151,6 +152,12 @@ func requestMessage(s streamSchema, act actionSchema) *apispec.Message {
 		required = append(required, "pk")
 	}
 	since := apispec.Ref(schemaPosition)
+	if names := expandable(s); len(names) > 0 && slices.Contains([]string{actionRetrieve, actionList, actionCreate, actionUpdate, actionPatch}, act.Name) {
+		props[keyExpand] = &apispec.Schema{
+			Type: "array", Items: &apispec.Schema{Type: "string", Enum: apispec.Enum(names...)},
+			Description: "Relations to include in the reply's objects (a comma-separated string is also accepted).",
+		}
+	}
 	switch act.Name {
 	case actionCreate, actionUpdate:
 		props["data"] = apispec.Ref(s.Name + ".write")

@@ -1,6 +1,7 @@
 package channelsapi
 
 import (
+	"cmp"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -16,8 +17,9 @@ func (a *API) openAPIDoc(info apispec.Info, streams []streamSchema, components *
 		OpenAPI:           "3.1.0",
 		Info:              info,
 		JSONSchemaDialect: "https://json-schema.org/draft/2020-12/schema",
-		// Relative: the document never names a host taken from a request.
-		Servers: []apispec.Server{{URL: "/"}},
+		// WithBaseURL's, else relative: the document never names a host
+		// taken from a request.
+		Servers: []apispec.Server{{URL: cmp.Or(a.cfg.baseURL, "/")}},
 		Paths:   map[string]*apispec.PathItem{},
 		Components: apispec.Components{
 			Schemas:   components.components,
@@ -209,6 +211,7 @@ func restOperation(s streamSchema, act actionSchema) *apispec.Operation {
 	case actionCreate:
 		op.Summary = "Create a " + s.Name + " object"
 		op.RequestBody = body(s.Name+".write", "The fields of the object.")
+		op.Parameters = expandParameters(s)
 		extra := ok(http.StatusCreated, "The object created.", obj)
 		extra["409"] = responseRef(responseConflict)
 		op.Responses = refusals(false, true, extra)
@@ -223,6 +226,7 @@ func restOperation(s streamSchema, act actionSchema) *apispec.Operation {
 			op.Summary, component = "Change fields of a "+s.Name+" object", s.Name+".patch"
 		}
 		op.RequestBody = body(component, "The fields to write.")
+		op.Parameters = expandParameters(s)
 		extra := ok(http.StatusOK, "The object after the write.", obj)
 		extra["409"] = responseRef(responseConflict)
 		op.Responses = refusals(true, true, extra)
@@ -379,8 +383,8 @@ func filterValue(typ string) *apispec.Schema {
 	return &apispec.Schema{Type: typ}
 }
 
-// expandParameters is the "expand" query key of retrieve and list, for a
-// stream with relations clients may expand (expandable).
+// expandParameters is the "expand" query key of retrieve, list, create,
+// update and patch, for a stream with relations clients may expand (expandable).
 func expandParameters(s streamSchema) []*apispec.Parameter {
 	names := expandable(s)
 	if len(names) == 0 {
@@ -392,6 +396,13 @@ func expandParameters(s streamSchema) []*apispec.Parameter {
 	}}
 }
 
-// expandable returns the relations of s a client may expand, none until
-// ViewSets declare them.
-func expandable(streamSchema) []string { return nil }
+// expandable returns the relations of s a client may expand.
+func expandable(s streamSchema) []string {
+	var names []string
+	for _, r := range s.Relations {
+		if r.Expand {
+			names = append(names, r.Name)
+		}
+	}
+	return names
+}

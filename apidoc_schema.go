@@ -36,6 +36,15 @@ func (b *schemaSet) addStream(s streamSchema) {
 	m := s.model
 	obj := b.structSchema(m.schema.ModelType, m)
 	obj.Title = s.Name
+	for _, r := range s.Relations {
+		if fs := obj.Properties[r.Name]; r.Expand && fs != nil {
+			// Expanded, it is what the related stream renders, or null
+			// when the user may not see it.
+			fs = orNull(fs)
+			fs.Description = "Expanded (expand=" + r.Name + "): the " + r.Stream + " object, or null if it is not visible to the user; otherwise its zero value."
+			obj.Properties[r.Name] = fs
+		}
+	}
 	b.components[s.Name] = obj
 
 	write := &apispec.Schema{Type: "object", Properties: map[string]*apispec.Schema{}}

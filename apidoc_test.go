@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -255,22 +256,37 @@ func TestExampleAppDocs(t *testing.T) {
 // docValue returns the value at a JSON pointer of the JSON b ("/a/b").
 func docValue(t *testing.T, b []byte, ptr string) any {
 	t.Helper()
+	v, err := docLookup(b, ptr)
+	require.NoError(t, err)
+	return v
+}
+
+// docLookup returns the value at a JSON pointer of the JSON b, or an error
+// naming what is missing.
+func docLookup(b []byte, ptr string) (any, error) {
 	var v any
-	require.NoError(t, json.Unmarshal(b, &v))
+	if err := json.Unmarshal(b, &v); err != nil {
+		return nil, err
+	}
 	for _, tok := range strings.Split(strings.TrimPrefix(ptr, "/"), "/") {
 		tok = strings.ReplaceAll(strings.ReplaceAll(tok, "~1", "/"), "~0", "~")
 		if a, ok := v.([]any); ok {
 			i, err := strconv.Atoi(tok)
-			require.True(t, err == nil && i < len(a), "%s: no %s", ptr, tok)
+			if err != nil || i >= len(a) {
+				return nil, fmt.Errorf("%s: no %s", ptr, tok)
+			}
 			v = a[i]
 			continue
 		}
 		m, ok := v.(map[string]any)
-		require.True(t, ok, "%s: %s is not in an object", ptr, tok)
-		v, ok = m[tok]
-		require.True(t, ok, "%s: no %s", ptr, tok)
+		if !ok {
+			return nil, fmt.Errorf("%s: %s is not in an object", ptr, tok)
+		}
+		if v, ok = m[tok]; !ok {
+			return nil, fmt.Errorf("%s: no %s", ptr, tok)
+		}
 	}
-	return v
+	return v, nil
 }
 
 // TestAPIDocsModelSchemas: the JSON Schemas of the models follow the Go
@@ -361,4 +377,50 @@ func TestAPIDocsFollowAdd(t *testing.T) {
 	assert.Contains(t, string(async), `"owners.create"`)
 	status, _ := srv.doREST(t, http.MethodPost, "/owners", `{"name":"ann"}`)
 	assert.Equal(t, http.StatusCreated, status)
+}
+
+// TestAPIDocsRelations: the declared Relations are in both documents: the
+// "expand" query key of the REST routes that take it, the "expand" key of
+// the WebSocket payloads, and expandable fields that may be null (an
+// object the user may not see). TestRelationsExpand's replies, validated
+// against these documents by the recording check, hold them to it.
+func TestAPIDocsRelations(t *testing.T) {
+	f := newRelFixture(t)
+	openAPI, err := f.srv.API.OpenAPI()
+	require.NoError(t, err)
+	validateOpenAPI(t, openAPI)
+	expandOf := func(path, method string) string {
+		docValue(t, openAPI, "/paths/"+strings.ReplaceAll(path, "/", "~1")+"/"+method) // the operation is there
+		found, _ := docLookup(openAPI, "/paths/"+strings.ReplaceAll(path, "/", "~1")+"/"+method+"/parameters")
+		params, _ := found.([]any)
+		for _, p := range params {
+			if p := p.(map[string]any); p["name"] == "expand" {
+				return p["description"].(string)
+			}
+		}
+		return ""
+	}
+	assert.Contains(t, expandOf("/projects/{pk}", "get"), "owner, todos")
+	assert.Contains(t, expandOf("/projects", "get"), "owner, todos")
+	assert.Contains(t, expandOf("/projects", "post"), "owner, todos")
+	assert.Contains(t, expandOf("/todos/{pk}", "patch"), "project")
+	assert.Empty(t, expandOf("/owners/{pk}", "get"), "owners declare no relations")
+	assert.Empty(t, expandOf("/todos/{pk}", "delete"))
+
+	owner, err := json.Marshal(docValue(t, openAPI, "/components/schemas/projects/properties/owner"))
+	require.NoError(t, err)
+	assert.Contains(t, string(owner), `"null"`, "an expanded owner the user may not see is null")
+	project, err := json.Marshal(docValue(t, openAPI, "/components/schemas/todos/properties/project"))
+	require.NoError(t, err)
+	assert.Contains(t, string(project), `"null"`, "a project held by value is null when not visible")
+
+	asyncAPI, err := f.srv.API.AsyncAPI()
+	require.NoError(t, err)
+	compileSchemas(t, asyncAPI)
+	names, err := json.Marshal(docValue(t, asyncAPI, "/components/messages/projects.retrieve.request/payload/properties/payload/properties/expand/items/enum"))
+	require.NoError(t, err)
+	assert.JSONEq(t, `["owner", "todos"]`, string(names))
+	docValue(t, asyncAPI, "/components/messages/owners.retrieve.request/payload/properties/payload/properties/action")
+	_, err = docLookup(asyncAPI, "/components/messages/owners.retrieve.request/payload/properties/payload/properties/expand")
+	assert.Error(t, err, "owners declare no relations")
 }

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 
+	"gorm.io/gorm/schema"
+
 	"github.com/channelsapi/channelsapi/internal/query"
 )
 
@@ -37,10 +39,20 @@ type streamSchema struct {
 	// SearchFields are the fields "search" looks in, as declared; never
 	// nil, empty when search is disabled.
 	SearchFields []string `json:"search_fields"`
+	// Relations are the declared Relations (relations.go), by name.
+	Relations []relationSchema `json:"relations"`
 
 	// model is the model, whose Go type the documents' JSON Schemas
 	// are built from (apidoc_schema.go).
 	model *model
+}
+
+// relationSchema describes one declared Relation.
+type relationSchema struct {
+	Name   string `json:"name"`
+	Stream string `json:"stream"` // the related stream
+	Expand bool   `json:"expand"` // clients may expand it
+	Many   bool   `json:"many"`   // expanded as a list (has-many)
 }
 
 // filterSchema describes one filterable field: the keys "<name>" and
@@ -122,6 +134,11 @@ func (v *viewSet[T]) describe() streamSchema {
 		model:       v.m,
 	}
 	s.Filters, s.OrderingFields, s.SearchFields = v.qs.queryable()
+	s.Relations = make([]relationSchema, 0, len(v.rels))
+	for _, r := range v.rels {
+		many := r.rel != nil && r.rel.Type == schema.HasMany
+		s.Relations = append(s.Relations, relationSchema{Name: r.name, Stream: r.stream, Expand: r.expand, Many: many})
+	}
 	if t := fieldType(v.m.pk.FieldType); t == "integer" {
 		s.PKType = t
 	}
