@@ -329,6 +329,11 @@ type Broker struct {
 	pending    map[string]int  // topics' commands not confirmed yet
 	stale      map[string]bool // topics that gained listeners while not up
 	changed    chan struct{}   // closed and replaced when the state changes
+	// floor is, per topic subscribed while up, its position read right
+	// before the SUBSCRIBE: when the connection drops before anything of
+	// the topic was handed, the topic catches up from there (see
+	// session).
+	floor map[string]position
 }
 
 // New returns a broker. It starts nothing: Run connects to Redis, in the
@@ -390,6 +395,7 @@ func New(cfg Config) (*Broker, error) {
 		sent:      map[string]bool{},
 		pending:   map[string]int{},
 		stale:     map[string]bool{},
+		floor:     map[string]position{},
 		changed:   make(chan struct{}),
 		// Until the first attempt fails, Ready waits for it.
 		connecting: true,
@@ -686,8 +692,9 @@ func (b *Broker) stopped() bool {
 //
 // When the connection drops, what was handed of each watched topic is
 // kept: once the next one is established, each topic catches up from
-// there. A watched topic of which nothing was handed is reported lost then:
-// nothing says what it missed.
+// there. A watched topic of which nothing was handed catches up from its
+// floor, the position read right before its SUBSCRIBE; without one it is
+// reported lost then: nothing says what it missed.
 func (b *Broker) session(peers *peerSet) (wasUp bool, err error) {
 	ps := b.client.Subscribe(b.ctx) // connects on first use
 	b.mu.Lock()
@@ -707,9 +714,21 @@ func (b *Broker) session(peers *peerSet) (wasUp bool, err error) {
 		b.pending[t] = 1
 	}
 	b.initLeft = len(topics) + 1
+	var floors []string // topics without a place to catch up from
+	for _, t := range topics {
+		_, handed := b.handed[t]
+		if _, ok := b.floor[t]; !ok && !handed && !b.stale[t] {
+			floors = append(floors, t)
+		}
+	}
 	for t := range b.handed {
 		if !b.sent[t] {
 			delete(b.handed, t) // unwatched meanwhile
+		}
+	}
+	for t := range b.floor {
+		if !b.want[t] {
+			delete(b.floor, t)
 		}
 	}
 	b.broadcast()
@@ -720,7 +739,12 @@ func (b *Broker) session(peers *peerSet) (wasUp bool, err error) {
 		wasUp = b.up
 		if wasUp {
 			for t := range b.want {
-				if _, ok := b.handed[t]; !ok {
+				if _, ok := b.handed[t]; ok {
+					continue
+				}
+				if f, ok := b.floor[t]; ok {
+					b.handed[t] = f // nothing came since the SUBSCRIBE
+				} else {
 					b.stale[t] = true
 				}
 			}
@@ -734,6 +758,7 @@ func (b *Broker) session(peers *peerSet) (wasUp bool, err error) {
 	// The peers' heartbeats missed while not subscribed say nothing: the
 	// peers known get a new deadline once the connection is established.
 	peers.suspend()
+	b.readFloors(floors)
 	if err := ps.Subscribe(b.ctx, append([]string{b.control}, b.channels(topics)...)...); err != nil {
 		return false, err
 	}
@@ -1014,22 +1039,25 @@ func (b *Broker) apply() {
 		return // the next connection subscribes to what is wanted then
 	}
 	ps, gen := b.ps, b.gen
-	var sub, unsub []string
+	var sub, unsub, floors []string
 	for t := range b.want {
 		if !b.sent[t] {
 			b.sent[t] = true
 			b.pending[t]++
 			sub = append(sub, b.Channel(t))
+			floors = append(floors, t)
 		}
 	}
 	for t := range b.sent {
 		if !b.want[t] {
 			delete(b.sent, t)
+			delete(b.floor, t)
 			b.pending[t]++
 			unsub = append(unsub, b.Channel(t))
 		}
 	}
 	b.mu.Unlock()
+	b.readFloors(floors)
 	var err error
 	if len(sub) > 0 {
 		err = ps.Subscribe(b.ctx, sub...)
@@ -1039,6 +1067,29 @@ func (b *Broker) apply() {
 	}
 	if err != nil {
 		b.fail(gen, err)
+	}
+}
+
+// readFloors reads the position of each of topics, before they are
+// SUBSCRIBEd, within fillTimeout in all. A topic whose position is not
+// read has no floor: if the connection drops before anything of it is
+// handed, it is reported lost.
+func (b *Broker) readFloors(topics []string) {
+	ctx, cancel := context.WithTimeout(b.ctx, fillTimeout)
+	defer cancel()
+	var err error
+	for _, t := range topics {
+		var at position
+		if err == nil {
+			at.epoch, at.offset, _, err = b.read(ctx, t, 0, 0)
+		}
+		b.mu.Lock()
+		if err == nil && b.want[t] {
+			b.floor[t] = at
+		} else {
+			delete(b.floor, t)
+		}
+		b.mu.Unlock()
 	}
 }
 

@@ -308,7 +308,9 @@ func TestReconnectCatchesUp(t *testing.T) {
 	name := "rx-" + strings.TrimSuffix(p, ":")
 	rec := newRecorder()
 	watching(t, redisbroker.Config{Client: namedClient(t, name), Prefix: p}, rec, "t")
-	pub := watching(t, redisbroker.Config{Client: rdb, Prefix: p}, newRecorder())
+	// The loop below publishes until the subscription is back: a history
+	// that keeps all of it.
+	pub := watching(t, redisbroker.Config{Client: rdb, Prefix: p, HistorySize: 1 << 20}, newRecorder())
 
 	publishN(pub, "t", 1, 100)
 	rec.wait(t, func(got, _ []string) bool { return len(got) == 100 })
@@ -328,6 +330,49 @@ func TestReconnectCatchesUp(t *testing.T) {
 	rec.wait(t, func(got, _ []string) bool { return len(got) >= n })
 	assertContiguous(t, rec, "t", n)
 	quiet(t, rec, 2*time.Second) // past the peers' deadlines
+}
+
+// TestReconnectBeforeFirstMessage kills a broker's subscription connection
+// after it subscribed to a topic and before anything of the topic reached
+// it: once back, it catches up from where the topic stood when it
+// subscribed (not before: the messages published earlier are not handed),
+// and nothing is reported lost.
+func TestReconnectBeforeFirstMessage(t *testing.T) {
+	rdb := client(t)
+	p := prefix()
+	name := "rx-" + strings.TrimSuffix(p, ":")
+	// The loop below publishes until the subscription is back: a history
+	// that keeps all of it.
+	pub := watching(t, redisbroker.Config{Client: rdb, Prefix: p, HistorySize: 1 << 20}, newRecorder())
+	publishN(pub, "t", 1, 5) // before the broker below subscribes
+	require.Eventually(t, func() bool {
+		_, offset, err := pub.Position(context.Background(), "t")
+		return err == nil && offset == 5
+	}, 10*time.Second, 5*time.Millisecond)
+
+	rec := newRecorder()
+	watching(t, redisbroker.Config{Client: namedClient(t, name), Prefix: p}, rec, "t")
+	killSubscription(t, rdb, name, p+"t")
+	publishN(pub, "t", 6, 100)
+	n := 100
+	for resubscribed := false; !resubscribed; {
+		n++
+		pub.Publish("t", []byte(strconv.Itoa(n)))
+		subs, err := rdb.PubSubNumSub(context.Background(), p+"t").Result()
+		require.NoError(t, err)
+		resubscribed = subs[p+"t"] == 1
+	}
+	publishN(pub, "t", n+1, n+10)
+	n += 10
+	rec.wait(t, func(got, lost []string) bool { return len(got) >= n-5 || len(lost) > 0 })
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	require.Empty(t, rec.lost, "the topic catches up from where it stood at the SUBSCRIBE")
+	require.Len(t, rec.got, n-5)
+	for i, got := range rec.got {
+		require.Equal(t, fmt.Sprintf("t:%d", i+6), got)
+		require.Equal(t, uint64(i+6), rec.at[i].offset)
+	}
 }
 
 // TestReconnectHistoryTrimmed kills a broker's subscription connection
