@@ -169,7 +169,7 @@ func TestDebugPageSchema(t *testing.T) {
 			{"name": "test_detail", "builtin": false, "detail": true, "method": "GET", "path": "/api/testmodel/:pk/test_detail"},
 			{"name": "test_list", "builtin": false, "detail": false, "method": "GET", "path": "/api/testmodel/test_list"}
 		],
-		"filters": [], "ordering_fields": [], "search_fields": []
+		"filters": [], "ordering_fields": [], "search_fields": [], "relations": []
 	}`
 	got, err := json.Marshal(streams[0])
 	require.NoError(t, err)
