@@ -227,9 +227,7 @@ func TestExampleAppDocs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIP: -short")
 	}
-	bin := filepath.Join(t.TempDir(), "example")
-	out, err := exec.Command("go", "build", "-o", bin, "./example").CombinedOutput()
-	require.NoError(t, err, "build the example: %s", out)
+	bin := buildExample(t)
 	app := startInstance(t, bin, "-db", filepath.Join(t.TempDir(), "polls.db"))
 	for _, name := range []string{"openapi.json", "asyncapi.json"} {
 		status, body, _ := app.restRaw(t, http.MethodGet, "/"+name, nil)

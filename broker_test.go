@@ -22,7 +22,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -558,10 +557,7 @@ func TestMultiInstance(t *testing.T) {
 		t.Skip("SKIP: -short")
 	}
 	r := redistest.Start(t) // of its own, to restart it
-	bin := filepath.Join(t.TempDir(), "example")
-	build := exec.Command("go", "build", "-o", bin, "./example")
-	out, err := build.CombinedOutput()
-	require.NoError(t, err, "build the example: %s", out)
+	bin := buildExample(t)
 	args := []string{"-db", postgresSchema(t, pg), "-redis", r.URL}
 	a := startInstance(t, bin, args...) // migrates the schema first
 	b := startInstance(t, bin, args...)
@@ -658,10 +654,7 @@ func TestMultiInstancePeerKilled(t *testing.T) {
 		t.Skip("SKIP: -short")
 	}
 	r := redistest.Start(t) // of its own: the example uses the default prefix
-	bin := filepath.Join(t.TempDir(), "example")
-	build := exec.Command("go", "build", "-o", bin, "./example")
-	out, err := build.CombinedOutput()
-	require.NoError(t, err, "build the example: %s", out)
+	bin := buildExample(t)
 	db := filepath.Join(t.TempDir(), "polls.db")
 	if pg := postgresDSN(); pg != "" {
 		db = postgresSchema(t, pg)
@@ -721,9 +714,7 @@ func peerDiesWithAChangeInFlight(t *testing.T, outbox bool) {
 	}
 	r := redistest.Start(t)
 	proxy := startHoldingProxy(t, "127.0.0.1:"+strconv.Itoa(r.Port))
-	bin := filepath.Join(t.TempDir(), "example")
-	out, err := exec.Command("go", "build", "-o", bin, "./example").CombinedOutput()
-	require.NoError(t, err, "build the example: %s", out)
+	bin := buildExample(t)
 	db := filepath.Join(t.TempDir(), "polls.db")
 	if pg := postgresDSN(); pg != "" {
 		db = postgresSchema(t, pg)

@@ -1175,6 +1175,16 @@ type instance struct {
 	log string // its output
 }
 
+// buildExample builds the example app (go run ./example) into the test's
+// temporary directory and returns the binary's path.
+func buildExample(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "example")
+	out, err := exec.Command("go", "build", "-o", bin, "./example").CombinedOutput()
+	require.NoError(t, err, "build the example: %s", out)
+	return bin
+}
+
 // startInstance runs the example binary on a free port of 127.0.0.1 and
 // waits until it serves; it is stopped (SIGTERM, then SIGKILL) and waited for
 // at cleanup, and its output is logged when the test failed.

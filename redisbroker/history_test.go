@@ -299,6 +299,22 @@ func killSubscription(t *testing.T, rdb *redis.Client, name, channel string) {
 	}, 10*time.Second, 5*time.Millisecond)
 }
 
+// publishUntilSubscribed publishes the messages n+1, n+2, ... of topic
+// until the topic's channel has a subscriber again, and returns the last
+// number published.
+func publishUntilSubscribed(t *testing.T, rdb *redis.Client, pub *redisbroker.Broker, prefix, topic string, n int) int {
+	t.Helper()
+	for {
+		n++
+		pub.Publish(topic, []byte(strconv.Itoa(n)))
+		subs, err := rdb.PubSubNumSub(context.Background(), prefix+topic).Result()
+		require.NoError(t, err)
+		if subs[prefix+topic] == 1 {
+			return n
+		}
+	}
+}
+
 // TestReconnectCatchesUp kills a broker's subscription connection while
 // another publishes: messages published while it is down, and while it
 // subscribes again, are all handed once, in order, and nothing is lost.
@@ -317,14 +333,7 @@ func TestReconnectCatchesUp(t *testing.T) {
 	killSubscription(t, rdb, name, p+"t")
 	// Published while the subscription is down; then while it comes back.
 	publishN(pub, "t", 101, 200)
-	n := 200
-	for resubscribed := false; !resubscribed; {
-		n++
-		pub.Publish("t", []byte(strconv.Itoa(n)))
-		subs, err := rdb.PubSubNumSub(context.Background(), p+"t").Result()
-		require.NoError(t, err)
-		resubscribed = subs[p+"t"] == 1
-	}
+	n := publishUntilSubscribed(t, rdb, pub, p, "t", 200)
 	publishN(pub, "t", n+1, n+100)
 	n += 100
 	rec.wait(t, func(got, _ []string) bool { return len(got) >= n })
@@ -354,14 +363,7 @@ func TestReconnectBeforeFirstMessage(t *testing.T) {
 	watching(t, redisbroker.Config{Client: namedClient(t, name), Prefix: p}, rec, "t")
 	killSubscription(t, rdb, name, p+"t")
 	publishN(pub, "t", 6, 100)
-	n := 100
-	for resubscribed := false; !resubscribed; {
-		n++
-		pub.Publish("t", []byte(strconv.Itoa(n)))
-		subs, err := rdb.PubSubNumSub(context.Background(), p+"t").Result()
-		require.NoError(t, err)
-		resubscribed = subs[p+"t"] == 1
-	}
+	n := publishUntilSubscribed(t, rdb, pub, p, "t", 100)
 	publishN(pub, "t", n+1, n+10)
 	n += 10
 	rec.wait(t, func(got, lost []string) bool { return len(got) >= n-5 || len(lost) > 0 })
