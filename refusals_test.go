@@ -6,6 +6,7 @@ package channelsapi_test
 // answers, and the JSON bodies of every refusal.
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"testing"
@@ -155,6 +156,40 @@ func TestMethodNotAllowed(t *testing.T) {
 		})
 	}
 
+	t.Run("an object named like a list action", func(t *testing.T) {
+		// The router prefers the action's static path: the methods the
+		// action does not take still reach the object whose pk is its name.
+		srv := newServer(t, func(api *channelsapi.API, db *gorm.DB) {
+			require.NoError(t, db.AutoMigrate(&keyedModel{}))
+			handle := func(context.Context, *channelsapi.Request, *keyedModel) (any, int, error) { return "action", 0, nil }
+			require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[keyedModel]{Stream: "keyed", Actions: map[string]channelsapi.Action[keyedModel]{
+				"recent": {Handle: handle},
+				"bulk":   {Method: http.MethodPost, Handle: handle},
+			}}))
+		}, quietLog())
+		require.NoError(t, srv.DB.Create(&[]keyedModel{{"recent", "r"}, {"bulk", "b"}}).Error)
+		json := hdr("Content-Type", "application/json")
+		status, body, _ := srv.send(t, http.MethodGet, "/keyed/recent", "", nil)
+		assert.Equal(t, http.StatusOK, status)
+		assert.JSONEq(t, `"action"`, string(body), "GET is the action's")
+		status, body, _ = srv.send(t, http.MethodPatch, "/keyed/recent", `{"label":"R"}`, json)
+		assert.Equal(t, http.StatusOK, status, "%s", body)
+		assert.JSONEq(t, `{"code":"recent","label":"R"}`, string(body))
+		status, body, _ = srv.send(t, http.MethodPost, "/keyed/bulk", `{}`, json)
+		assert.Equal(t, http.StatusOK, status)
+		assert.JSONEq(t, `"action"`, string(body), "POST is the action's")
+		status, body, _ = srv.send(t, http.MethodGet, "/keyed/bulk", "", nil)
+		assert.Equal(t, http.StatusOK, status)
+		assert.JSONEq(t, `{"code":"bulk","label":"b"}`, string(body), "GET is the object's")
+		status, _, header := srv.send(t, http.MethodHead, "/keyed/bulk", "", nil)
+		assert.Equal(t, http.StatusOK, status)
+		assert.Equal(t, "GET, PUT, PATCH, DELETE, HEAD, OPTIONS", header.Get("Allow"))
+		status, _, _ = srv.send(t, http.MethodDelete, "/keyed/recent", "", nil)
+		assert.Equal(t, http.StatusNoContent, status)
+		var left []keyedModel
+		require.NoError(t, srv.DB.Order("code").Find(&left).Error)
+		assert.Equal(t, []keyedModel{{"bulk", "b"}}, left)
+	})
 	t.Run("the application's own routes are left alone", func(t *testing.T) {
 		status, _, header := srv.send(t, http.MethodPost, "/other", "", nil)
 		assert.Equal(t, http.StatusNotFound, status)

@@ -70,18 +70,29 @@ func (v *viewSet[T]) mountREST(a *API) error {
 			}
 			byPath[r.path] = append(byPath[r.path], r)
 		}
-		for _, path := range paths {
+		allowed := func(path string) []string {
 			var methods []string
 			for _, r := range byPath[path] {
 				methods = append(methods, r.method)
 			}
-			get := slices.IndexFunc(byPath[path], func(r restRoute) bool { return r.method == http.MethodGet })
-			if get >= 0 && !slices.Contains(methods, http.MethodHead) {
+			if slices.Contains(methods, http.MethodGet) && !slices.Contains(methods, http.MethodHead) {
 				methods = append(methods, http.MethodHead)
 			}
 			if !slices.Contains(methods, http.MethodOptions) {
 				methods = append(methods, http.MethodOptions)
 			}
+			return methods
+		}
+		// object serves method on an object, or returns nil.
+		object := func(method string) gin.HandlerFunc {
+			i := slices.IndexFunc(byPath["/:pk"], func(r restRoute) bool { return r.method == method })
+			if i < 0 {
+				return nil
+			}
+			return a.restHandler(v, byPath["/:pk"][i].action, allowHeader(allowed("/:pk")))
+		}
+		for _, path := range paths {
+			methods := allowed(path)
 			allow := allowHeader(methods)
 			meta := restMetadata{Renders: []string{jsonMedia}, Parses: []string{jsonMedia}}
 			write := ""
@@ -104,12 +115,35 @@ func (v *viewSet[T]) mountREST(a *API) error {
 				g.OPTIONS(path, a.restOptions(v, meta, write, allow))
 			}
 			for _, m := range methodOrder {
-				if !slices.Contains(methods, m) {
-					g.Handle(m, path, methodNotAllowed(allow))
+				if slices.Contains(methods, m) {
+					continue
 				}
+				// A list action's path is also an object's, whose pk is
+				// the action's name: the router prefers the static path,
+				// so the methods the action does not take go to the
+				// object, as they would without the action.
+				if name, ok := strings.CutPrefix(path, "/"); ok && !strings.Contains(name, "/") && name != ":pk" {
+					om := m
+					if m == http.MethodHead {
+						om = http.MethodGet
+					}
+					if h := object(om); h != nil {
+						g.Handle(m, path, withPK(name, h))
+						continue
+					}
+				}
+				g.Handle(m, path, methodNotAllowed(allow))
 			}
 		}
 	})
+}
+
+// withPK serves h with the path parameter pk set to pk.
+func withPK(pk string, h gin.HandlerFunc) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		c.Params = append(c.Params, gin.Param{Key: "pk", Value: pk})
+		h(c)
+	}
 }
 
 // restRequest is the Request of a REST call of action.
