@@ -161,11 +161,15 @@ func (v *viewSet[T]) checkKeys(ctx context.Context, tx *gorm.DB, req *Request, o
 }
 
 // referable reports whether the row pk is within req's Scope and ScopeFilter.
-// A scope that refuses the request sees nothing.
+// A scope that refuses the request sees nothing; its other errors are
+// returned.
 func (v *viewSet[T]) referable(ctx context.Context, db *gorm.DB, req *Request, pk any) (bool, error) {
 	db, err := v.scoped(ctx, db, req)
 	if err != nil {
-		return false, nil
+		if denied(err) {
+			return false, nil
+		}
+		return false, err
 	}
 	var n int64
 	err = db.Where(clause.Eq{Column: clause.Column{Table: clause.CurrentTable, Name: v.m.pk.DBName}, Value: pk}).Limit(1).Count(&n).Error
@@ -276,8 +280,8 @@ func (v *viewSet[T]) expandObject(ctx context.Context, req *Request) (any, error
 }
 
 // expandWhere is the rows whose column equals value that req's user may see
-// through this ViewSet, in its order: a list when many, else the first or
-// nil.
+// through this ViewSet, in its order, at most its MaxPageSize: a list when
+// many, else the first or nil.
 func (v *viewSet[T]) expandWhere(ctx context.Context, req *Request, column string, value any, many bool) (any, error) {
 	var none any
 	if many {
@@ -295,7 +299,7 @@ func (v *viewSet[T]) expandWhere(ctx context.Context, req *Request, column strin
 	}
 	db = db.Where(clause.Eq{Column: clause.Column{Table: clause.CurrentTable, Name: column}, Value: value})
 	var objs []T
-	if err := v.qs.orderBy(db, nil, v.Ordering, v.m.pk.DBName).Find(&objs).Error; err != nil {
+	if err := v.qs.orderBy(db, nil, v.Ordering, v.m.pk.DBName).Limit(v.MaxPageSize).Find(&objs).Error; err != nil {
 		return nil, fmt.Errorf("expand %s: %w", v.Stream, err)
 	}
 	visible := make([]T, 0, len(objs))

@@ -7,6 +7,7 @@ package channelsapi_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -326,4 +327,54 @@ func TestRelationsRefusedAtAdd(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestRelationsExpandManyCapped: a has-many relation expands to at most
+// the related ViewSet's MaxPageSize rows, in its order.
+func TestRelationsExpandManyCapped(t *testing.T) {
+	db := openDB(t, &relOwner{}, &relProject{}, &relTodo{})
+	srv := newServerOn(t, db, func(api *channelsapi.API, _ *gorm.DB) {
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[relTodo]{Stream: "todos", MaxPageSize: 2}))
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[relProject]{
+			Stream:    "projects",
+			Relations: map[string]channelsapi.Relation{"todos": {Stream: "todos", Expand: true}},
+		}))
+	}, quietLog())
+	p := relProject{Name: "p"}
+	require.NoError(t, db.Create(&p).Error)
+	for _, title := range []string{"a", "b", "c"} {
+		require.NoError(t, db.Omit("Project").Create(&relTodo{Title: title, ProjectID: p.ID}).Error)
+	}
+	status, body := srv.doREST(t, http.MethodGet, fmt.Sprintf("/projects/%d?expand=todos", p.ID), "")
+	require.Equal(t, http.StatusOK, status, "%v", body)
+	todos := body.(map[string]any)["todos"].([]any)
+	require.Len(t, todos, 2)
+	assert.Equal(t, "a", todos[0].(map[string]any)["title"])
+	assert.Equal(t, "b", todos[1].(map[string]any)["title"])
+}
+
+// TestRelationsForeignKeyScopeFails: a related Scope that fails (not a
+// refusal) fails the write with a 500; it does not pass for a missing row.
+func TestRelationsForeignKeyScopeFails(t *testing.T) {
+	db := openDB(t, &relOwner{}, &relProject{}, &relTodo{})
+	srv := newServerOn(t, db, func(api *channelsapi.API, _ *gorm.DB) {
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[relTodo]{
+			Stream:    "todos",
+			Relations: map[string]channelsapi.Relation{"project": {Stream: "projects"}},
+		}))
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[relProject]{
+			Stream: "projects",
+			Scope: func(context.Context, *channelsapi.Request, *gorm.DB) (*gorm.DB, error) {
+				return nil, errors.New("the scope's lookup failed")
+			},
+		}))
+	}, quietLog())
+	p := relProject{Name: "p"}
+	require.NoError(t, db.Create(&p).Error)
+	status, body := srv.doREST(t, http.MethodPost, "/todos", fmt.Sprintf(`{"title":"t","project_id":%d}`, p.ID))
+	assert.Equal(t, http.StatusInternalServerError, status, "%v", body)
+	assert.NotContains(t, fmt.Sprint(body), "Invalid pk")
+	var n int64
+	require.NoError(t, db.Model(&relTodo{}).Count(&n).Error)
+	assert.Zero(t, n, "nothing written")
 }
