@@ -101,8 +101,10 @@ func frameHeader(p []byte) (n int, size int64, ok bool) {
 // it sets cannot be moved (SetReadDeadline). Shutdown's end (ctx) cuts it.
 func (k *cork) startLinger() {
 	k.lingerOnce.Do(func() {
-		k.lingering.Store(true)
+		k.deadline.Lock()
+		k.lingering = true
 		_ = k.Conn.SetReadDeadline(time.Now().Add(lingerTime))
+		k.deadline.Unlock()
 		if tc, ok := k.Conn.(interface{ CloseWrite() error }); ok {
 			_ = tc.CloseWrite()
 		}
@@ -118,7 +120,9 @@ func (k *cork) startLinger() {
 // SetReadDeadline implements net.Conn; while the connection lingers its
 // deadline stays.
 func (k *cork) SetReadDeadline(t time.Time) error {
-	if k.lingering.Load() {
+	k.deadline.Lock()
+	defer k.deadline.Unlock()
+	if k.lingering {
 		return nil
 	}
 	return k.Conn.SetReadDeadline(t)
