@@ -224,6 +224,7 @@ type API struct {
 	outbox   *outbox // WithOutbox, else nil
 	relay    relay   // localRelay, or brokerRelay with WithBroker
 	delivery *delivery
+	valid    *validation // the `binding` rules (validation.go)
 	// fold and precision are how the database compares strings case
 	// insensitively and keeps times (query.go).
 	fold      func(string) string
@@ -328,6 +329,9 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 		hub:  fanout.New(),
 		log:  cfg.logger,
 		reg:  newRegistry(),
+	}
+	if a.valid, err = newValidation(); err != nil {
+		return nil, err
 	}
 	a.tooBig = tooBigFrame(cfg.maxMessageSize)
 	a.lingerStop, a.stopLinger = context.WithCancel(context.Background())

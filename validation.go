@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
-	"sync"
 
 	"github.com/go-playground/locales/en"
 	ut "github.com/go-playground/universal-translator"
@@ -18,27 +17,41 @@ import (
 // field hidden from JSON, a composite unique constraint.
 const NonFieldErrors = "non_field_errors"
 
-var (
-	validatorOnce    sync.Once
-	bindingValidator *validator.Validate
-	translator       ut.Translator
-)
+// validation checks the `binding` rules of an API's models: a validator
+// configured as Gin's (tag name "binding"), with the validator's English
+// messages.
+type validation struct {
+	rules   *validator.Validate
+	english ut.Translator
+}
+
+func newValidation() (*validation, error) {
+	rules := validator.New()
+	rules.SetTagName("binding")
+	english := en.New()
+	tr, _ := ut.New(english, english).GetTranslator("en")
+	if err := entranslations.RegisterDefaultTranslations(rules, tr); err != nil {
+		return nil, fmt.Errorf("channelsapi: the validator's English messages: %w", err)
+	}
+	return &validation{rules, tr}, nil
+}
 
 // Validator returns the validator that checks the `binding` rules of the
-// models, configured as Gin's (tag name "binding") but its own instance:
-// register custom rules, and their messages, on it. It is not Gin's
-// binding.Validator, which it leaves untouched.
-func Validator() *validator.Validate {
-	validatorOnce.Do(func() {
-		bindingValidator = validator.New()
-		bindingValidator.SetTagName("binding")
-		english := en.New()
-		translator, _ = ut.New(english, english).GetTranslator("en")
-		if err := entranslations.RegisterDefaultTranslations(bindingValidator, translator); err != nil {
-			panic("channelsapi: register the validator's English messages: " + err.Error())
+// models of a: configured as Gin's (tag name "binding") but an instance of
+// its own, so register custom rules, and their messages, on it (before
+// Add). Rules registered on Gin's binding.Validator do not apply.
+func (a *API) Validator() *validator.Validate { return a.valid.rules }
+
+// check reports the `binding` rules of obj's type that the validator does
+// not know (it panics on them at the first write otherwise).
+func (vd *validation) check(obj any) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("its binding rules: %v (register custom rules on API.Validator before Add)", p)
 		}
-	})
-	return bindingValidator
+	}()
+	_ = vd.rules.Struct(obj)
+	return nil
 }
 
 // validate runs the `binding` rules on obj, a pointer to a model, and
@@ -46,8 +59,8 @@ func Validator() *validator.Validate {
 // JSON field name (nested ones by dotted path, "settings.theme",
 // "tags.1"), or nil. Relation fields are not client input: their rules are
 // not checked.
-func (m *model) validate(obj any) error {
-	err := Validator().Struct(obj)
+func (m *model) validate(vd *validation, obj any) error {
+	err := vd.rules.Struct(obj)
 	if err == nil {
 		return nil
 	}
@@ -61,7 +74,7 @@ func (m *model) validate(obj any) error {
 		if !ok {
 			continue
 		}
-		fields[key] = append(fields[key], validationMessage(fe))
+		fields[key] = append(fields[key], validationMessage(vd.english, fe))
 	}
 	if len(fields) == 0 {
 		return nil
@@ -118,7 +131,7 @@ func (m *model) errorKey(ns string) (key string, ok bool) {
 }
 
 // validationMessage turns one failed binding rule into a human message.
-func validationMessage(fe validator.FieldError) string {
+func validationMessage(english ut.Translator, fe validator.FieldError) string {
 	kind := fe.Kind()
 	isString := kind == reflect.String
 	isList := kind == reflect.Slice || kind == reflect.Array || kind == reflect.Map
@@ -203,16 +216,15 @@ func validationMessage(fe validator.FieldError) string {
 	case "uppercase":
 		return "Must be upper case."
 	}
-	return translated(fe)
+	return translated(english, fe)
 }
 
 // translated is the validator's English message for fe, its subject
 // rewritten to Django REST Framework's "This field": "Color must be a valid
 // HEX color" becomes "This field must be a valid HEX color.". A rule
 // without a message names itself.
-func translated(fe validator.FieldError) string {
-	Validator()
-	msg := fe.Translate(translator)
+func translated(english ut.Translator, fe validator.FieldError) string {
+	msg := fe.Translate(english)
 	if msg == "" || strings.HasPrefix(msg, "Key: '") { // no message for the rule
 		if p := fe.Param(); p != "" {
 			return fmt.Sprintf("Invalid value (rule %q with %q).", fe.Tag(), p)

@@ -6,6 +6,7 @@ package channelsapi_test
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/go-playground/validator/v10"
 	"maps"
 	"net/http"
 	"strings"
@@ -360,4 +361,37 @@ func TestValidationEmbeddedRelation(t *testing.T) {
 	status, body = createBoth(t, srv, "embedded", `{"owner_id":1}`)
 	assert.Equal(t, http.StatusBadRequest, status)
 	assert.Equal(t, jsonOf(t, map[string][]string{"title": {"This field is required."}}), body)
+}
+
+// slugged has a rule of the application's own.
+type slugged struct {
+	ID   uint   `json:"id" gorm:"primaryKey"`
+	Slug string `json:"slug" binding:"required,slug"`
+}
+
+// TestValidatorCustomRules: Add refuses a model whose binding rules the
+// API's validator does not know (rather than panicking at its first
+// write); a rule registered on API.Validator applies, on both transports.
+func TestValidatorCustomRules(t *testing.T) {
+	db := openDB(t, &slugged{})
+	newServerOn(t, db, func(api *channelsapi.API, _ *gorm.DB) {
+		err := channelsapi.Add(api, channelsapi.ViewSet[slugged]{})
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "slug")
+	}, quietLog())
+
+	srv := newServerOn(t, openDB(t, &slugged{}), func(api *channelsapi.API, _ *gorm.DB) {
+		require.NoError(t, api.Validator().RegisterValidation("slug", func(fl validator.FieldLevel) bool {
+			return !strings.ContainsAny(fl.Field().String(), " /")
+		}))
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[slugged]{Stream: "slugs"}))
+	}, quietLog())
+	status, body := srv.doREST(t, http.MethodPost, "/slugs", `{"slug":"a b"}`)
+	assert.Equal(t, http.StatusBadRequest, status)
+	assert.Equal(t, map[string]any{"slug": []any{`Invalid value (rule "slug").`}}, body)
+	status, _ = srv.doREST(t, http.MethodPost, "/slugs", `{"slug":"a-b"}`)
+	assert.Equal(t, http.StatusCreated, status)
+	ws := srv.dial(t, nil)
+	reply := ws.request("slugs", map[string]any{"action": "create", "request_id": 1, "data": map[string]any{"slug": "x/y"}})
+	assert.EqualValues(t, http.StatusBadRequest, reply["response_status"], "%v", reply)
 }

@@ -194,6 +194,9 @@ func Add[T any](api *API, vs ViewSet[T]) error {
 	if err != nil {
 		return fmt.Errorf("channelsapi: add %s: %w", typ, err)
 	}
+	if err := api.valid.check(new(T)); err != nil {
+		return fmt.Errorf("channelsapi: add %s: %w", typ, err)
+	}
 	if vs.Stream == "" {
 		vs.Stream = m.schema.Table
 	}
@@ -470,7 +473,7 @@ func (v *viewSet[T]) create(ctx context.Context, req *Request) result {
 	if err != nil {
 		return result{err: err}
 	}
-	if err := v.m.validate(obj); err != nil {
+	if err := v.m.validate(v.api.valid, obj); err != nil {
 		return result{err: err}
 	}
 	err = v.api.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
@@ -505,7 +508,7 @@ func (v *viewSet[T]) update(ctx context.Context, req *Request, w write) result {
 		if err != nil {
 			return err
 		}
-		if err := v.m.validate(obj); err != nil {
+		if err := v.m.validate(v.api.valid, obj); err != nil {
 			return err
 		}
 		if err := v.check(ctx, tx, req, obj, columns); err != nil {
