@@ -40,8 +40,8 @@ type cork struct {
 	stop       context.Context // done: lingering ends (Shutdown's ctx ended)
 	closeSent  atomic.Bool     // the server wrote a close frame
 	peerClosed atomic.Bool     // the client's close frame was read
-	deadline   sync.Mutex // orders SetReadDeadline with the start of the linger
-	lingering  bool       // of deadline
+	deadline   sync.Mutex      // orders SetReadDeadline with the start of the linger
+	lingering  bool            // of deadline
 	lingerOnce sync.Once
 	dropped    atomic.Int64 // bytes of frames dropped after closeSent
 }
