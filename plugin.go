@@ -314,6 +314,9 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 			return nil, fmt.Errorf("channelsapi: base URL %q is not an absolute http or https URL without query", cfg.baseURL)
 		}
+		if p := u.Port(); p == "80" && u.Scheme == "http" || p == "443" && u.Scheme == "https" {
+			u.Host = strings.TrimSuffix(u.Host, ":"+p) // as browsers write the Origin
+		}
 		cfg.baseURL = strings.TrimRight(u.String(), "/")
 		cfg.baseOrigin = strings.ToLower(u.Scheme + "://" + u.Host)
 	}
