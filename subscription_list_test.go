@@ -222,6 +222,16 @@ func TestScopeFilterEventsRunNoQuery(t *testing.T) {
 		t.Run(fmt.Sprintf("ScopeFilter=%v", declarative), func(t *testing.T) {
 			db := openDB(t, &pollQuestion{})
 			var reads sync.Map // statements run by the delivery, by SQL
+			count := func(db *gorm.DB) {
+				if strings.Contains(db.Statement.SQL.String(), "channelsapi_row") {
+					n, _ := reads.LoadOrStore("n", new(int))
+					*(n.(*int))++
+				}
+			}
+			// Before the API serves: GORM's callbacks may not be
+			// registered while statements run.
+			require.NoError(t, db.Callback().Raw().After("gorm:raw").Register("test:count_raw", count))
+			require.NoError(t, db.Callback().Query().After("gorm:query").Register("test:count_query", count))
 			srv := newServerOn(t, db, func(api *channelsapi.API, db *gorm.DB) {
 				vs := pollQuestions()
 				ownQuestions(&vs)
@@ -232,14 +242,6 @@ func TestScopeFilterEventsRunNoQuery(t *testing.T) {
 					}
 				}
 				require.NoError(t, channelsapi.Add(api, vs))
-				count := func(db *gorm.DB) {
-					if strings.Contains(db.Statement.SQL.String(), "channelsapi_row") {
-						n, _ := reads.LoadOrStore("n", new(int))
-						*(n.(*int))++
-					}
-				}
-				require.NoError(t, db.Callback().Raw().After("gorm:raw").Register("test:count_raw", count))
-				require.NoError(t, db.Callback().Query().After("gorm:query").Register("test:count_query", count))
 			})
 			alice := srv.dial(t, asUser("alice"))
 			alice.subscribeTo("questions", "create", "update")
@@ -706,14 +708,17 @@ func TestSnapshotWithAScopeFilterThatQueries(t *testing.T) {
 // event per recipient).
 func TestRowsBeforeReadOnlyWhenALiveQueryMayChange(t *testing.T) {
 	var reads sync.Map
-	srv := newServerOn(t, openDB(t, &pollQuestion{}), func(api *channelsapi.API, db *gorm.DB) {
+	db := openDB(t, &pollQuestion{})
+	// Before the API serves: GORM's callbacks may not be registered while
+	// statements run.
+	require.NoError(t, db.Callback().Query().Before("gorm:query").Register("test:count_reads", func(db *gorm.DB) {
+		if v, ok := db.Statement.Context.Value(readsKey{}).(string); ok {
+			n, _ := reads.LoadOrStore(v, new(int))
+			*(n.(*int))++
+		}
+	}))
+	srv := newServerOn(t, db, func(api *channelsapi.API, db *gorm.DB) {
 		require.NoError(t, channelsapi.Add(api, pollQuestions()))
-		require.NoError(t, db.Callback().Query().Before("gorm:query").Register("test:count_reads", func(db *gorm.DB) {
-			if v, ok := db.Statement.Context.Value(readsKey{}).(string); ok {
-				n, _ := reads.LoadOrStore(v, new(int))
-				*(n.(*int))++
-			}
-		}))
 	})
 	q := pollQuestion{QuestionText: "q"}
 	require.NoError(t, srv.DB.Create(&q).Error)
