@@ -260,9 +260,11 @@ func (m *model) assign(ctx context.Context, obj reflect.Value, data json.RawMess
 			}
 			columns = append(columns, f.gorm.DBName)
 		case !ok && m.relations[key] != nil:
-			// A relation is not client input; null (what a read shows
-			// for a nil relation) is accepted and ignored.
-			if present(in[key]) {
+			// A relation is not client input. What a read shows of a
+			// relation it did not expand (null, an empty list, the
+			// zero value of a relation held by value) is accepted and
+			// ignored, so that a read object can be written back.
+			if present(in[key]) && !unexpanded(m.relations[key], in[key]) {
 				errs[key] = []string{"This field is read-only."}
 			}
 		case ok || m.ignored[strings.ToLower(key)]:
@@ -282,6 +284,24 @@ func (m *model) assign(ctx context.Context, obj reflect.Value, data json.RawMess
 		return nil, &Error{Fields: errs}
 	}
 	return columns, nil
+}
+
+// unexpanded reports whether raw is what a read shows of rel when it is not
+// expanded: an empty list, or the zero value of rel's field as JSON.
+func unexpanded(rel *schema.Relationship, raw json.RawMessage) bool {
+	var got any
+	if json.Unmarshal(raw, &got) != nil {
+		return false
+	}
+	if list, ok := got.([]any); ok && len(list) == 0 {
+		return true
+	}
+	zero, err := json.Marshal(reflect.Zero(rel.Field.FieldType).Interface())
+	if err != nil {
+		return false
+	}
+	var want any
+	return json.Unmarshal(zero, &want) == nil && reflect.DeepEqual(got, want)
 }
 
 var jsonUnmarshalerType = reflect.TypeFor[json.Unmarshaler]()

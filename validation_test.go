@@ -325,6 +325,21 @@ func TestValidationRelationByValue(t *testing.T) {
 			assert.Equal(t, jsonOf(t, tt.want), body)
 		})
 	}
+	// What a read shows of a relation it did not expand (here the zero
+	// value of the owner held by value) can be written back.
+	t.Run("a read object written back", func(t *testing.T) {
+		status, created := srv.doREST(t, http.MethodPost, "/todos", `{"name":"round","owner_id":1}`)
+		require.Equal(t, http.StatusCreated, status, "%v", created)
+		path := fmt.Sprintf("/todos/%v", created.(map[string]any)["id"])
+		status, read := srv.doREST(t, http.MethodGet, path, "")
+		require.Equal(t, http.StatusOK, status)
+		require.Contains(t, read.(map[string]any), "owner")
+		back, err := json.Marshal(read)
+		require.NoError(t, err)
+		status, body := srv.doREST(t, http.MethodPut, path, string(back))
+		assert.Equal(t, http.StatusOK, status, "%v", body)
+		assert.Equal(t, read, body)
+	})
 	// A rule broken on a field hidden from JSON (a row written by the
 	// application) is no field of the client's.
 	t.Run("hidden field", func(t *testing.T) {
