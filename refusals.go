@@ -19,7 +19,8 @@ import (
 
 // allowedOrigin reports whether a request from origin may act: an empty
 // origin (a client that is not a browser), the same origin (the request's
-// Host, or the origin of WithBaseURL), and the exact origins of
+// Host, with https when the request came over TLS, or the origin of
+// WithBaseURL), and the exact origins of
 // WithAllowedOrigins. "null" and anything that is not http(s)://host never
 // are.
 func (a *API) allowedOrigin(r *http.Request, origin string) bool {
@@ -30,8 +31,8 @@ func (a *API) allowedOrigin(r *http.Request, origin string) bool {
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 		return false
 	}
-	if strings.EqualFold(u.Host, r.Host) {
-		return true
+	if strings.EqualFold(u.Host, r.Host) && (r.TLS == nil || u.Scheme == "https") {
+		return true // the same host; over TLS, the same scheme too
 	}
 	o := strings.ToLower(u.Scheme + "://" + u.Host)
 	return o == a.cfg.baseOrigin || a.cfg.origins[o]

@@ -8,6 +8,7 @@ package channelsapi_test
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -304,4 +305,40 @@ func TestSocketRefusalsAreJSON(t *testing.T) {
 	assert.Equal(t, http.StatusMethodNotAllowed, status)
 	assert.Equal(t, `{"detail":"Method \"POST\" not allowed."}`, string(body))
 	assert.Equal(t, "GET", header.Get("Allow"))
+}
+
+// TestCrossSiteSchemeOverTLS: over TLS, a page of the same host served
+// over plain http is another origin (a network attacker can write such a
+// page): its writes and its WebSocket are refused.
+func TestCrossSiteSchemeOverTLS(t *testing.T) {
+	router := gin.New()
+	api, err := channelsapi.Register(router, openDB(t, &TestModel{}), quietLog())
+	require.NoError(t, err)
+	addTestModel(t, api)
+	ts := httptest.NewTLSServer(router)
+	t.Cleanup(ts.Close)
+	t.Cleanup(func() { require.NoError(t, api.Shutdown(context.Background())) })
+	host := strings.TrimPrefix(ts.URL, "https://")
+	post := func(origin string) int {
+		req, err := http.NewRequest(http.MethodPost, ts.URL+"/testmodel", strings.NewReader(`{"name":"x"}`))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Origin", origin)
+		resp, err := ts.Client().Do(req)
+		require.NoError(t, err)
+		require.NoError(t, resp.Body.Close())
+		return resp.StatusCode
+	}
+	assert.Equal(t, http.StatusForbidden, post("http://"+host))
+	assert.Equal(t, http.StatusCreated, post("https://"+host))
+
+	dialer := websocket.Dialer{TLSClientConfig: ts.Client().Transport.(*http.Transport).TLSClientConfig}
+	_, resp, err := dialer.Dial("wss://"+host+"/ws", http.Header{"Origin": {"http://" + host}})
+	require.Error(t, err)
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	_ = resp.Body.Close()
+	conn, resp, err := dialer.Dial("wss://"+host+"/ws", http.Header{"Origin": {"https://" + host}})
+	require.NoError(t, err)
+	_ = resp.Body.Close()
+	_ = conn.Close()
 }
