@@ -86,6 +86,10 @@ type Config struct {
 	// WebSocketPath is the absolute path of the WebSocket endpoint, for
 	// example "/ws". The page connects to it on the page's own host.
 	WebSocketPath string
+	// Subprotocols are the WebSocket subprotocols the server selects (may be
+	// empty). The page offers a credential as the subprotocols
+	// "bearer, <token>" only when "bearer" is one of them.
+	Subprotocols []string
 	// Schema returns the streams the page offers: a value whose JSON is an
 	// array of stream descriptions (see Schema in the package doc). It is
 	// called for each request of schema.json, concurrently, so it must be
@@ -196,15 +200,17 @@ func serveAsset(body []byte, contentType string) gin.HandlerFunc {
 
 // document is the JSON of schema.json.
 type document struct {
-	WebSocketPath string `json:"websocket_path"`
-	Streams       any    `json:"streams"`
+	WebSocketPath string   `json:"websocket_path"`
+	Subprotocols  []string `json:"subprotocols"`
+	Streams       any      `json:"streams"`
 }
 
 func serveSchema(cfg Config) gin.HandlerFunc {
+	subprotocols := append([]string{}, cfg.Subprotocols...)
 	return func(c *gin.Context) {
 		securityHeaders(c)
 		c.Header("Cache-Control", "no-store")
-		body, err := json.Marshal(document{WebSocketPath: cfg.WebSocketPath, Streams: cfg.Schema()})
+		body, err := json.Marshal(document{WebSocketPath: cfg.WebSocketPath, Subprotocols: subprotocols, Streams: cfg.Schema()})
 		if err != nil {
 			_ = c.Error(err)
 			c.AbortWithStatusJSON(http.StatusInternalServerError, gin.H{"detail": "A server error occurred."})
