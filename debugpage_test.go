@@ -37,7 +37,7 @@ import (
 const (
 	chromiumPath = "/usr/bin/chromium"
 	// browserTestTimeout bounds a browser test, browser start included.
-	browserTestTimeout = 30 * time.Second
+	browserTestTimeout = 60 * time.Second
 )
 
 func TestDebugPageNotMountedWithoutOption(t *testing.T) {
@@ -1053,13 +1053,20 @@ type debugPage struct {
 // except on CI (CI=true), where it fails.
 func openDebugPage(t *testing.T, srv *testServer, path string) *debugPage {
 	t.Helper()
+	return openDebugPageAt(t, srv.URL, path)
+}
+
+// openDebugPageAt is openDebugPage for the server at origin
+// (http://127.0.0.1:port).
+func openDebugPageAt(t *testing.T, origin, path string) *debugPage {
+	t.Helper()
 	if _, err := os.Stat(chromiumPath); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("browser test: %s is missing and CI=true, so it may not be skipped: %v", chromiumPath, err)
 		}
 		t.Skipf("browser test skipped: %s not found (install it with apt-get install -y chromium)", chromiumPath)
 	}
-	p := &debugPage{t: t, origin: srv.URL}
+	p := &debugPage{t: t, origin: origin}
 	dataDir := t.TempDir()
 
 	// The deadline bounds everything the browser does, its start included.
@@ -1094,7 +1101,7 @@ func openDebugPage(t *testing.T, srv *testServer, path string) *debugPage {
 	t.Cleanup(p.checkRequests)
 
 	p.do(chromedp.EmulateViewport(1440, 900),
-		chromedp.Navigate(srv.URL+path),
+		chromedp.Navigate(origin+path),
 		chromedp.WaitVisible(chromedp.CSS(`body[data-ready="true"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#conn[data-state="open"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#log .entry[data-kind="system"]`)))

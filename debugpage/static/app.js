@@ -171,6 +171,7 @@
       retryTimer: 0,
       tickTimer: 0,
       everOpen: false,
+      opens: 0,              // sockets of this connection that opened
       refused: null,         // {status, ...}: the server refused the socket; no retry until the credential changes
       probes: 0,             // sequence of the refusal probes
       pending: new Map(),    // JSON of request_id -> [sent request, ...] awaiting a reply
@@ -432,6 +433,7 @@
     sock.addEventListener('open', () => {
       if (c.ws !== sock) return;
       opened = true;
+      c.opens++;
       c.attempt = 0;
       setConn(c, 'open', 'connected');
       logSystem(c, `connected to ${url}` + (c.cred.token ? ` (${whoText(c)})` : ' (anonymous)'));
@@ -770,7 +772,8 @@
   function diffText(diff) {
     if (diff === null) return 'first version seen';
     if (!diff.length) return 'no change';
-    return diff.map(([k, b, a]) => `${k}: ${b === undefined ? '–' : compact(b)} → ${a === undefined ? '–' : compact(a)}`).join('; ');
+    const show = (v) => (v === undefined ? '–' : compact(JSON.stringify(v)));
+    return diff.map(([k, b, a]) => `${k}: ${show(b)} → ${show(a)}`).join('; ');
   }
 
   function diffNode(diff) {
@@ -2206,7 +2209,16 @@
     send(stream, payload) { return sendFrame(state.target, { stream, payload }); },
     connect() { const c = state.target; c.attempt = 0; connect(c); },
     disconnect() { disconnect(state.target); },
-    get connections() { return state.conns.map((c) => ({ id: c.id, socket: c.ws, credential: c.cred.token ? c.cred.mode : null })); },
+    // The connections: id ("a", "b"), socket, state (connecting, open,
+    // waiting, refused, closed), credential (null, "bearer", "cookie"),
+    // opens (sockets that opened), refused (the status of a refusal),
+    // retrying (a reconnect is scheduled).
+    get connections() {
+      return state.conns.map((c) => ({
+        id: c.id, socket: c.ws, state: c.$('conn').dataset.state, credential: c.cred.token ? c.cred.mode : null,
+        opens: c.opens, refused: c.refused ? c.refused.status : null, retrying: c.retryTimer !== 0,
+      }));
+    },
     lastCopy: '',
   };
 
