@@ -113,6 +113,19 @@ func (p *debugPage) signIn(sfx, token string) {
 	})()`, jsString(connID(sfx))))
 }
 
+// socketsOpened counts the WebSockets the page created.
+func (p *debugPage) socketsOpened() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, u := range p.requests {
+		if strings.HasPrefix(u, "ws") {
+			n++
+		}
+	}
+	return n
+}
+
 // connID is the id of the connection whose elements have the suffix sfx.
 func connID(sfx string) string {
 	if sfx == "" {
@@ -228,6 +241,21 @@ func TestDebugPageTwoUsers(t *testing.T) {
 	p.waitJS(`channelsapi.connections.length === 2 && channelsapi.connections.every((c) => c.state === "open" && c.socket.protocol === "bearer")`)
 	assert.Equal(t, "token alice-…", p.text("#who"))
 	assert.Equal(t, "token bob-to…", p.text("#who-b"))
+	p.sendAs("b")
+	p.choose("#stream", "notes")
+	p.choose("#action", "list")
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	p.waitVisible(`#log-b .entry[data-kind="reply"][data-action="list"]`)
+	assert.Equal(t, []string{"bob's note"}, p.noteTexts("b"), "B is bob again after the reload")
+
+	// Closing B ends its connection; a new B starts anonymous.
+	p.do(chromedp.Click(chromedp.CSS("#conn-close-b")))
+	p.do(chromedp.WaitNotPresent(chromedp.CSS("#session-b")))
+	p.waitJS(`channelsapi.connections.length === 1 && document.activeElement.id === "add-conn"`)
+	assert.Equal(t, "Send", p.text("#send"))
+	p.do(chromedp.Click(chromedp.CSS("#add-conn")))
+	p.waitJS(`channelsapi.connections.length === 2 && channelsapi.connections[1].state === "open"`)
+	assert.Equal(t, "anonymous", p.text("#who-b"))
 }
 
 func TestDebugPageRefusedConnection(t *testing.T) {
@@ -251,7 +279,8 @@ func TestDebugPageRefusedConnection(t *testing.T) {
 	}
 	p.evaluate(`JSON.stringify(channelsapi.connections[0])`, &c)
 	assert.Equal(t, 401, c.Refused)
-	assert.False(t, c.Retrying, "no retry until the credential changes")
+	assert.False(t, c.Retrying, "no retry until the credential changes: no reconnect is scheduled")
+	assert.Equal(t, 2, p.socketsOpened(), "the anonymous socket, then the refused one, and no other")
 	p.waitVisible(`#log .entry.sys-error`)
 	assert.Contains(t, p.lastText(`#log .entry.sys-error`), `refused it with 401 Unauthorized {"detail":"Invalid token."}`)
 
@@ -326,9 +355,28 @@ func TestDebugPageREST(t *testing.T) {
 	}
 	assert.Equal(t, []any{"second", "third"}, texts)
 
+	// A custom detail action over REST.
+	q := createQuestion(t, app, "Which?")
+	status, ch := app.doREST(t, http.MethodPost, "/choices", fmt.Sprintf(`{"question_id":%d,"choice_text":"This"}`, q.ID))
+	require.Equal(t, http.StatusCreated, status, "%v", ch)
+	choiceID := ch.(map[string]any)["id"].(float64)
+	p.choose("#stream", "choices")
+	p.choose("#action", "vote")
+	p.fill("#pk", "")
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	assert.Equal(t, "Enter a pk: the route needs one.", p.text("#result"))
+	p.fill("#pk", fmt.Sprint(choiceID))
+	assert.Equal(t, fmt.Sprintf("POST /api/choices/%v/vote", choiceID), p.value("#raw"))
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	p.waitVisible(`#log .entry[data-kind="reply"][data-url$="/vote"][data-status="200"]`)
+	status, got = app.doREST(t, http.MethodGet, fmt.Sprintf("/choices/%v", choiceID), "")
+	require.Equal(t, http.StatusOK, status)
+	assert.EqualValues(t, 1, got.(map[string]any)["votes"])
+
 	// A field error of a REST write is shown next to its field (the browser
 	// logs the 400).
 	p.allowConsoleError("status of 400")
+	p.choose("#stream", "notes")
 	p.choose("#action", "create")
 	p.fill("#field-text", "")
 	p.do(chromedp.Click(chromedp.CSS("#send")))
@@ -430,18 +478,30 @@ func TestDebugPageScreenshots(t *testing.T) {
 			Outside []string `json:"outside"`
 		}
 		p.evaluate(`JSON.stringify({
-			page: document.documentElement.scrollWidth - window.innerWidth,
+			page: document.documentElement.scrollWidth - document.documentElement.clientWidth,
 			outside: [...document.querySelectorAll("header *, .session-head button, .cred button, .cred input, .cred select, #send, #add-conn, #transport button, #stream, #action, .sub button, .chips label")]
 				.filter((e) => e.offsetParent !== null)
-				.filter((e) => { const r = e.getBoundingClientRect(); return r.left < 0 || r.right > window.innerWidth + 0.5; })
-				.map((e) => e.id || e.className || e.tagName),
+				.filter((e) => { const r = e.getBoundingClientRect(); return r.left < 0 || r.right > document.documentElement.clientWidth + 0.5; })
+				.map((e) => (e.id || e.className || e.tagName) + " " + Math.round(e.getBoundingClientRect().right)),
 		})`, &overflow)
 		assert.LessOrEqual(t, overflow.Page, 0, "the page scrolls sideways at %d px", size.w)
+		// Each log scrolls inside its pane, which fits on the screen.
+		var logs []int
+		p.evaluate(`JSON.stringify([...document.querySelectorAll(".log")].map((l) => l.closest(".session").offsetHeight))`, &logs)
+		require.Len(t, logs, 2)
+		for _, h := range logs {
+			assert.LessOrEqual(t, h, int(size.h), "a connection's pane is taller than the screen at %d px", size.w)
+		}
 		assert.Empty(t, overflow.Outside, "controls outside the screen at %d px", size.w)
 		if size.w == 1440 || size.w == 390 {
-			png, err := chromedp.Run(p.ctx, chromedp.FullScreenshot(100))
-			require.NoError(t, err)
-			shots[fmt.Sprintf("debugger-%dx%d.png", size.w, size.h)] = png
+			name := fmt.Sprintf("debugger-%dx%d", size.w, size.h)
+			shots[name+".png"] = p.screenshot()
+			if size.w == 390 {
+				// On a phone the connections are below the form.
+				p.evaluate(`document.querySelector("#sessions").scrollIntoView(); window.scrollY > 0`, nil)
+				shots[name+"-connections.png"] = p.screenshot()
+				p.evaluate(`window.scrollTo(0, 0); true`, nil)
+			}
 		}
 	}
 
@@ -457,14 +517,23 @@ func TestDebugPageScreenshots(t *testing.T) {
 	updateScreenshots(t, shots)
 }
 
+// screenshot captures what the page's viewport shows.
+func (p *debugPage) screenshot() []byte {
+	p.t.Helper()
+	png, err := chromedp.Run(p.ctx, chromedp.CaptureScreenshot())
+	require.NoError(p.t, err)
+	return png
+}
+
 // updateScreenshots writes the screenshots to debugpage/testdata when the
-// page's files changed since they were taken, as recorded in
-// screenshots.sum.
+// page's files (or this test) changed since they were taken, as recorded
+// in screenshots.sum.
 func updateScreenshots(t *testing.T, shots map[string][]byte) {
 	t.Helper()
 	h := sha256.New()
-	for _, f := range []string{"index.html", "app.js", "app.css", "favicon.svg"} {
-		b, err := os.ReadFile(filepath.Join("debugpage", "static", f))
+	for _, f := range []string{"debugpage/static/index.html", "debugpage/static/app.js", "debugpage/static/app.css",
+		"debugpage/static/favicon.svg", "debugpage_example_test.go"} {
+		b, err := os.ReadFile(filepath.FromSlash(f))
 		require.NoError(t, err)
 		fmt.Fprintf(h, "%s %d\n", f, len(b))
 		h.Write(b)
@@ -484,4 +553,43 @@ func updateScreenshots(t *testing.T, shots map[string][]byte) {
 	}
 	require.NoError(t, os.WriteFile(sumPath, []byte(sum), 0o644))
 	t.Logf("the page changed: screenshots written to debugpage/testdata")
+}
+
+func TestDebugPageCookieCredential(t *testing.T) {
+	_, p := debugExample(t)
+	p.choose("#cred-mode", "cookie")
+	p.waitVisible("#cred-cookie")
+	p.fill("#cred-cookie", "token")
+	p.fill("#cred-token", "alice-token")
+	// Enter in the token field signs in.
+	p.do(chromedp.Focus(chromedp.CSS("#cred-token")), chromedp.KeyEvent("\r"))
+	p.waitJS(`(() => {
+		const c = channelsapi.connections[0];
+		return c.credential === "cookie" && c.state === "open" && c.opens === 2;
+	})()`)
+	assert.Equal(t, "cookie alice-…", p.text("#who"))
+	assert.Contains(t, evalString(p, `document.cookie`), "token=alice-token")
+
+	// The socket was opened with the cookie: notes answer.
+	p.choose("#stream", "notes")
+	p.choose("#action", "list")
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	p.waitVisible(`#log .entry[data-kind="reply"][data-action="list"][data-status="200"]`)
+	// So do REST requests.
+	p.do(chromedp.Click(chromedp.CSS(`#transport [data-transport="rest"]`)))
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	p.waitVisible(`#log .entry[data-transport="rest"][data-kind="reply"][data-status="200"]`)
+
+	// Signing out removes the cookie.
+	p.do(chromedp.Click(chromedp.CSS("#sign-out")))
+	p.waitJS(`channelsapi.connections[0].credential === null && channelsapi.connections[0].state === "open" && channelsapi.connections[0].opens === 3`)
+	assert.NotContains(t, evalString(p, `document.cookie`), "token=")
+	assert.Equal(t, "anonymous", p.text("#who"))
+}
+
+func evalString(p *debugPage, expr string) string {
+	p.t.Helper()
+	var s string
+	p.evaluate(expr, &s)
+	return s
 }

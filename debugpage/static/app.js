@@ -185,6 +185,11 @@
     return c;
   }
 
+  // alive tells whether c is still open on the page: the callbacks of a
+  // closed connection (its socket's last events, a response in flight)
+  // change nothing.
+  function alive(c) { return state.conns.includes(c); }
+
   function connByID(id) { return state.conns.find((c) => c.id === id) || null; }
 
   function openConn(id, cred) {
@@ -207,15 +212,21 @@
     c.manual = true;
     c.probes++;
     clearTimers(c);
-    if (c.ws && c.ws.readyState <= WebSocket.OPEN) c.ws.close(1000, 'closed from the debugger');
     state.conns = state.conns.filter((x) => x !== c);
+    if (c.ws && c.ws.readyState <= WebSocket.OPEN) c.ws.close(1000, 'closed from the debugger');
+    if (c.cred.mode === 'cookie' && c.cred.cookie && !state.conns.some((o) => o.cred.mode === 'cookie' && o.cred.cookie === c.cred.cookie)) {
+      expireCookie(c.cred.cookie);
+    }
     c.$('session').remove();
     $('#sessions').dataset.count = String(state.conns.length);
     if (state.target === c) state.target = state.conns[0];
+    if (state.pages && state.pages.conn === c) state.pages = null;
+    showPages();
     renderTargets();
     updateLogCount();
     saveCredentials();
     updateSendState();
+    $('#add-conn').focus();
   }
 
   // sessionNode builds the pane of a connection: its bar (credential,
@@ -227,7 +238,8 @@
         el('h2', { class: 'session-name' },
           el('span', { class: 'conn-badge', text: c.label }),
           el('span', { id: id('who'), class: 'who' })),
-        el('div', { id: id('conn'), class: 'conn', 'data-state': 'closed', role: 'status' },
+        el('div', { id: id('conn'), class: 'conn', 'data-state': 'closed' },
+          el('span', { id: id('conn-live'), class: 'sr-only', role: 'status' }),
           el('span', { class: 'dot', 'aria-hidden': 'true' }),
           el('span', { id: id('conn-text'), class: 'conn-text', text: 'not connected' }),
           el('code', { id: id('conn-url'), class: 'conn-url' })),
@@ -293,9 +305,16 @@
   // are kept in the tab's session storage.
 
   function setCredential(c, cred) {
+    const invalid = credentialError(cred);
+    if (invalid) {
+      c.$('cred-hint').textContent = invalid;
+      c.$('cred-token').setAttribute('aria-invalid', 'true');
+      return;
+    }
+    c.$('cred-token').removeAttribute('aria-invalid');
     const prev = c.cred;
     if (prev.mode === 'cookie' && prev.cookie && (cred.mode !== 'cookie' || cred.cookie !== prev.cookie || !cred.token)) {
-      document.cookie = `${encodeURIComponent(prev.cookie)}=; path=/; max-age=0; SameSite=Strict`;
+      expireCookie(prev.cookie);
     }
     c.cred = cred;
     saveCredentials();
@@ -355,12 +374,29 @@
     }
   }
 
-  // setCookie sets the cookie of a cookie credential, before the socket
-  // opens or a request is sent as c.
+  // setCookie readies the tab's cookie jar, which both connections share,
+  // for c, right before its socket opens or it sends a request: the cookie
+  // of c's credential is set, and the cookies of the other connection's
+  // credential that c does not use are removed, so that each connection is
+  // who its own credential says.
   function setCookie(c) {
-    if (c.cred.mode === 'cookie' && c.cred.cookie && c.cred.token) {
-      document.cookie = `${encodeURIComponent(c.cred.cookie)}=${encodeURIComponent(c.cred.token)}; path=/; SameSite=Strict`;
+    const mine = c.cred.mode === 'cookie' && c.cred.cookie && c.cred.token ? c.cred.cookie : '';
+    for (const o of state.conns) {
+      if (o !== c && o.cred.mode === 'cookie' && o.cred.cookie && o.cred.cookie !== mine) expireCookie(o.cred.cookie);
     }
+    if (mine) document.cookie = `${mine}=${c.cred.token}; path=/; SameSite=Strict`;
+  }
+
+  function expireCookie(name) { document.cookie = `${name}=; path=/; max-age=0; SameSite=Strict`; }
+
+  // credentialError says why a credential cannot be sent, or returns ''.
+  function credentialError(cred) {
+    if (!cred.token) return '';
+    if (cred.mode === 'cookie') {
+      if (!TOKEN_CHARS.test(cred.cookie)) return 'A cookie name is letters, digits and !#$%&\'*+-.^_`|~.';
+      if (/[\s;,"\\]/.test(cred.token)) return 'A cookie value cannot hold white space, ";", ",", a quote or a backslash.';
+    }
+    return '';
   }
 
   function authHeaders(c) {
@@ -379,7 +415,12 @@
   }
 
   function setConn(c, st, text) {
+    if (!alive(c)) return;
     const box = c.$('conn');
+    if (box.dataset.state !== st) {
+      // Announced once per change of state, not at every tick of a countdown.
+      c.$('conn-live').textContent = `Connection ${c.label}: ${st === 'waiting' ? 'reconnecting' : text}`;
+    }
     box.dataset.state = st;
     c.$('conn-text').textContent = text;
     c.$('conn-url').textContent = socketURL();
@@ -431,7 +472,7 @@
     c.ws = sock;
     if (c.id === 'a') window.ws = sock;
     sock.addEventListener('open', () => {
-      if (c.ws !== sock) return;
+      if (c.ws !== sock || !alive(c)) return;
       opened = true;
       c.opens++;
       c.attempt = 0;
@@ -442,10 +483,10 @@
       resubscribe(c);
     });
     sock.addEventListener('message', (ev) => {
-      if (c.ws === sock) noteReceived(c, ev.data);
+      if (c.ws === sock && alive(c)) noteReceived(c, ev.data);
     });
     sock.addEventListener('close', (ev) => {
-      if (c.ws !== sock) return;
+      if (c.ws !== sock || !alive(c)) return;
       if (opened) {
         const why = CLOSE_TEXT[ev.code];
         logSystem(c, `connection closed with ${ev.code}` + (why ? `: ${why}` : '') + (ev.reason ? ` (“${ev.reason}”)` : ''), ev.code !== 1000);
@@ -500,7 +541,7 @@
     } catch (e) {
       res = null;
     }
-    if (seq !== c.probes || c.manual) return;
+    if (seq !== c.probes || c.manual || !alive(c)) return;
     if (res && (res.status === 401 || res.status === 403)) {
       c.refused = { status: res.status, body, authenticate: res.headers.get('WWW-Authenticate') || '' };
       setConn(c, 'refused', `refused: ${statusText(res.status)}`);
@@ -648,7 +689,9 @@
       offset, position: at || undefined,
       recovered: kind === 'reply' && isObject(p.data) && typeof p.data.recovered === 'boolean' ? p.data.recovered : undefined,
     };
-    if (stream !== null && (kind === 'event' || kind === 'reply')) seeObjects(c, stream, kind, action, pk, p, e);
+    if (stream !== null && (kind === 'event' || kind === 'reply')) {
+      seeObjects(c, stream, kind, action, pk !== undefined ? pk : req ? req.pk : undefined, p, e);
+    }
     addEntry(c, e);
     if (offset !== undefined && stream !== null) eventReceived(c, stream, offset);
     if (req) onReply(c, req, p, stream);
@@ -748,14 +791,14 @@
     };
     if (kind === 'reply' && Array.isArray(p.data)) { p.data.forEach(remember); return; }
     if (kind === 'reply' && isObject(p.data) && Array.isArray(p.data.results)) { p.data.results.forEach(remember); return; }
-    if (!isObject(p.data)) return;
     const key = pk !== undefined && pk !== null ? pk : pkOf(s, p.data);
     if (key === undefined || key === null) return;
     const k = objectKey(stream, key);
-    if (action === 'delete' || (kind === 'event' && p.data.action === 'delete')) {
+    if (action === 'delete') {
       c.objects.delete(k);
       return;
     }
+    if (!isObject(p.data)) return;
     if (kind === 'reply' && !['retrieve', 'create', 'update', 'patch'].includes(action)) return;
     if (action === 'update' || action === 'patch') {
       const before = c.objects.get(k);
@@ -955,6 +998,7 @@
   }
 
   function renderSubs(c) {
+    if (!alive(c)) return;
     const items = [...c.subs].map(([key, sub]) => {
       const what = sub.kind === 'instance' ? 'instance' : sub.kind === 'query' ? 'live query' : sub.event;
       const scope = sub.kind === 'query' ? queryText(sub.data) : sub.pk === null ? 'every object' : `pk ${sub.pk}`;
@@ -990,6 +1034,7 @@
 
   // updateSubPositions shows the positions the subscriptions have reached.
   function updateSubPositions(c) {
+    if (!alive(c)) return;
     for (const li of $$('.sub', c.$('subscriptions'))) {
       const sub = c.subs.get(li.dataset.subKey);
       if (sub) showSubPosition(li, sub);
@@ -1035,16 +1080,18 @@
     return path;
   }
 
-  // restQuery is the query string of a list: the filter grammar with
-  // lists comma-separated (PROTOCOL.md section 8).
-  function restQuery(s) {
+  // restQueryOf is the query string of an object's keys, lists
+  // comma-separated.
+  function restQueryOf(data) {
     const q = new URLSearchParams();
-    for (const [k, v] of Object.entries(queryData(s, 'list'))) {
-      q.set(k, Array.isArray(v) ? v.join(',') : String(v));
-    }
+    for (const [k, v] of Object.entries(data)) q.set(k, Array.isArray(v) ? v.join(',') : isObject(v) ? JSON.stringify(v) : String(v));
     const text = q.toString();
     return text ? '?' + text : '';
   }
+
+  // restQuery is the query string of a list: the filter grammar with
+  // lists comma-separated (PROTOCOL.md section 8).
+  function restQuery(s) { return restQueryOf(queryData(s, 'list')); }
 
   // buildRequest is the HTTP request the form describes, or null when the
   // action has no REST route.
@@ -1060,11 +1107,13 @@
       for (const row of $$('#fields .field')) {
         if ($('[data-include]', row).checked) data[row.dataset.field] = fieldValue(row);
       }
-    } else if (!a.builtin && a.method !== 'GET') {
+    } else if (!a.builtin) {
       const text = $('#custom-data').value;
       if (text.trim() !== '') {
         const r = parseJSON(text);
-        data = r.ok ? r.value : text;
+        // A GET action takes its data as the query string.
+        if (a.method === 'GET' && r.ok && isObject(r.value)) req.url += restQueryOf(r.value);
+        else if (a.method !== 'GET') data = r.ok ? r.value : text;
       }
     }
     if (data !== undefined) {
@@ -1100,22 +1149,30 @@
     return { req };
   }
 
-  // restRoute names the stream and action of a path, from the schema.
+  // restRoute names the stream and action of a path, from the schema, and
+  // the pk of a detail route (typed as the stream's pk).
   function restRoute(method, url) {
     const path = new URL(url, location.href).pathname;
     for (const s of state.streams.values()) {
       for (const a of s.actions) {
         if (!a.path || a.method !== method) continue;
-        const re = new RegExp('^' + a.path.split(':pk').map((p) => p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('[^/]+') + '/?$');
-        if (re.test(path)) return { stream: s.name, action: a.name };
+        const re = new RegExp('^' + a.path.split(':pk').map((p) => p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('([^/]+)') + '/?$');
+        const m = re.exec(path);
+        if (!m) continue;
+        let pk;
+        if (m[1] !== undefined) {
+          try { pk = decodeURIComponent(m[1]); } catch (_) { pk = m[1]; }
+          pk = s.pk_type === 'integer' ? scalar(pk, 'integer') : pk;
+        }
+        return { stream: s.name, action: a.name, pk };
       }
     }
-    return { stream: null, action: null };
+    return { stream: null, action: null, pk: undefined };
   }
 
   async function sendREST(c, req, meta) {
     const headers = new Headers(req.headers);
-    headers.set('Accept', 'application/json');
+    if (!headers.has('Accept')) headers.set('Accept', 'application/json');
     for (const [k, v] of Object.entries(authHeaders(c))) if (!headers.has(k)) headers.set(k, v);
     const route = restRoute(req.method, req.url);
     const path = req.url;
@@ -1137,6 +1194,14 @@
       if (meta.form) setResult('error', `${req.method} ${path} failed: ${e.message}`);
       return;
     }
+    if (!alive(c)) return;
+    if (res.type === 'opaqueredirect') {
+      // The browser hides a redirect's status and Location from a page that
+      // does not follow it.
+      logSystem(c, `${req.method} ${path} was redirected (not followed: the page sends requests to the routes as typed).`, true);
+      if (meta.form) setResult('error', `${req.method} ${path}: redirected, not followed. Check the path (a trailing slash?).`);
+      return;
+    }
     const parsed = text === '' ? { ok: true, value: undefined } : parseJSON(text);
     const body = parsed.ok ? parsed.value : undefined;
     const links = isObject(body) && ('next' in body || 'previous' in body)
@@ -1147,7 +1212,7 @@
       headers: [...res.headers], text, frame: body, links,
     };
     if (route.stream !== null && res.status < 300) {
-      const pk = route.action === 'list' ? undefined : pkOf(state.streams.get(route.stream), body);
+      const pk = route.pk !== undefined ? route.pk : pkOf(state.streams.get(route.stream), body);
       const p = route.action === 'list' && isObject(body) ? { data: body.results } : { data: body };
       seeObjects(c, route.stream, 'reply', route.action, pk, p, e);
     }
@@ -1180,9 +1245,13 @@
     $('#page-next').disabled = !p || !p.next;
   }
 
-  // followPage requests a list's next or previous link as c.
+  // followPage requests a list's next or previous link as c. A link to
+  // another origin (the server's WithBaseURL, seen through another host)
+  // is followed on this page's server: its path and query.
   function followPage(c, url) {
-    const parsed = parseRequest(`GET ${url}`);
+    if (!alive(c)) return;
+    const u = new URL(url, location.href);
+    const parsed = parseRequest(`GET ${u.origin === location.origin ? url : u.pathname + u.search}`);
     if (parsed.error) { setResult('error', parsed.error); return; }
     setResult('wait', 'waiting for the response…');
     sendREST(c, parsed.req, { form: true });
@@ -1200,6 +1269,7 @@
   }
 
   function addEntry(c, e) {
+    if (!alive(c)) return;
     e.id = ++state.entrySeq;
     e.time = new Date();
     e.conn = c.id;
@@ -1260,8 +1330,8 @@
         title: e.recovered ? 'Every event after since follows the reply.' : 'The events after since cannot be replayed: reload the state.',
         text: e.recovered ? 'recovered' : 'state lost',
       }) : null,
-      e.rid !== undefined && e.rid !== null ? el('span', {
-        class: 'rid', title: (e.sub === 'query' ? 'An event of the live query with this request_id. ' : '') + 'Show the frames of this request_id',
+      e.rid !== undefined && e.rid !== null ? el('button', {
+        type: 'button', class: 'rid', title: (e.sub === 'query' ? 'An event of the live query with this request_id. ' : '') + 'Show the frames of this request_id',
         text: (e.sub === 'query' ? 'live ' : '') + `#${ridText(e.rid)}`,
         onclick: (ev) => { ev.preventDefault(); $('#filter-text').value = ridText(e.rid); applyFilter(); },
       }) : null,
@@ -1371,7 +1441,7 @@
   function filterState() {
     return {
       stream: $('#filter-stream').value,
-      kinds: new Set($$('.chips input:checked').map((i) => i.value)),
+      kinds: new Set($$('.logbar .chips input:checked').map((i) => i.value)),
       text: $('#filter-text').value.trim().toLowerCase(),
     };
   }
@@ -1388,7 +1458,7 @@
   function applyFilter() {
     const f = filterState();
     for (const e of allEntries()) e.node.hidden = !matchesFilter(e, f);
-    $$('.chips .chip').forEach((c) => c.classList.toggle('off', !c.querySelector('input').checked));
+    $$('.logbar .chips .chip').forEach((c) => c.classList.toggle('off', !c.querySelector('input').checked));
     updateLogCount();
   }
 
@@ -2008,6 +2078,7 @@
     if (state.transport === 'rest') {
       const parsed = parseRequest(text);
       if (parsed.error) { setResult('error', parsed.error); return; }
+      if (parsed.req.url.includes(':pk')) { setResult('error', 'Enter a pk: the route needs one.'); $('#pk').focus(); return; }
       setResult('wait', 'waiting for the response…');
       sendREST(c, parsed.req, { form: true });
       return;
@@ -2182,7 +2253,7 @@
     });
     $('#filter-stream').addEventListener('change', applyFilter);
     $('#filter-text').addEventListener('input', applyFilter);
-    for (const c of $$('.chips input')) c.addEventListener('change', applyFilter);
+    for (const c of $$('.logbar .chips input')) c.addEventListener('change', applyFilter);
     $('#log-clear').addEventListener('click', () => {
       for (const c of state.conns) {
         c.entries = [];
