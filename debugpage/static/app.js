@@ -11,6 +11,7 @@
   const WRITE_ACTIONS = new Set(['create', 'update', 'patch']);
   const SUB_ACTIONS = new Set(['subscribe', 'unsubscribe']);
   const QUERY_ACTIONS = new Set(['list', 'subscribe_list']); // take the filter grammar
+  const CONDITIONAL_ACTIONS = new Set(['update', 'patch', 'delete']); // take if_match
   const STATUS_TEXT = {
     200: 'OK', 201: 'Created', 204: 'No Content', 400: 'Bad Request', 401: 'Unauthorized',
     403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 409: 'Conflict', 412: 'Precondition Failed',
@@ -178,6 +179,7 @@
       subs: new Map(),       // key -> subscription
       known: new Map(),      // stream -> {epoch, offset}: the furthest position of the stream seen on this connection
       objects: new Map(),    // stream + pk -> the last version of the object seen
+      etags: new Map(),      // stream + pk -> the ETag of the last version seen
       entries: [],
       sendMeta: null,        // what the page knows about the frame it sends next
     };
@@ -692,6 +694,12 @@
     if (stream !== null && (kind === 'event' || kind === 'reply')) {
       seeObjects(c, stream, kind, action, pk !== undefined ? pk : req ? req.pk : undefined, p, e);
     }
+    if (typeof p.etag === 'string') e.etag = p.etag;
+    if (p.replayed === true) e.replayed = true;
+    if (stream !== null && e.etag) {
+      const key = pk !== undefined && pk !== null ? pk : req && req.pk !== undefined ? req.pk : pkOf(s, p.data);
+      if (key !== undefined && key !== null) c.etags.set(objectKey(stream, key), e.etag);
+    }
     addEntry(c, e);
     if (offset !== undefined && stream !== null) eventReceived(c, stream, offset);
     if (req) onReply(c, req, p, stream);
@@ -759,7 +767,11 @@
       }
     }
     renderSubs(c);
-    if (meta.fill && ok && isObject(p.data)) fillFields(p.data);
+    if (meta.fill && ok && isObject(p.data)) {
+      // Loaded for an edit: the edit is made on this version.
+      if (typeof p.etag === 'string') $('#if-match').value = p.etag;
+      fillFields(p.data);
+    }
     if (meta.form) showResult(p, req);
   }
 
@@ -783,7 +795,8 @@
   // the connection had seen no version of the object before.
   function seeObjects(c, stream, kind, action, pk, p, e) {
     const s = state.streams.get(stream);
-    const ok = p.response_status === undefined || p.response_status < 300;
+    // A 412 carries the current object (PROTOCOL.md section 11).
+    const ok = p.response_status === undefined || p.response_status < 300 || p.response_status === 412;
     if (!ok) return;
     const remember = (obj) => {
       const k = pkOf(s, obj);
@@ -1116,6 +1129,12 @@
         else if (a.method !== 'GET') data = r.ok ? r.value : text;
       }
     }
+    const ifMatch = $('#if-match').value.trim();
+    const idem = $('#idem-key').value.trim();
+    if (!$('#safety-row').hidden) {
+      if (ifMatch !== '' && !$('#if-match-row').hidden) req.headers.push(['If-Match', ifMatch]);
+      if (idem !== '') req.headers.push(['Idempotency-Key', idem]);
+    }
     if (data !== undefined) {
       req.headers.push(['Content-Type', 'application/json']);
       req.body = typeof data === 'string' ? data : JSON.stringify(data, null, 2);
@@ -1210,8 +1229,13 @@
       dir: 'in', kind: res.status >= 400 ? 'error' : 'reply', http: true, stream: route.stream, action: route.action,
       method: req.method, url: path, status: res.status, latency: performance.now() - sentAt,
       headers: [...res.headers], text, frame: body, links,
+      etag: res.headers.get('ETag') || undefined, replayed: res.headers.get('Idempotent-Replayed') === 'true' || undefined,
     };
-    if (route.stream !== null && res.status < 300) {
+    if (route.stream !== null && e.etag) {
+      const key = route.pk !== undefined ? route.pk : pkOf(state.streams.get(route.stream), body);
+      if (key !== undefined && key !== null) c.etags.set(objectKey(route.stream, key), e.etag);
+    }
+    if (route.stream !== null && (res.status < 300 || res.status === 412)) {
       const pk = route.pk !== undefined ? route.pk : pkOf(state.streams.get(route.stream), body);
       const p = route.action === 'list' && isObject(body) ? { data: body.results } : { data: body };
       seeObjects(c, route.stream, 'reply', route.action, pk, p, e);
@@ -1304,6 +1328,7 @@
       'data-recovered': e.recovered === undefined ? undefined : String(e.recovered),
       'data-since': e.since ? e.since.offset : undefined,
       'data-resume': e.resume,
+      'data-etag': e.etag, 'data-replayed': e.replayed ? 'true' : undefined,
       'data-diff': e.diff === undefined ? undefined : e.diff === null ? 'none' : e.diff.map((d) => d[0]).join(','),
     };
     if (e.kind === 'system') {
@@ -1338,6 +1363,8 @@
       e.diff !== undefined ? el('span', {
         class: 'diff-badge', title: 'Difference from the last version of this object this connection saw', text: diffText(e.diff),
       }) : el('span', { class: 'preview', text: preview(e) }),
+      e.replayed ? el('span', { class: 'replayed', title: 'The server replayed the stored reply of the first request with this idempotency key: nothing was written again.', text: 'replayed' }) : null,
+      e.etag ? el('span', { class: 'etag', title: 'The ETag of this version of the object', text: e.etag }) : null,
       e.latency !== undefined ? el('span', { class: 'latency', text: `${Math.round(e.latency)} ms` }) : null);
     const body = el('div', { class: 'body' });
     const node = el('details', attrs, summary, body);
@@ -1583,6 +1610,10 @@
     show($('#readonly-fields'), isWrite && $('#readonly-fields').textContent !== '');
     if (isWrite) resetIncludes(name);
     show($('#custom-row'), !!a && !a.builtin);
+    // Safe retries and concurrent edits (PROTOCOL.md section 11).
+    const writes = !!a && (WRITE_ACTIONS.has(name) || name === 'delete' || !a.builtin);
+    show($('#safety-row'), writes);
+    show($('#if-match-row'), CONDITIONAL_ACTIONS.has(name));
     $('#custom-hint').textContent = a && !a.builtin ? (a.detail ? 'Detail action: the object is looked up by pk first.' : 'List action: no object.') : '';
 
     const info = $('#action-info');
@@ -1982,6 +2013,12 @@
         payload.data = r.ok ? r.value : text;
       }
     }
+    const ifMatch = $('#if-match').value.trim();
+    const idem = $('#idem-key').value.trim();
+    if (!$('#safety-row').hidden) {
+      if (ifMatch !== '' && !$('#if-match-row').hidden) payload.if_match = ifMatch;
+      if (idem !== '') payload.idempotency_key = idem;
+    }
     payload.request_id = $('#request-id').value;
     return { stream: s.name, payload };
   }
@@ -2046,6 +2083,8 @@
       }
       $('#pk').value = p.pk === undefined || p.pk === null ? '' : typeof p.pk === 'string' ? p.pk : JSON.stringify(p.pk);
       if (typeof p.request_id === 'string') $('#request-id').value = p.request_id;
+      $('#if-match').value = typeof p.if_match === 'string' ? p.if_match : '';
+      $('#idem-key').value = typeof p.idempotency_key === 'string' ? p.idempotency_key : '';
       const data = p.data;
       const name = $('#action').value;
       if (QUERY_ACTIONS.has(name)) {
@@ -2209,7 +2248,7 @@
   function wire() {
     $('#stream').addEventListener('change', () => { onStreamChange(); });
     $('#action').addEventListener('change', () => { onActionChange(); });
-    for (const id of ['#pk', '#page', '#page-size', '#snapshot', '#sub-event', '#custom-data', '#request-id']) {
+    for (const id of ['#pk', '#page', '#page-size', '#snapshot', '#sub-event', '#custom-data', '#request-id', '#if-match', '#idem-key']) {
       $(id).addEventListener('input', rebuildRaw);
       $(id).addEventListener('change', rebuildRaw);
     }
@@ -2229,6 +2268,15 @@
     });
     $('#form').addEventListener('submit', (ev) => { ev.preventDefault(); send(); });
     $('#new-id').addEventListener('click', newRequestID);
+    $('#new-idem').addEventListener('click', () => { $('#idem-key').value = crypto.randomUUID(); rebuildRaw(); });
+    $('#use-etag').addEventListener('click', () => {
+      const s = currentStream();
+      const pk = pkValue(s);
+      const tag = s && pk !== undefined ? state.target.etags.get(objectKey(s.name, pk)) : undefined;
+      if (!tag) { setResult('error', 'This connection has seen no ETag of this object: retrieve it first.'); return; }
+      $('#if-match').value = tag;
+      rebuildRaw();
+    });
     $('#load-object').addEventListener('click', () => {
       const s = currentStream();
       const pk = pkValue(s);
