@@ -447,8 +447,10 @@ export class PlainSubscription<T extends StreamTypes> implements Resumable {
   }
 
   subscribeRequest(): Record<string, unknown> {
-    const data: Record<string, unknown> = { action: this.action };
-    if (this.position) data["since"] = this.position;
+    // The first subscribe asks from an epoch no server has: the reply says
+    // recovered: false with the position live events start at, which the
+    // next resume starts from.
+    const data: Record<string, unknown> = { action: this.action, since: this.position ?? { epoch: "", offset: 0 } };
     const out: Record<string, unknown> = { action: "subscribe", data };
     if (this.opts.pk !== undefined) out["pk"] = this.opts.pk;
     return out;

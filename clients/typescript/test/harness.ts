@@ -94,12 +94,16 @@ export class App {
 
 /**
  * A TCP proxy between clients and the app. cut() ends every connection it
- * carries; while refusing, it closes new connections at once.
+ * carries; while refusing, it closes new connections at once; while
+ * muted, what the app sends is dropped (a reply lost on the way).
  */
 export class CuttingProxy {
   private readonly server: net.Server;
   private readonly conns = new Set<net.Socket>();
   refusing = false;
+  muted = false;
+  /** How many times cut() ended at least one connection. */
+  cuts = 0;
   port = 0;
 
   constructor(private readonly upstream: () => number) {
@@ -119,8 +123,10 @@ export class CuttingProxy {
       };
       down.on("error", end).on("close", end);
       up.on("error", end).on("close", end);
-      down.pipe(up);
-      up.pipe(down);
+      down.on("data", (b: Buffer) => up.write(b));
+      up.on("data", (b: Buffer) => {
+        if (!this.muted) down.write(b);
+      });
     });
   }
 
@@ -138,6 +144,7 @@ export class CuttingProxy {
     const n = this.conns.size;
     for (const s of [...this.conns]) s.resetAndDestroy();
     this.conns.clear();
+    if (n > 0) this.cuts++;
     return n;
   }
 
@@ -162,10 +169,10 @@ export function connect(url: string, token?: string): Client<Streams> {
   });
 }
 
-/** GETs every page of a REST collection. */
-export async function restAll<M>(base: string, collection: string, token?: string): Promise<M[]> {
+/** GETs every page of a REST collection, with the query keys given. */
+export async function restAll<M>(base: string, collection: string, query: Record<string, string> = {}, token?: string): Promise<M[]> {
   const out: M[] = [];
-  let url: string | null = `${base}${collection}?page_size=100`;
+  let url: string | null = `${base}${collection}?${new URLSearchParams({ ...query, page_size: "100" })}`;
   while (url) {
     const r = await fetch(url, { headers: token ? { Authorization: `Bearer ${token}` } : {} });
     if (!r.ok) throw new Error(`GET ${url}: ${r.status} ${await r.text()}`);
@@ -208,4 +215,19 @@ export function until(subscribe: (fn: () => void) => () => void, check: () => bo
       }
     });
   });
+}
+
+/** Whether the app's AsyncAPI document says writes take "idempotency_key" (PROTOCOL.md section 11). */
+export async function servesIdempotencyKeys(base: string): Promise<boolean> {
+  if (process.env["CHANNELSAPI_TS_REQUIRE_IDEMPOTENCY"] === "1") return true;
+  const doc = (await (await fetch(`${base}/api/asyncapi.json`)).json()) as {
+    components: { messages: Record<string, { payload: { properties: { payload: { properties: Record<string, unknown> } } } }> };
+  };
+  const create = doc.components.messages["questions.create.request"];
+  return create !== undefined && "idempotency_key" in create.payload.properties.payload.properties;
+}
+
+/** Resolves when the client's connection is open. */
+export function opened(client: Client<Streams>): Promise<void> {
+  return until((fn) => client.on("state", fn), () => client.state === "open", 20_000, () => `client ${client.state}`);
 }
