@@ -132,12 +132,14 @@ test("a live collection: snapshot, then creates, updates and deletes of its quer
     const b = await qs.create({ question_text: `${tag} b`, pub_date: "2026-03-01T00:00:00Z" });
     const c = await qs.create({ question_text: `${tag} c`, pub_date: "2026-02-01T00:00:00Z" });
     const d = await qs.create({ question_text: `${tag} d`, pub_date: "2026-02-01T00:00:00Z" });
+    const e = await qs.create({ question_text: `${tag} e`, pub_date: "2026-02-01T00:00:00Z" });
     await qs.patch(a.id, { question_text: "left the query" });
-    const c2 = await qs.patch(c.id, { pub_date: "2026-04-01T00:00:00Z" });
+    const c2 = await qs.patch(c.id, { pub_date: "2026-01-15T00:00:00Z" });
     await qs.delete(b.id);
-    const want = [c2, d];
+    // -pub_date, then the primary key: not the order of the primary keys.
+    const want = [d, e, c2];
     await until((fn) => live.on(fn), () => JSON.stringify(live.items) === JSON.stringify(want), 5000, () => JSON.stringify(live.items));
-    assert.deepEqual(changes.map((ch) => ch.type), ["load", "create", "create", "create", "delete", "update", "delete"]);
+    assert.deepEqual(changes.map((ch) => ch.type), ["load", "create", "create", "create", "create", "delete", "update", "delete"]);
     assert.ok(live.position && live.position.offset > 0);
     live.close();
   } finally {
