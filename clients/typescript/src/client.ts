@@ -5,7 +5,7 @@
  * writes in flight sent again with their idempotency key.
  */
 import { ChannelsApiError, ConnectionLostError, errorFromReply } from "./errors.js";
-import { isReplayed, isWrite, withIdempotencyKey } from "./idempotency.js";
+import { isReplayed, isStillRunning, isWrite, stillRunningRetries, withIdempotencyKey } from "./idempotency.js";
 import { LiveCollection, type LiveOptions } from "./live.js";
 import type { ChangeEvent, Position, RuntimeSchema, StreamMap, StreamTypes, WebSocketConstructor, WebSocketLike } from "./types.js";
 
@@ -64,6 +64,8 @@ interface Pending {
   sent: boolean;
   /** Sent on a connection that dropped before the reply. */
   lost: boolean;
+  /** How many times a 409 "still running" sent it again. */
+  conflicts?: number;
 }
 
 /** A subscription the client resumes after every reconnect. */
@@ -98,6 +100,7 @@ export class Client<S extends StreamMap<S>> {
   private closed = false;
   private attempt = 0;
   private timer: ReturnType<typeof setTimeout> | null = null;
+  private readonly later = new Set<ReturnType<typeof setTimeout>>();
   private seq = 0;
   private readonly pending = new Map<string, Pending>();
   private readonly subs = new Map<string, Resumable>();
@@ -177,6 +180,8 @@ export class Client<S extends StreamMap<S>> {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    for (const t of this.later) clearTimeout(t);
+    this.later.clear();
     for (const p of this.pending.values()) p.reject(new ConnectionLostError("client closed", p.stream, p.action));
     this.pending.clear();
     const ws = this.ws;
@@ -305,8 +310,20 @@ export class Client<S extends StreamMap<S>> {
     const rid = payload["request_id"];
     const p = typeof rid === "string" ? this.pending.get(rid) : undefined;
     if (p && "response_status" in payload) {
-      this.pending.delete(p.id);
       const reply = payload as ReplyPayload;
+      if (isStillRunning(p.lost, p.action, payload) && (p.conflicts ?? 0) < stillRunningRetries) {
+        // The first run of the key has not finished: ask again later.
+        p.conflicts = (p.conflicts ?? 0) + 1;
+        p.sent = false;
+        const delay = (this.opts.backoff?.initial ?? 250) * 2 ** p.conflicts;
+        const t = setTimeout(() => {
+          this.later.delete(t);
+          if (this.pending.get(p.id) === p && !p.sent && this.stateValue === "open") this.sendPending(p);
+        }, delay);
+        this.later.add(t);
+        return;
+      }
+      this.pending.delete(p.id);
       if (reply.response_status >= 400) {
         p.reject(errorFromReply(stream, reply));
         return;

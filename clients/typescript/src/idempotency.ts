@@ -42,3 +42,15 @@ export function withIdempotencyKey(action: string, payload: Record<string, unkno
 export function isReplayed(payload: Record<string, unknown>): boolean {
   return payload["replayed"] === true;
 }
+
+/** How many times a resent write answered 409 is sent again. */
+export const stillRunningRetries = 5;
+
+/**
+ * Whether a reply to a resent write says the first run of its key is still
+ * running (409): the write is then sent again, after a delay, at most
+ * stillRunningRetries times.
+ */
+export function isStillRunning(resent: boolean, action: string, payload: Record<string, unknown>): boolean {
+  return resent && isWrite(action) && payload["response_status"] === 409;
+}
