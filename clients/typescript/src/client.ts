@@ -4,7 +4,7 @@
  * subscriptions resumed with `since` from the position each reached, and
  * writes in flight sent again with their idempotency key.
  */
-import { ChannelsApiError, ConnectionLostError, errorFromReply } from "./errors.js";
+import { ChannelsApiError, ConnectionLostError, NotFoundError, errorFromReply } from "./errors.js";
 import { isReplayed, isStillRunning, isWrite, stillRunningRetries, withIdempotencyKey } from "./idempotency.js";
 import { LiveCollection, type LiveOptions } from "./live.js";
 import type { ChangeEvent, Position, RuntimeSchema, StreamMap, StreamTypes, WebSocketConstructor, WebSocketLike } from "./types.js";
@@ -255,11 +255,8 @@ export class Client<S extends StreamMap<S>> {
 
   private scheduleReconnect(): void {
     if (this.closed) return;
-    const initial = this.opts.backoff?.initial ?? 250;
-    const max = this.opts.backoff?.max ?? 10_000;
-    const ceiling = Math.min(max, initial * 2 ** Math.min(this.attempt, 30));
-    this.attempt++;
-    this.timer = setTimeout(() => this.open(), Math.random() * ceiling);
+    const delay = backoffDelay(this.attempt++, this.opts.backoff?.initial ?? 250, this.opts.backoff?.max ?? 10_000, Math.random());
+    this.timer = setTimeout(() => this.open(), delay);
   }
 
   private sendPending(p: Pending): void {
@@ -345,6 +342,14 @@ export class Client<S extends StreamMap<S>> {
       }
     }
   }
+}
+
+/**
+ * The wait before reconnect attempt n (from 0): exponential with full
+ * jitter, random * min(max, initial * 2^n), random in [0, 1).
+ */
+export function backoffDelay(attempt: number, initial: number, max: number, random: number): number {
+  return random * Math.min(max, initial * 2 ** Math.min(attempt, 30));
 }
 
 /** A list page. */
@@ -434,6 +439,22 @@ export class StreamClient<T extends StreamTypes> {
   }
 
   /**
+   * A DCRF instance subscription (PROTOCOL.md section 4.8): the updates and
+   * the delete of one object, resumed after a reconnect from the last
+   * event's offset; `onResync` is called when the server no longer has the
+   * events missed.
+   */
+  instance(
+    pk: T["pk"],
+    handler: (ev: { action: "update"; data: T["model"] } | { action: "delete"; data: { pk: T["pk"] } }) => void,
+    opts: { onResync?: () => void } = {},
+  ): InstanceSubscription<T> {
+    const sub = new InstanceSubscription<T>(this.client, this.name, pk, handler, opts);
+    this.client.addSubscription(sub);
+    return sub;
+  }
+
+  /**
    * A live collection: the rows of a live query (subscribe_list, PROTOCOL.md
    * section 9), kept current from its events and ordered by `ordering`
    * then primary key.
@@ -502,6 +523,63 @@ export class PlainSubscription<T extends StreamTypes> implements Resumable {
     const unsubscribe: Record<string, unknown> = { action: "unsubscribe", data: { action: this.action } };
     if (this.opts.pk !== undefined) unsubscribe["pk"] = this.opts.pk;
     this.client.removeSubscription(this, unsubscribe);
+  }
+}
+
+/** A subscription of StreamClient.instance. */
+export class InstanceSubscription<T extends StreamTypes> implements Resumable {
+  readonly id: string;
+  position: Position | undefined;
+  private subscribed = false;
+  readonly ready: Promise<void>;
+  private settle!: { resolve: () => void; reject: (e: unknown) => void };
+
+  constructor(
+    private readonly client: Client<StreamMap<unknown>>,
+    readonly stream: string,
+    readonly pk: T["pk"],
+    private readonly handler: (ev: { action: "update"; data: T["model"] } | { action: "delete"; data: { pk: T["pk"] } }) => void,
+    private readonly opts: { onResync?: () => void },
+  ) {
+    this.id = client.nextSubscriptionId();
+    this.ready = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
+    this.ready.catch(() => {});
+  }
+
+  subscribeRequest(): Record<string, unknown> {
+    // As PlainSubscription: the first request learns the position.
+    return { action: "subscribe_instance", pk: this.pk, data: { since: this.position ?? { epoch: "", offset: 0 } } };
+  }
+
+  onSubscribed(reply: ReplyPayload, resumed: boolean): void {
+    const data = reply.data as { position?: Position; recovered?: boolean } | null;
+    if (data?.position && (!this.position || data.recovered === false)) this.position = data.position;
+    if (resumed && data?.recovered === false) this.opts.onResync?.();
+    this.subscribed = true;
+    this.settle.resolve();
+  }
+
+  onEvent(payload: Record<string, unknown>): void {
+    const offset = typeof payload["offset"] === "number" ? payload["offset"] : undefined;
+    if (offset !== undefined && this.position) {
+      if (offset <= this.position.offset) return;
+      this.position = { epoch: this.position.epoch, offset };
+    }
+    const action = payload["action"];
+    if (action === "update") this.handler({ action, data: payload["data"] as T["model"] });
+    else if (action === "delete") this.handler({ action, data: payload["data"] as { pk: T["pk"] } });
+  }
+
+  onFailed(error: unknown): void {
+    // A resume of an object deleted meanwhile is 404: the server has no
+    // replay for it, so the handler gets the delete (not the updates
+    // before it).
+    if (this.subscribed && error instanceof NotFoundError) this.handler({ action: "delete", data: { pk: this.pk } });
+    this.settle.reject(error);
+  }
+
+  close(): void {
+    this.client.removeSubscription(this, { action: "unsubscribe_instance", pk: this.pk });
   }
 }
 

@@ -1,4 +1,4 @@
-export { Client, StreamClient, PlainSubscription } from "./client.js";
+export { Client, StreamClient, PlainSubscription, InstanceSubscription, backoffDelay } from "./client.js";
 export type { ClientOptions, ClientEvents, ConnectionState, ReplyPayload, Page, ListOptions, Resumable } from "./client.js";
 export { LiveCollection, compareValues } from "./live.js";
 export type { LiveOptions, LiveChange } from "./live.js";

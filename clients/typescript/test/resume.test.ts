@@ -4,7 +4,7 @@
 // lost is sent again with the same idempotency key.
 import assert from "node:assert/strict";
 import { after, before, beforeEach, test } from "node:test";
-import type { ClientEvents } from "../src/index.js";
+import { backoffDelay, type ClientEvents } from "../src/index.js";
 import type { Question } from "../examples/polls.js";
 import { App, CuttingProxy, connect, opened, rest, restAll, servesIdempotencyKeys, until } from "./harness.js";
 
@@ -146,4 +146,57 @@ test("a write whose reply was lost is sent again after reconnecting, with the sa
     client.close();
     watcher.close();
   }
+});
+
+test("an instance subscription resumes after a cut: the updates missed, once each; an object deleted meanwhile is its delete", async () => {
+  const client = connect(proxy.url);
+  try {
+    const q = await client.stream("questions").create({ question_text: "watched" });
+    const got: string[] = [];
+    const listeners = new Set<() => void>();
+    const sub = client.stream("questions").instance(q.id, (ev) => {
+      got.push(ev.action === "update" ? `update ${ev.data.question_text}` : `delete ${ev.data.pk}`);
+      for (const fn of listeners) fn();
+    });
+    await sub.ready;
+    await rest(app.base, "PATCH", `/api/questions/${q.id}`, { question_text: "v1" });
+    await until((fn) => (listeners.add(fn), () => listeners.delete(fn)), () => got.length === 1, 5000, () => JSON.stringify(got));
+
+    proxy.refusing = true;
+    proxy.cut();
+    await until((fn) => client.on("state", fn), () => client.state !== "open", 5000, () => client.state);
+    await rest(app.base, "PATCH", `/api/questions/${q.id}`, { question_text: "v2" });
+    await rest(app.base, "PATCH", `/api/questions/${q.id}`, { question_text: "v3" });
+    proxy.refusing = false;
+    await until((fn) => (listeners.add(fn), () => listeners.delete(fn)), () => got.length === 3, 5000, () => JSON.stringify(got));
+    await rest(app.base, "DELETE", `/api/questions/${q.id}`);
+    await until((fn) => (listeners.add(fn), () => listeners.delete(fn)), () => got.length === 4, 5000, () => JSON.stringify(got));
+    assert.deepEqual(got, ["update v1", "update v2", "update v3", `delete ${q.id}`]);
+    assert.equal(client.stats.connects, 2);
+
+    // Deleted while disconnected: the resume is 404, and the handler gets the delete.
+    const r = await client.stream("questions").create({ question_text: "watched 2" });
+    const gone: string[] = [];
+    const sub2 = client.stream("questions").instance(r.id, (ev) => {
+      gone.push(ev.action);
+      for (const fn of listeners) fn();
+    });
+    await sub2.ready;
+    proxy.refusing = true;
+    proxy.cut();
+    await until((fn) => client.on("state", fn), () => client.state !== "open", 5000, () => client.state);
+    await rest(app.base, "DELETE", `/api/questions/${r.id}`);
+    proxy.refusing = false;
+    await until((fn) => (listeners.add(fn), () => listeners.delete(fn)), () => gone.length === 1, 5000, () => JSON.stringify(gone));
+    assert.deepEqual(gone, ["delete"]);
+  } finally {
+    client.close();
+  }
+});
+
+test("reconnect delays: exponential, capped, with full jitter", () => {
+  assert.deepEqual([0, 1, 2, 3, 4, 5, 6].map((n) => backoffDelay(n, 100, 2000, 0.999999)).map(Math.round), [100, 200, 400, 800, 1600, 2000, 2000]);
+  assert.equal(backoffDelay(3, 100, 2000, 0), 0);
+  assert.equal(backoffDelay(3, 100, 2000, 0.5), 400);
+  assert.equal(backoffDelay(1000, 100, 2000, 0.5), 1000);
 });
