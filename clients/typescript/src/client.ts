@@ -105,7 +105,10 @@ export class Client<S extends StreamMap<S>> {
   private readonly pending = new Map<string, Pending>();
   private readonly subs = new Map<string, Resumable>();
   private readonly listeners = new Map<keyof ClientEvents, Set<Listener<never>>>();
-  /** Counts since construction. */
+  /**
+   * Counts since construction: connections opened and lost, writes sent
+   * again after a reconnect, replies that said "replayed".
+   */
   readonly stats = { connects: 0, disconnects: 0, retried: 0, replayed: 0 };
 
   constructor(opts: ClientOptions<S>) {
@@ -233,7 +236,7 @@ export class Client<S extends StreamMap<S>> {
   private onClose(ws: WebSocketLike, code: number, reason: string): void {
     if (ws !== this.ws) return;
     this.ws = null;
-    this.stats.disconnects++;
+    if (this.stateValue === "open") this.stats.disconnects++; // not a connect that failed
     const retryWrites = this.opts.retryWrites ?? true;
     for (const p of [...this.pending.values()]) {
       if (!p.sent) continue;
