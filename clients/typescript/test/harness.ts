@@ -14,11 +14,18 @@ import { schema, type Streams } from "../examples/polls.js";
 export const packageDir = fileURLToPath(new URL("../../", import.meta.url));
 export const repoRoot = path.resolve(packageDir, "../..");
 
+/** Where `npm test` builds the example app before the tests (test/build-example.ts). */
+export const builtExample = path.join(packageDir, "build", "example-app");
+
 let built: string | undefined;
 
-/** The example app's binary: CHANNELSAPI_EXAMPLE_BIN, or built once per test file. */
+/**
+ * The example app's binary: CHANNELSAPI_EXAMPLE_BIN, else the one `npm
+ * test` built, else built once for this test file.
+ */
 export function exampleBinary(): string {
   if (process.env["CHANNELSAPI_EXAMPLE_BIN"]) return process.env["CHANNELSAPI_EXAMPLE_BIN"];
+  if (fs.existsSync(builtExample)) return builtExample;
   if (!built) {
     built = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "channelsapi-ts-")), "example");
     execFileSync("go", ["build", "-o", built, "./example"], { cwd: repoRoot, stdio: "inherit" });
