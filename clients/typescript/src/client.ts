@@ -21,7 +21,12 @@ export interface ClientOptions<S> {
   protocols?: string[] | (() => string[]);
   /** Reconnect delays: the n-th attempt waits a random time up to min(max, initial * 2^n) ms. */
   backoff?: { initial?: number; max?: number };
-  /** Send again, after reconnecting, the writes that were in flight (with their idempotency key). Default true. */
+  /**
+   * Send again, after reconnecting, the writes that were in flight (with
+   * their idempotency key). Default: only on streams whose schema says
+   * `idempotencyKeys: true`; elsewhere such a write fails with
+   * ConnectionLostError, as it may have run.
+   */
   retryWrites?: boolean;
 }
 
@@ -237,14 +242,13 @@ export class Client<S extends StreamMap<S>> {
     if (ws !== this.ws) return;
     this.ws = null;
     if (this.stateValue === "open") this.stats.disconnects++; // not a connect that failed
-    const retryWrites = this.opts.retryWrites ?? true;
     for (const p of [...this.pending.values()]) {
       if (!p.sent) continue;
       if (this.subs.has(p.id)) {
         this.pending.delete(p.id); // a (re)subscribe: the subscription sends it again
         continue;
       }
-      if (isWrite(p.action) && !retryWrites) {
+      if (isWrite(p.action) && !this.retriesWrites(p.stream)) {
         this.pending.delete(p.id);
         p.reject(new ConnectionLostError(`connection lost (${code}${reason ? " " + reason : ""})`, p.stream, p.action));
         continue;
@@ -254,6 +258,13 @@ export class Client<S extends StreamMap<S>> {
     }
     this.setState("connecting", code, reason);
     this.scheduleReconnect();
+  }
+
+  /** Whether a write in flight on the stream is sent again after a reconnect. */
+  private retriesWrites(stream: string): boolean {
+    if (this.opts.retryWrites !== undefined) return this.opts.retryWrites;
+    const info = this.schema.streams[stream as never] as { idempotencyKeys?: boolean } | undefined;
+    return info?.idempotencyKeys === true;
   }
 
   private scheduleReconnect(): void {

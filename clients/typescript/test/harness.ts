@@ -8,7 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import WebSocket from "ws";
-import { Client } from "../src/index.js";
+import { Client, type ClientOptions } from "../src/index.js";
 import { schema, type Streams } from "../examples/polls.js";
 
 export const packageDir = fileURLToPath(new URL("../../", import.meta.url));
@@ -166,13 +166,14 @@ export class CuttingProxy {
 }
 
 /** A client of the example app's streams. */
-export function connect(url: string, token?: string): Client<Streams> {
+export function connect(url: string, token?: string, more: Partial<ClientOptions<Streams>> = {}): Client<Streams> {
   return new Client<Streams>({
     url,
     schema,
     WebSocket,
     protocols: token ? ["bearer", token] : undefined,
     backoff: { initial: 20, max: 200 },
+    ...more,
   });
 }
 

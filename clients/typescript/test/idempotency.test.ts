@@ -8,6 +8,7 @@ import { test } from "node:test";
 import WebSocket, { WebSocketServer } from "ws";
 import { Client, ConflictError, type ClientEvents } from "../src/index.js";
 import { schema, type Streams } from "../examples/polls.js";
+import { schemaWithKeys } from "./fake.js";
 
 interface Frame {
   stream: string;
@@ -40,7 +41,7 @@ test("a create whose reply was lost runs once on a server that keeps keys", asyn
     });
   });
   const port = (wss.address() as AddressInfo).port;
-  const client = new Client<Streams>({ url: `ws://127.0.0.1:${port}/ws`, schema, WebSocket, backoff: { initial: 10, max: 50 } });
+  const client = new Client<Streams>({ url: `ws://127.0.0.1:${port}/ws`, schema: schemaWithKeys(true), WebSocket, backoff: { initial: 10, max: 50 } });
   const replayed: ClientEvents["replayed"][] = [];
   client.on("replayed", (r) => replayed.push(r));
   try {

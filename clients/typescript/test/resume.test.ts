@@ -103,8 +103,8 @@ test("recovered: false (a new epoch after a restart) reloads the snapshot, over 
   }
 });
 
-test("a write whose reply was lost is sent again after reconnecting, with the same idempotency key", async (t) => {
-  const client = connect(proxy.url);
+test("a write whose reply was lost is sent again after reconnecting, with the same idempotency key (retryWrites: true)", async (t) => {
+  const client = connect(proxy.url, undefined, { retryWrites: true });
   const watcher = connect(`ws://127.0.0.1:${app.port}/ws`);
   const retries: ClientEvents["retry"][] = [];
   client.on("retry", (r) => retries.push(r));

@@ -1,0 +1,41 @@
+// The client's own logic against a scripted server (test/fake.ts): when a
+// lost write is sent again, resumes refused, replies matched by action,
+// close, timeouts.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { ConnectionLostError } from "../src/index.js";
+import { fakeClient, schemaWithKeys, withServer } from "./fake.js";
+
+const row = { id: 1, question_text: "Why?", pub_date: "2026-01-01T00:00:00Z" };
+
+test("a write lost with the connection is not sent again where the stream keeps no idempotency keys", async () => {
+  await withServer(
+    (c) => (c.n === 1 ? c.drop() : c.reply({ data: row, response_status: 201 })),
+    async (s) => {
+      const client = fakeClient(s, { schema: schemaWithKeys(false) });
+      try {
+        await assert.rejects(client.stream("questions").create({ question_text: "Why?" }), ConnectionLostError);
+        assert.equal(s.of("create").length, 1);
+      } finally {
+        client.close();
+      }
+    },
+  );
+});
+
+test("a write lost with the connection is sent again where the stream keeps idempotency keys, or retryWrites says so", async () => {
+  for (const more of [{ schema: schemaWithKeys(true) }, { schema: schemaWithKeys(false), retryWrites: true }]) {
+    await withServer(
+      (c) => (c.n === 1 ? c.drop() : c.reply({ data: row, response_status: 201 })),
+      async (s) => {
+        const client = fakeClient(s, more);
+        try {
+          assert.deepEqual(await client.stream("questions").create({ question_text: "Why?" }), row);
+          assert.equal(s.of("create").length, 2);
+        } finally {
+          client.close();
+        }
+      },
+    );
+  }
+});
