@@ -320,7 +320,10 @@ export class Client<S extends StreamMap<S>> {
     const stream = typeof frame.stream === "string" ? frame.stream : null;
     const rid = payload["request_id"];
     const p = typeof rid === "string" ? this.pending.get(rid) : undefined;
-    if (p && "response_status" in payload) {
+    // A DCRF instance event carries the subscribe's request_id and a
+    // response_status too (PROTOCOL.md section 4.8): a reply is the payload
+    // with the request's action as well.
+    if (p && "response_status" in payload && payload["action"] === p.action) {
       const reply = payload as ReplyPayload;
       if (isStillRunning(p.lost, p.action, payload) && (p.conflicts ?? 0) < stillRunningRetries) {
         // The first run of the key has not finished: ask again later.

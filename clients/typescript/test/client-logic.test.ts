@@ -39,3 +39,27 @@ test("a write lost with the connection is sent again where the stream keeps idem
     );
   }
 });
+
+test("an instance event that comes before the subscribe's reply is an event, not the reply", async () => {
+  const updated = { ...row, question_text: "Updated" };
+  await withServer(
+    (c) => {
+      if (c.frame.payload["action"] !== "subscribe_instance") return;
+      // The event goes out first, then the reply.
+      c.send({ action: "update", data: updated, errors: [], response_status: 200, request_id: c.frame.payload["request_id"], offset: 8 });
+      c.reply({ data: { position: { epoch: "e", offset: 7 }, recovered: false }, response_status: 201 });
+    },
+    async (s) => {
+      const client = fakeClient(s);
+      try {
+        const events: unknown[] = [];
+        const sub = client.stream("questions").instance(1, (ev) => events.push(ev));
+        await sub.ready;
+        assert.deepEqual(sub.position, { epoch: "e", offset: 7 });
+        assert.deepEqual(events, [{ action: "update", data: updated }]);
+      } finally {
+        client.close();
+      }
+    },
+  );
+});
