@@ -48,9 +48,10 @@ export const stillRunningRetries = 5;
 
 /**
  * Whether a reply to a resent write says the first run of its key is still
- * running (409): the write is then sent again, after a delay, at most
+ * running (409, not replayed: a replayed 409 is the stored reply of a run
+ * that conflicted): the write is then sent again, after a delay, at most
  * stillRunningRetries times.
  */
 export function isStillRunning(resent: boolean, action: string, payload: Record<string, unknown>): boolean {
-  return resent && isWrite(action) && payload["response_status"] === 409;
+  return resent && isWrite(action) && payload["response_status"] === 409 && !isReplayed(payload);
 }

@@ -3,7 +3,7 @@
 // close, timeouts.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { ConnectionLostError } from "../src/index.js";
+import { ConflictError, ConnectionLostError } from "../src/index.js";
 import { fakeClient, schemaWithKeys, withServer } from "./fake.js";
 
 const row = { id: 1, question_text: "Why?", pub_date: "2026-01-01T00:00:00Z" };
@@ -57,6 +57,21 @@ test("an instance event that comes before the subscribe's reply is an event, not
         await sub.ready;
         assert.deepEqual(sub.position, { epoch: "e", offset: 7 });
         assert.deepEqual(events, [{ action: "update", data: updated }]);
+      } finally {
+        client.close();
+      }
+    },
+  );
+});
+
+test("a replayed 409 to a resent write is the caller's ConflictError, not asked again", async () => {
+  await withServer(
+    (c) => (c.n === 1 ? c.drop() : c.reply({ data: null, errors: ["Conflict."], response_status: 409, replayed: true })),
+    async (s) => {
+      const client = fakeClient(s, { schema: schemaWithKeys(true) });
+      try {
+        await assert.rejects(client.stream("questions").create({ question_text: "Why?" }), (e) => e instanceof ConflictError && e.status === 409);
+        assert.equal(s.of("create").length, 2);
       } finally {
         client.close();
       }
