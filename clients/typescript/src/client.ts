@@ -172,6 +172,8 @@ export class Client<S extends StreamMap<S>> {
   removeSubscription(sub: Resumable, unsubscribe: Record<string, unknown> | null): void {
     this.subs.delete(sub.id);
     this.pending.delete(sub.id);
+    // Settles a subscribe still waiting (its `ready`): no-op once subscribed.
+    sub.onFailed(new ConnectionLostError("subscription closed", sub.stream, null));
     if (unsubscribe && this.stateValue === "open") {
       this.write({ stream: sub.stream, payload: { ...unsubscribe, request_id: sub.id } });
     }
@@ -182,7 +184,10 @@ export class Client<S extends StreamMap<S>> {
     return `s${++this.seq}`;
   }
 
-  /** Closes the connection for good; requests waiting for a reply fail with ConnectionLostError. */
+  /**
+   * Closes the connection for good; requests waiting for a reply, and
+   * subscriptions not ready yet, fail with ConnectionLostError.
+   */
   close(): void {
     if (this.closed) return;
     this.closed = true;
@@ -190,8 +195,11 @@ export class Client<S extends StreamMap<S>> {
     this.timer = null;
     for (const t of this.later) clearTimeout(t);
     this.later.clear();
-    for (const p of this.pending.values()) p.reject(new ConnectionLostError("client closed", p.stream, p.action));
+    for (const p of [...this.pending.values()]) p.reject(new ConnectionLostError("client closed", p.stream, p.action));
     this.pending.clear();
+    // Subscriptions not sent yet (the client was connecting) settle too.
+    for (const sub of [...this.subs.values()]) sub.onFailed(new ConnectionLostError("client closed", sub.stream, null));
+    this.subs.clear();
     const ws = this.ws;
     this.ws = null;
     if (ws) {

@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { ConflictError, ConnectionLostError } from "../src/index.js";
 import { fakeClient, schemaWithKeys, withServer } from "./fake.js";
+import { until } from "./harness.js";
 
 const row = { id: 1, question_text: "Why?", pub_date: "2026-01-01T00:00:00Z" };
 
@@ -77,4 +78,28 @@ test("a replayed 409 to a resent write is the caller's ConflictError, not asked 
       }
     },
   );
+});
+
+test("close() and a subscription's close() settle every subscription not ready yet", { timeout: 10_000 }, async () => {
+  // The server never answers: the subscribes wait.
+  await withServer(
+    () => {},
+    async (s) => {
+      const client = fakeClient(s);
+      const live = client.stream("questions").live();
+      const instance = client.stream("questions").instance(1, () => {});
+      const plain = client.stream("questions").subscribe("create", () => {});
+      await until((fn) => { const t = setInterval(fn, 5); return () => clearInterval(t); }, () => s.seen.length === 3, 5000, () => `${s.seen.length} requests`);
+      instance.close();
+      await assert.rejects(instance.ready, ConnectionLostError);
+      client.close();
+      await assert.rejects(live.ready, ConnectionLostError);
+      await assert.rejects(plain.ready, ConnectionLostError);
+    },
+  );
+  // A client closed while it connects: nothing was sent.
+  const client = fakeClient({ url: "ws://127.0.0.1:1/ws" } as never);
+  const live = client.stream("questions").live();
+  client.close();
+  await assert.rejects(live.ready, ConnectionLostError);
 });

@@ -61,6 +61,11 @@ export class FakeServer {
     return this.seen.filter((f) => f.payload["action"] === action);
   }
 
+  /** Drops every connection. */
+  dropAll(): void {
+    for (const c of this.wss.clients) c.terminate();
+  }
+
   close(): Promise<void> {
     for (const c of this.wss.clients) c.terminate();
     return new Promise((resolve) => this.wss.close(() => resolve()));
