@@ -77,6 +77,8 @@ interface Pending {
 export interface Resumable {
   readonly id: string;
   readonly stream: string;
+  /** The position reached; undefined before the first subscribe's reply (or while a live collection loads). */
+  readonly position: Position | undefined;
   /** The subscribe request's payload (with `since` from the position reached). */
   subscribeRequest(): Record<string, unknown>;
   /** The reply to a (re)subscribe. */
@@ -165,7 +167,7 @@ export class Client<S extends StreamMap<S>> {
   /** Starts a subscription; it is resumed after every reconnect until removed. */
   addSubscription(sub: Resumable): void {
     this.subs.set(sub.id, sub);
-    if (this.stateValue === "open") this.subscribe(sub, false);
+    if (this.stateValue === "open") this.subscribe(sub);
   }
 
   /** Stops resuming a subscription, and unsubscribes with `action` if connected. */
@@ -242,7 +244,7 @@ export class Client<S extends StreamMap<S>> {
     this.stats.connects++;
     this.setState("open");
     // Subscriptions first, then the requests waiting, in the order they were made.
-    for (const sub of this.subs.values()) this.subscribe(sub, this.stats.connects > 1);
+    for (const sub of this.subs.values()) this.subscribe(sub);
     for (const p of this.pending.values()) if (!p.sent) this.sendPending(p);
   }
 
@@ -290,7 +292,12 @@ export class Client<S extends StreamMap<S>> {
     this.write({ stream: p.stream, payload: p.payload });
   }
 
-  private subscribe(sub: Resumable, resumed: boolean): void {
+  /**
+   * Sends a subscription's subscribe: a resume when it already has a
+   * position (a first subscribe made while reconnecting is not one).
+   */
+  private subscribe(sub: Resumable): void {
+    const resumed = sub.position !== undefined;
     const payload: Record<string, unknown> = { ...sub.subscribeRequest(), request_id: sub.id };
     const p: Pending = {
       id: sub.id, stream: sub.stream, action: String(payload["action"]), payload, sent: false, lost: false,

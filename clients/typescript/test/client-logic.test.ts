@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { ConflictError, ConnectionLostError } from "../src/index.js";
 import { fakeClient, schemaWithKeys, withServer } from "./fake.js";
-import { until } from "./harness.js";
+import { opened, until } from "./harness.js";
 
 const row = { id: 1, question_text: "Why?", pub_date: "2026-01-01T00:00:00Z" };
 
@@ -102,4 +102,29 @@ test("close() and a subscription's close() settle every subscription not ready y
   const live = client.stream("questions").live();
   client.close();
   await assert.rejects(live.ready, ConnectionLostError);
+});
+
+test("a first subscribe made while reconnecting is not a resume: no onResync", { timeout: 10_000 }, async () => {
+  await withServer(
+    (c) => c.reply({ data: { action: "create", position: { epoch: "e", offset: 3 }, recovered: false }, response_status: 200 }),
+    async (s) => {
+      const client = fakeClient(s);
+      const resumes: unknown[] = [];
+      client.on("resume", (r) => resumes.push(r));
+      try {
+        await opened(client);
+        s.dropAll();
+        await until((fn) => client.on("state", fn), () => client.state === "connecting", 5000, () => client.state);
+        let resyncs = 0;
+        const sub = client.stream("questions").subscribe("create", () => {}, { onResync: () => resyncs++ });
+        await sub.ready;
+        assert.equal(client.stats.connects, 2);
+        assert.equal(resyncs, 0);
+        assert.deepEqual(resumes, []);
+        assert.deepEqual(sub.position, { epoch: "e", offset: 3 });
+      } finally {
+        client.close();
+      }
+    },
+  );
 });
