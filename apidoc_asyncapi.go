@@ -52,12 +52,17 @@ func (a *API) asyncAPIDoc(info apispec.Info, streams []streamSchema, components 
 	for _, s := range streams {
 		for _, act := range s.Actions {
 			req, rep := add(requestMessage(s, act)), add(replyMessage(s, act))
+			replies := []apispec.Reference{rep, errRef}
+			switch act.Name {
+			case actionUpdate, actionPatch, actionDelete:
+				replies = append(replies, add(staleMessage(s)))
+			}
 			doc.Operations[s.Name+"."+act.Name] = &apispec.AsyncOp{
 				Action:   "receive",
 				Channel:  apispec.Reference{Ref: channelRef},
 				Summary:  fmt.Sprintf("%s on %s", act.Name, s.Name),
 				Messages: []apispec.Reference{req},
-				Reply:    &apispec.AsyncReply{Channel: apispec.Reference{Ref: channelRef}, Messages: []apispec.Reference{rep, errRef}},
+				Reply:    &apispec.AsyncReply{Channel: apispec.Reference{Ref: channelRef}, Messages: replies},
 			}
 		}
 		events := []apispec.Reference{add(groupEventMessage(s))}
@@ -101,6 +106,7 @@ func object(props map[string]*apispec.Schema, required ...string) *apispec.Schem
 }
 
 var (
+	etagValue = &apispec.Schema{Type: "string", Description: "The object's entity tag (PROTOCOL.md section 11): \"v<N>\" from the stream's version field, else a hash of the object's JSON."}
 	anyJSON   = &apispec.Schema{Description: "Any JSON value."}
 	nullValue = &apispec.Schema{Type: "null"}
 	noErrors  = &apispec.Schema{Type: "array", MaxItems: apispec.Int(0)}
@@ -156,6 +162,13 @@ func requestMessage(s streamSchema, act actionSchema) *apispec.Message {
 		props[keyExpand] = &apispec.Schema{
 			Type: "array", Items: &apispec.Schema{Type: "string", Enum: apispec.Enum(names...)},
 			Description: "Relations to include in the reply's objects (a comma-separated string is also accepted).",
+		}
+	}
+	switch act.Name {
+	case actionUpdate, actionPatch, actionDelete:
+		props[keyIfMatch] = &apispec.Schema{
+			Type:        "string",
+			Description: "Write only if the object's etag is one of these (comma-separated quoted entity tags), or with \"*\" if it exists; else 412 with the current object.",
 		}
 	}
 	switch act.Name {
@@ -248,8 +261,10 @@ func replyMessage(s streamSchema, act actionSchema) *apispec.Message {
 	switch act.Name {
 	case actionCreate:
 		props["data"], props["response_status"] = obj, status(http.StatusCreated)
+		props["etag"], required = etagValue, append(required, "etag")
 	case actionRetrieve, actionUpdate, actionPatch:
 		props["data"], props["response_status"] = obj, status(http.StatusOK)
+		props["etag"], required = etagValue, append(required, "etag")
 	case actionDelete:
 		props["data"], props["response_status"] = &apispec.Schema{Type: "object", MaxProperties: apispec.Int(0)}, status(http.StatusOK)
 	case actionList:
@@ -295,6 +310,24 @@ func replyMessage(s streamSchema, act actionSchema) *apispec.Message {
 	}
 }
 
+// staleMessage is the 412 of an update, patch or delete whose if_match
+// does not match (PROTOCOL.md section 11).
+func staleMessage(s streamSchema) *apispec.Message {
+	return &apispec.Message{
+		Name:        s.Name + ".precondition_failed",
+		Title:       "Precondition failed on " + s.Name,
+		Description: "The object changed since the etag of if_match: data is the current object, etag its entity tag.",
+		Payload: frame(apispec.Const(s.Name), object(map[string]*apispec.Schema{
+			"action":          {Type: "string", Enum: apispec.Enum(actionUpdate, actionPatch, actionDelete)},
+			"data":            apispec.Ref(s.Name),
+			"errors":          {Type: "array", Items: apispec.Const(msgPreconditionFailed), MinItems: apispec.Int(1), MaxItems: apispec.Int(1)},
+			"response_status": apispec.Const(http.StatusPreconditionFailed),
+			"request_id":      anyJSON,
+			"etag":            etagValue,
+		}, "action", "data", "errors", "response_status", "request_id", "etag")),
+	}
+}
+
 // groupEventMessage is the event of a subscribe (4.7) and of a live query
 // (9), which carries the live query's request_id.
 func groupEventMessage(s streamSchema) *apispec.Message {
@@ -308,6 +341,7 @@ func groupEventMessage(s streamSchema) *apispec.Message {
 			"pk":         {Type: s.PKType},
 			"data":       apispec.Ref(s.Name),
 			"model":      apispec.Const(s.Model),
+			"etag":       etagValue,
 			"offset":     offset,
 			"request_id": &apispec.Schema{Description: "The live query's request_id; absent for subscribe."},
 		}, "action", "pk", "data", "model")),
@@ -324,6 +358,7 @@ func instanceEventMessages(s streamSchema, add func(*apispec.Message) apispec.Re
 			"errors":          noErrors,
 			"response_status": apispec.Const(status),
 			"request_id":      &apispec.Schema{Description: "The request_id of the subscribe_instance."},
+			"etag":            etagValue,
 			"offset":          offset,
 		}, "action", "data", "errors", "response_status", "request_id"))
 	}

@@ -212,13 +212,13 @@ func restOperation(s streamSchema, act actionSchema) *apispec.Operation {
 		op.Summary = "Create a " + s.Name + " object"
 		op.RequestBody = body(s.Name+".write", "The fields of the object.")
 		op.Parameters = expandParameters(s)
-		extra := ok(http.StatusCreated, "The object created.", obj)
+		extra := withETag(ok(http.StatusCreated, "The object created.", obj))
 		extra["409"] = responseRef(responseConflict)
 		op.Responses = refusals(false, true, extra)
 	case actionRetrieve:
 		op.Summary = "Retrieve a " + s.Name + " object"
 		op.Parameters = expandParameters(s)
-		op.Responses = refusals(true, false, ok(http.StatusOK, "The object.", obj))
+		op.Responses = refusals(true, false, withETag(ok(http.StatusOK, "The object.", obj)))
 	case actionUpdate, actionPatch:
 		op.Summary = "Update a " + s.Name + " object"
 		component := s.Name + ".write"
@@ -226,15 +226,18 @@ func restOperation(s streamSchema, act actionSchema) *apispec.Operation {
 			op.Summary, component = "Change fields of a "+s.Name+" object", s.Name+".patch"
 		}
 		op.RequestBody = body(component, "The fields to write.")
-		op.Parameters = expandParameters(s)
-		extra := ok(http.StatusOK, "The object after the write.", obj)
+		op.Parameters = append(expandParameters(s), ifMatchParameter())
+		extra := withETag(ok(http.StatusOK, "The object after the write.", obj))
 		extra["409"] = responseRef(responseConflict)
+		extra["412"] = staleResponse(obj)
 		op.Responses = refusals(true, true, extra)
 	case actionDelete:
 		op.Summary = "Delete a " + s.Name + " object"
+		op.Parameters = []*apispec.Parameter{ifMatchParameter()}
 		extra := ok(http.StatusNoContent, "Deleted; no body.", nil)
 		extra["400"] = responseRef(responseError)
 		extra["409"] = responseRef(responseConflict)
+		extra["412"] = staleResponse(obj)
 		op.Responses = refusals(true, false, extra)
 	default: // a custom action
 		op.Summary = "The custom action " + act.Name
@@ -248,6 +251,40 @@ func restOperation(s streamSchema, act actionSchema) *apispec.Operation {
 		})
 	}
 	return op
+}
+
+// etagHeader is the ETag of an object (PROTOCOL.md section 11).
+func etagHeader() *apispec.Header {
+	return &apispec.Header{
+		Description: "The object's entity tag, strong: \"v<N>\" from the stream's version field, else a hash of the object's JSON. Send it as If-Match.",
+		Schema:      &apispec.Schema{Type: "string"},
+	}
+}
+
+// withETag adds the ETag header to the success response in r.
+func withETag(r map[string]*apispec.Response) map[string]*apispec.Response {
+	for _, resp := range r {
+		resp.Headers = map[string]*apispec.Header{"ETag": etagHeader()}
+	}
+	return r
+}
+
+// ifMatchParameter is the If-Match of update, patch and delete.
+func ifMatchParameter() *apispec.Parameter {
+	return &apispec.Parameter{
+		Name: "If-Match", In: "header", Schema: &apispec.Schema{Type: "string"},
+		Description: "Write only if the object's ETag is one of these (a comma-separated list of quoted entity tags), or, with \"*\", if it exists; " +
+			"else 412 with the current object. Weak tags never match. A malformed value is 400.",
+	}
+}
+
+// staleResponse is the 412 of a write whose If-Match does not match.
+func staleResponse(obj *apispec.Schema) *apispec.Response {
+	return &apispec.Response{
+		Description: "Precondition failed: the object changed since the ETag of If-Match. The body is the current object, the ETag header its entity tag.",
+		Headers:     map[string]*apispec.Header{"ETag": etagHeader()},
+		Content:     jsonContent(obj),
+	}
 }
 
 // readOnlyOperation describes a write route of a read-only stream.

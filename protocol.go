@@ -13,6 +13,7 @@ type inPayload struct {
 	Data      json.RawMessage
 	RequestID json.RawMessage
 	Expand    json.RawMessage // the relations to expand (relations.go)
+	IfMatch   json.RawMessage // "if_match" (etag.go)
 }
 
 // outFrame is every server frame.
@@ -29,6 +30,7 @@ type reply struct {
 	ResponseStatus int             `json:"response_status"`
 	RequestID      json.RawMessage `json:"request_id"`
 	Meta           *pageMeta       `json:"meta,omitempty"`
+	ETag           string          `json:"etag,omitempty"`   // of the object (PROTOCOL.md 11)
 	Offset         uint64          `json:"offset,omitempty"` // of an event (PROTOCOL.md 10)
 }
 
@@ -40,8 +42,12 @@ type groupEvent struct {
 	PK     json.RawMessage `json:"pk"`
 	Data   json.RawMessage `json:"data"`
 	Model  string          `json:"model"`
+	ETag   string          `json:"etag,omitempty"` // of the object, but in a delete (PROTOCOL.md 11)
 	Offset uint64          `json:"offset,omitempty"`
 }
+
+// The top-level payload keys of section 11.
+const keyIfMatch = "if_match"
 
 // decodeFrame parses a client frame: {"stream": ..., "payload": {...}}. ok
 // is false when the frame is not a JSON object or its payload is neither an
@@ -60,7 +66,8 @@ func decodeFrame(msg []byte) (stream json.RawMessage, p inPayload, ok bool) {
 	if !ok {
 		return f["stream"], p, false
 	}
-	p = inPayload{Action: keys["action"], PK: keys["pk"], Data: keys["data"], RequestID: keys["request_id"], Expand: keys[keyExpand]}
+	p = inPayload{Action: keys["action"], PK: keys["pk"], Data: keys["data"], RequestID: keys["request_id"], Expand: keys[keyExpand],
+		IfMatch: keys[keyIfMatch]}
 	return f["stream"], p, true
 }
 

@@ -178,6 +178,7 @@ func (a *API) restHandler(r resource, action, allow string) gin.HandlerFunc {
 		}
 		req := a.restRequest(c, r, action)
 		req.readExpand(req.Query[keyExpand], nil)
+		req.readIfMatch(c.Request.Header.Values("If-Match"))
 		if action == actionList {
 			req.Data = listData(req.Query)
 			req.params = restQuery(req.Query)
@@ -202,6 +203,9 @@ func (a *API) restHandler(r resource, action, allow string) gin.HandlerFunc {
 			req.Data = body
 		}
 		res, werr := a.run(c.Request.Context(), r, req, nil)
+		if etag := cmp.Or(res.etag, werrETag(werr)); etag != "" {
+			c.Header("ETag", etag)
+		}
 		switch {
 		case werr != nil:
 			a.writeJSON(c, werr.status, werr.restBody())
