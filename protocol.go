@@ -14,6 +14,7 @@ type inPayload struct {
 	RequestID json.RawMessage
 	Expand    json.RawMessage // the relations to expand (relations.go)
 	IfMatch   json.RawMessage // "if_match" (etag.go)
+	IdemKey   json.RawMessage // "idempotency_key" (idempotency.go)
 }
 
 // outFrame is every server frame.
@@ -30,8 +31,9 @@ type reply struct {
 	ResponseStatus int             `json:"response_status"`
 	RequestID      json.RawMessage `json:"request_id"`
 	Meta           *pageMeta       `json:"meta,omitempty"`
-	ETag           string          `json:"etag,omitempty"`   // of the object (PROTOCOL.md 11)
-	Offset         uint64          `json:"offset,omitempty"` // of an event (PROTOCOL.md 10)
+	ETag           string          `json:"etag,omitempty"`     // of the object (PROTOCOL.md 11)
+	Replayed       bool            `json:"replayed,omitempty"` // the stored reply of an idempotency key (11)
+	Offset         uint64          `json:"offset,omitempty"`   // of an event (PROTOCOL.md 10)
 }
 
 // groupEvent is the payload of a channels-api subscription event (4.7).
@@ -67,7 +69,7 @@ func decodeFrame(msg []byte) (stream json.RawMessage, p inPayload, ok bool) {
 		return f["stream"], p, false
 	}
 	p = inPayload{Action: keys["action"], PK: keys["pk"], Data: keys["data"], RequestID: keys["request_id"], Expand: keys[keyExpand],
-		IfMatch: keys[keyIfMatch]}
+		IfMatch: keys[keyIfMatch], IdemKey: keys[keyIdempotency]}
 	return f["stream"], p, true
 }
 

@@ -59,6 +59,12 @@ type Request struct {
 	// (etag.go).
 	ifMatch    *precondition
 	ifMatchErr error
+	// idem is the idempotency key of a write, nil without one; idemErr
+	// says why it could not be read (idempotency.go).
+	idem    *idemKey
+	idemErr error
+	// rels are the relations the reply expands (relations.go).
+	rels []*relation
 }
 
 // readIfMatch reads an If-Match header's values. Several lines are one

@@ -179,6 +179,7 @@ func (a *API) restHandler(r resource, action, allow string) gin.HandlerFunc {
 		req := a.restRequest(c, r, action)
 		req.readExpand(req.Query[keyExpand], nil)
 		req.readIfMatch(c.Request.Header.Values("If-Match"))
+		req.readIdempotencyKey(c.Request.Header.Values("Idempotency-Key"))
 		if action == actionList {
 			req.Data = listData(req.Query)
 			req.params = restQuery(req.Query)
@@ -205,6 +206,9 @@ func (a *API) restHandler(r resource, action, allow string) gin.HandlerFunc {
 		res, werr := a.run(c.Request.Context(), r, req, nil)
 		if etag := cmp.Or(res.etag, werrETag(werr)); etag != "" {
 			c.Header("ETag", etag)
+		}
+		if res.replayed && werr == nil {
+			c.Header("Idempotent-Replayed", "true")
 		}
 		switch {
 		case werr != nil:

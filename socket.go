@@ -309,6 +309,7 @@ func (a *API) dispatch(ctx context.Context, c *conn, msg []byte) []byte {
 		}
 		req.readExpand(nil, p.Expand)
 		req.readIfMatchKey(p.IfMatch)
+		req.readIdempotencyKeyKey(p.IdemKey)
 		if action == actionList || action == actionSubscribeList {
 			req.readQuery()
 		}
@@ -318,6 +319,7 @@ func (a *API) dispatch(ctx context.Context, c *conn, msg []byte) []byte {
 			rep.Data, rep.ETag = werr.current, werr.etag // a 412's current object
 		} else {
 			rep.Data, rep.Errors, rep.ResponseStatus, rep.Meta, rep.ETag = res.data, []any{}, res.status, res.page, res.etag
+			rep.Replayed = res.replayed
 		}
 	}
 	return a.encodeReply(streamOut, rep)

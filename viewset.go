@@ -160,7 +160,10 @@ type result struct {
 	data   any
 	page   *pageMeta // list only
 	etag   string    // the object's ETag (etag.go), for retrieve, create, update and patch
-	err    error
+	// replayed is set on the stored reply of an idempotency key
+	// (idempotency.go).
+	replayed bool
+	err      error
 }
 
 // resource is what the API keeps of a ViewSet[T], without the type parameter.
@@ -298,12 +301,16 @@ func (v *viewSet[T]) serve(ctx context.Context, req *Request, conn *conn) (res r
 	default:
 		req.ifMatch = nil // a precondition of the writes of an object only
 	}
+	if err := v.readKey(req); err != nil {
+		return result{err: err}
+	}
 	switch req.Action {
 	case actionCreate, actionRetrieve, actionUpdate, actionPatch, actionList:
 		rels, err := v.expansions(req)
 		if err != nil {
 			return result{err: err}
 		}
+		req.rels = rels
 		res = v.builtin(ctx, req, conn)
 		var stale *staleError
 		switch {
@@ -513,56 +520,51 @@ func (v *viewSet[T]) create(ctx context.Context, req *Request) result {
 	if err := v.m.validate(v.api.valid, obj); err != nil {
 		return result{err: err}
 	}
-	var etag string
-	err = v.api.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	res, err := v.transaction(ctx, req, func(tx *gorm.DB) (result, error) {
 		if err := v.check(ctx, tx, req, obj, columns); err != nil {
-			return err
+			return result{}, err
 		}
 		if err := hook(ctx, tx, req, obj, v.Hooks.BeforeCreate); err != nil {
-			return err
+			return result{}, err
 		}
 		if err := tx.Create(obj).Error; err != nil {
-			return err
+			return result{}, err
 		}
 		if err := hook(ctx, tx, req, obj, v.Hooks.AfterCreate); err != nil {
-			return err
+			return result{}, err
 		}
-		etag, err = v.stateTag(tx, obj)
-		return err
+		etag, err := v.stateTag(tx, obj)
+		return result{status: http.StatusCreated, data: obj, etag: etag}, err
 	})
 	if err != nil {
 		return result{err: v.dbError("create", err)}
 	}
-	return result{status: http.StatusCreated, data: obj, etag: etag}
+	return res
 }
 
 // update applies req.Data to the object: all writable fields that are
 // required must be present for a full update, only the given ones are
 // written for a patch. The merged object is validated as a whole.
 func (v *viewSet[T]) update(ctx context.Context, req *Request, w write) result {
-	var (
-		obj  *T
-		etag string
-	)
-	err := v.api.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		var err error
-		if obj, err = v.forWrite(ctx, tx, req); err != nil {
-			return err
+	res, err := v.transaction(ctx, req, func(tx *gorm.DB) (result, error) {
+		obj, err := v.forWrite(ctx, tx, req)
+		if err != nil {
+			return result{}, err
 		}
 		columns, err := v.m.assign(ctx, reflect.ValueOf(obj).Elem(), req.Data, w)
 		if err != nil {
-			return err
+			return result{}, err
 		}
 		if err := v.m.validate(v.api.valid, obj); err != nil {
-			return err
+			return result{}, err
 		}
 		if err := v.check(ctx, tx, req, obj, columns); err != nil {
-			return err
+			return result{}, err
 		}
 		if v.Hooks.BeforeUpdate != nil {
 			before := *obj
 			if err := v.Hooks.BeforeUpdate(ctx, tx, req, obj); err != nil {
-				return err
+				return result{}, err
 			}
 			columns = append(columns, v.m.changed(ctx, reflect.ValueOf(&before).Elem(), reflect.ValueOf(obj).Elem())...)
 		}
@@ -570,47 +572,47 @@ func (v *viewSet[T]) update(ctx context.Context, req *Request, w write) result {
 			q, conditional := v.conditional(tx, req, obj)
 			done := q.Model(obj).Select(columns).Updates(obj)
 			if err := done.Error; err != nil {
-				return err
+				return result{}, err
 			}
 			if conditional && done.RowsAffected == 0 {
-				return errStale
+				return result{}, errStale
 			}
 		}
 		if err := hook(ctx, tx, req, obj, v.Hooks.AfterUpdate); err != nil {
-			return err
+			return result{}, err
 		}
-		etag, err = v.stateTag(tx, obj)
-		return err
+		etag, err := v.stateTag(tx, obj)
+		return result{status: http.StatusOK, data: obj, etag: etag}, err
 	})
 	if err != nil {
 		return result{err: v.dbError("update", v.stale(ctx, req, err))}
 	}
-	return result{status: http.StatusOK, data: obj, etag: etag}
+	return res
 }
 
 func (v *viewSet[T]) delete(ctx context.Context, req *Request) result {
-	err := v.api.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	res, err := v.transaction(ctx, req, func(tx *gorm.DB) (result, error) {
 		obj, err := v.forWrite(ctx, tx, req)
 		if err != nil {
-			return err
+			return result{}, err
 		}
 		if err := hook(ctx, tx, req, obj, v.Hooks.BeforeDelete); err != nil {
-			return err
+			return result{}, err
 		}
 		q, conditional := v.conditional(tx, req, obj)
 		done := q.Delete(obj)
 		if err := done.Error; err != nil {
-			return err
+			return result{}, err
 		}
 		if conditional && done.RowsAffected == 0 {
-			return errStale
+			return result{}, errStale
 		}
-		return hook(ctx, tx, req, obj, v.Hooks.AfterDelete)
+		return result{status: http.StatusOK, data: struct{}{}}, hook(ctx, tx, req, obj, v.Hooks.AfterDelete)
 	})
 	if err != nil {
 		return result{err: v.dbError("delete", v.stale(ctx, req, err))}
 	}
-	return result{status: http.StatusOK, data: struct{}{}}
+	return res
 }
 
 // check runs the checks of a write after the binding rules: the foreign
