@@ -108,9 +108,11 @@ func object(props map[string]*apispec.Schema, required ...string) *apispec.Schem
 var (
 	etagValue = &apispec.Schema{Type: "string", Description: "The object's entity tag (PROTOCOL.md section 11): \"v<N>\" from the stream's version field, else a hash of the object's JSON."}
 	anyJSON   = &apispec.Schema{Description: "Any JSON value."}
-	nullValue = &apispec.Schema{Type: "null"}
-	noErrors  = &apispec.Schema{Type: "array", MaxItems: apispec.Int(0)}
-	offset    = &apispec.Schema{Type: "integer", Minimum: apispec.Float(1), Description: "The event's place in the stream (PROTOCOL.md section 10)."}
+	// replayedValue marks the stored reply of a repeated idempotency_key.
+	replayedValue = &apispec.Schema{Const: json.RawMessage("true"), Description: "The stored reply of a repeated idempotency_key (PROTOCOL.md section 11)."}
+	nullValue     = &apispec.Schema{Type: "null"}
+	noErrors      = &apispec.Schema{Type: "array", MaxItems: apispec.Int(0)}
+	offset        = &apispec.Schema{Type: "integer", Minimum: apispec.Float(1), Description: "The event's place in the stream (PROTOCOL.md section 10)."}
 )
 
 // errorMessage is every error reply (PROTOCOL.md sections 3 and 6).
@@ -123,7 +125,8 @@ func errorMessage() *apispec.Message {
 			"400 [\"Invalid frame.\"] (stream null: not JSON, not an object, or binary);",
 			"404 [\"Invalid stream.\"]; 400 [\"Invalid Action\"] (action null when missing);",
 			"401/403 [\"Permission Denied\"]; 404 [\"Not found.\"] or [\"Invalid page.\"];",
-			"400 [{\"field\": [\"message\"]}] for validation; 409 on a conflict; 429 [\"Too many requests.\"] over the rate limit",
+			"400 [{\"field\": [\"message\"]}] for validation; 409 on a conflict or an idempotency_key still running;",
+			"422 [\"Idempotency key reused with a different request.\"]; 429 [\"Too many requests.\"] over the rate limit",
 			"or [\"Too many subscriptions.\"]; 500 [\"A server error occurred.\"]; 503 [\"Server busy, try again.\"].",
 			"Hooks, permissions and custom actions may answer other statuses the same way.",
 		}, " "),
@@ -162,6 +165,14 @@ func requestMessage(s streamSchema, act actionSchema) *apispec.Message {
 		props[keyExpand] = &apispec.Schema{
 			Type: "array", Items: &apispec.Schema{Type: "string", Enum: apispec.Enum(names...)},
 			Description: "Relations to include in the reply's objects (a comma-separated string is also accepted).",
+		}
+	}
+	switch act.Name {
+	case actionCreate, actionUpdate, actionPatch, actionDelete:
+		props[keyIdempotency] = &apispec.Schema{
+			Type: "string", MinLength: apispec.Int(1), MaxLength: apispec.Int(maxKeyLength),
+			Description: "With WithIdempotency: a repeat with the same key (same user, same request) returns the stored reply, marked \"replayed\": true, " +
+				"without running again; the same key for another request is 422, one still running 409. Without it, 400.",
 		}
 	}
 	switch act.Name {
@@ -262,11 +273,16 @@ func replyMessage(s streamSchema, act actionSchema) *apispec.Message {
 	case actionCreate:
 		props["data"], props["response_status"] = obj, status(http.StatusCreated)
 		props["etag"], required = etagValue, append(required, "etag")
+		props["replayed"] = replayedValue
 	case actionRetrieve, actionUpdate, actionPatch:
 		props["data"], props["response_status"] = obj, status(http.StatusOK)
 		props["etag"], required = etagValue, append(required, "etag")
+		if act.Name != actionRetrieve {
+			props["replayed"] = replayedValue
+		}
 	case actionDelete:
 		props["data"], props["response_status"] = &apispec.Schema{Type: "object", MaxProperties: apispec.Int(0)}, status(http.StatusOK)
+		props["replayed"] = replayedValue
 	case actionList:
 		props["data"], props["response_status"] = &apispec.Schema{Type: "array", Items: obj}, status(http.StatusOK)
 		props["meta"] = object(map[string]*apispec.Schema{
