@@ -372,9 +372,9 @@ func bumpVersion(db *gorm.DB, b *before) {
 	if v == nil || db.Error != nil || db.Statement.SQL.Len() > 0 {
 		return
 	}
-	set, own := db.Statement.Clauses["SET"]
+	set, existed := db.Statement.Clauses["SET"]
 	var assignments clause.Set
-	if own {
+	if existed {
 		assignments, _ = set.Expression.(clause.Set)
 	} else if assignments = callbacks.ConvertToAssignments(db.Statement); len(assignments) == 0 {
 		return // nothing to update: GORM runs no statement
@@ -388,7 +388,7 @@ func bumpVersion(db *gorm.DB, b *before) {
 	}
 	out = append(out, clause.Assignment{Column: col, Value: clause.Expr{SQL: "? + 1", Vars: []any{col}}})
 	db.Statement.AddClause(out)
-	b.ownSet = !own
+	b.ownSet = !existed
 }
 
 // versionBack gives the struct an update was made with the version the

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -85,15 +86,13 @@ type idempotency struct {
 	db       *gorm.DB
 	cfg      IdempotencyConfig
 	postgres bool
-	log      interface {
-		Error(msg string, args ...any)
-	}
-	stop chan struct{}
-	done sync.WaitGroup
-	once sync.Once
+	log      *slog.Logger
+	stop     chan struct{}
+	done     sync.WaitGroup
+	once     sync.Once
 }
 
-func newIdempotency(db *gorm.DB, cfg IdempotencyConfig, log interface{ Error(string, ...any) }) (*idempotency, error) {
+func newIdempotency(db *gorm.DB, cfg IdempotencyConfig, log *slog.Logger) (*idempotency, error) {
 	if cfg.Retention < 0 || cfg.Wait < 0 || cfg.CleanupInterval < 0 {
 		return nil, errors.New("channelsapi: idempotency retention, wait and cleanup interval must not be negative")
 	}
@@ -301,7 +300,8 @@ VALUES (?, ?, ?, 0, NULL, '', ?) ON CONFLICT (user_key, idem_key) DO NOTHING`, k
 	return &replayError{kept: keptReply{fp: kept.Fingerprint, status: kept.Status, body: kept.Body, etag: kept.Etag}}
 }
 
-// keep stores res as the reply of req's key, in tx before COMMIT.
+// keep stores a reply (status, body, ETag) as the reply of k, in tx, the
+// write's transaction, before COMMIT.
 func (s *idempotency) keep(tx *gorm.DB, k *idemKey, status int, body []byte, etag string) error {
 	return tx.Exec(`UPDATE channelsapi_idempotency SET status = ?, body = ?, etag = ? WHERE user_key = ? AND idem_key = ?`,
 		status, body, etag, k.user, k.key).Error
