@@ -74,7 +74,7 @@ func docsServer(t *testing.T) *testServer {
 		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[docOwner]{Stream: "owners", ReadOnly: true}))
 		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[docTicket]{Stream: "tickets"}))
 	}, channelsapi.WithAPIDocs(channelsapi.APIDocs{OpenAPIPath: "/docs/openapi.json", AsyncAPIPath: "/docs/asyncapi.json", Title: "Docs"}),
-		channelsapi.WithDebugPage(""))
+		channelsapi.WithDebugPage(""), channelsapi.WithDebugPageInReleaseMode())
 }
 
 // TestAPIDocsServed: both documents are served as JSON at the paths given,

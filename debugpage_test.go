@@ -37,7 +37,7 @@ import (
 const (
 	chromiumPath = "/usr/bin/chromium"
 	// browserTestTimeout bounds a browser test, browser start included.
-	browserTestTimeout = 30 * time.Second
+	browserTestTimeout = 60 * time.Second
 )
 
 func TestDebugPageNotMountedWithoutOption(t *testing.T) {
@@ -62,7 +62,7 @@ func TestDebugPageNotMountedWithoutOption(t *testing.T) {
 
 func TestDebugPageRoutes(t *testing.T) {
 	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) },
-		channelsapi.WithDebugPage("/debug/"))
+		channelsapi.WithDebugPage("/debug/"), channelsapi.WithDebugPageInReleaseMode())
 
 	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	resp, err := client.Get(srv.URL + "/debug")
@@ -134,7 +134,7 @@ func TestDebugPageSchema(t *testing.T) {
 			Stream: "widgets_scoped", ReadOnly: true,
 			ScopeFilter: func(context.Context, *channelsapi.Request) (channelsapi.Filter, error) { return nil, nil },
 		}))
-	}, channelsapi.WithDebugPage(""), channelsapi.WithPath("/socket"), channelsapi.WithRESTPrefix("/api"))
+	}, channelsapi.WithDebugPage(""), channelsapi.WithDebugPageInReleaseMode(), channelsapi.WithPath("/socket"), channelsapi.WithRESTPrefix("/api"))
 
 	status, body := getBody(t, srv.URL+"/channels-api/schema.json")
 	require.Equal(t, http.StatusOK, status)
@@ -272,7 +272,7 @@ func TestDebugPageBadConfig(t *testing.T) {
 				router.GET(tt.route, func(*gin.Context) {})
 			}
 			db := openDB(t, &TestModel{})
-			api, err := channelsapi.Register(router, db, channelsapi.WithDebugPage(tt.path))
+			api, err := channelsapi.Register(router, db, channelsapi.WithDebugPage(tt.path), channelsapi.WithDebugPageInReleaseMode())
 			require.Error(t, err)
 			assert.Nil(t, api)
 			assert.Contains(t, err.Error(), "debug")
@@ -281,7 +281,7 @@ func TestDebugPageBadConfig(t *testing.T) {
 }
 
 func TestDebugPageCreate(t *testing.T) {
-	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""))
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""), channelsapi.WithDebugPageInReleaseMode())
 	p := openDebugPage(t, srv, "/channels-api/")
 
 	p.choose("#stream", "testmodel")
@@ -320,7 +320,7 @@ func TestDebugPageCreate(t *testing.T) {
 }
 
 func TestDebugPageSubscribe(t *testing.T) {
-	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""))
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""), channelsapi.WithDebugPageInReleaseMode())
 	seed(t, srv.DB, "first")
 	p := openDebugPage(t, srv, "/channels-api")
 
@@ -356,7 +356,7 @@ func TestDebugPageSubscribe(t *testing.T) {
 }
 
 func TestDebugPageValidationErrors(t *testing.T) {
-	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""))
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""), channelsapi.WithDebugPageInReleaseMode())
 	p := openDebugPage(t, srv, "/channels-api/")
 
 	p.choose("#action", "create")
@@ -377,7 +377,7 @@ func TestDebugPageValidationErrors(t *testing.T) {
 }
 
 func TestDebugPageListAndDelete(t *testing.T) {
-	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""))
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""), channelsapi.WithDebugPageInReleaseMode())
 	seed(t, srv.DB, "a", "b", "c")
 	p := openDebugPage(t, srv, "/channels-api/")
 
@@ -431,7 +431,7 @@ type debugTask struct {
 // tasks.
 func newTasksServer(t *testing.T, tasks ...debugTask) *testServer {
 	t.Helper()
-	srv := newServer(t, func(api *channelsapi.API, db *gorm.DB) { addTasks(t, api, db) }, channelsapi.WithDebugPage(""))
+	srv := newServer(t, func(api *channelsapi.API, db *gorm.DB) { addTasks(t, api, db) }, channelsapi.WithDebugPage(""), channelsapi.WithDebugPageInReleaseMode())
 	if len(tasks) > 0 {
 		require.NoError(t, srv.DB.Create(&tasks).Error)
 	}
@@ -608,7 +608,7 @@ func TestDebugPageLiveQuery(t *testing.T) {
 }
 
 func TestDebugPageRawFrameAndConsole(t *testing.T) {
-	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""))
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""), channelsapi.WithDebugPageInReleaseMode())
 	seed(t, srv.DB, "one")
 	p := openDebugPage(t, srv, "/channels-api/")
 
@@ -650,7 +650,7 @@ func TestDebugPageRawFrameAndConsole(t *testing.T) {
 }
 
 func TestDebugPageReconnect(t *testing.T) {
-	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""))
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""), channelsapi.WithDebugPageInReleaseMode())
 	p := openDebugPage(t, srv, "/channels-api/")
 
 	p.choose("#action", "subscribe")
@@ -684,7 +684,7 @@ func TestDebugPageReconnect(t *testing.T) {
 }
 
 func TestDebugPageShowsOffsets(t *testing.T) {
-	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""))
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithDebugPage(""), channelsapi.WithDebugPageInReleaseMode())
 	seed(t, srv.DB, "first") // offset 1
 	p := openDebugPage(t, srv, "/channels-api/")
 
@@ -913,7 +913,7 @@ func newGatedServer(t *testing.T, setup func(api *channelsapi.API, db *gorm.DB),
 	g := &socketGate{waiting: make(chan struct{}, 1)}
 	router := gin.New()
 	router.Use(g.handle)
-	srv := serveAPI(t, router, openDB(t, &TestModel{}), setup, append(opts, channelsapi.WithDebugPage(""))...)
+	srv := serveAPI(t, router, openDB(t, &TestModel{}), setup, append(opts, channelsapi.WithDebugPage(""), channelsapi.WithDebugPageInReleaseMode())...)
 	t.Cleanup(g.open) // before the server closes: no request stays held
 	return srv, g
 }
@@ -1053,13 +1053,20 @@ type debugPage struct {
 // except on CI (CI=true), where it fails.
 func openDebugPage(t *testing.T, srv *testServer, path string) *debugPage {
 	t.Helper()
+	return openDebugPageAt(t, srv.URL, path)
+}
+
+// openDebugPageAt is openDebugPage for the server at origin
+// (http://127.0.0.1:port).
+func openDebugPageAt(t *testing.T, origin, path string) *debugPage {
+	t.Helper()
 	if _, err := os.Stat(chromiumPath); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("browser test: %s is missing and CI=true, so it may not be skipped: %v", chromiumPath, err)
 		}
 		t.Skipf("browser test skipped: %s not found (install it with apt-get install -y chromium)", chromiumPath)
 	}
-	p := &debugPage{t: t, origin: srv.URL}
+	p := &debugPage{t: t, origin: origin}
 	dataDir := t.TempDir()
 
 	// The deadline bounds everything the browser does, its start included.
@@ -1094,7 +1101,7 @@ func openDebugPage(t *testing.T, srv *testServer, path string) *debugPage {
 	t.Cleanup(p.checkRequests)
 
 	p.do(chromedp.EmulateViewport(1440, 900),
-		chromedp.Navigate(srv.URL+path),
+		chromedp.Navigate(origin+path),
 		chromedp.WaitVisible(chromedp.CSS(`body[data-ready="true"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#conn[data-state="open"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#log .entry[data-kind="system"]`)))

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -51,6 +52,16 @@ func TestExampleApp(t *testing.T) {
 	status, body = app.doREST(t, http.MethodGet, "/notes", "", "Authorization", "Bearer bob-token")
 	assert.Equal(t, http.StatusOK, status)
 	assert.EqualValues(t, 0, body.(map[string]any)["count"], "bob sees none of alice's notes")
+
+	// A token that is not valid is refused, as DRF's TokenAuthentication
+	// does: over REST and for the socket (its subprotocol offer).
+	status, body = app.doREST(t, http.MethodGet, "/notes", "", "Authorization", "Bearer not-a-token")
+	assert.Equal(t, http.StatusUnauthorized, status)
+	assert.Equal(t, map[string]any{"detail": "Invalid token."}, body)
+	conn, status, raw := dialStatus(t, app.testServer, &websocket.Dialer{Subprotocols: []string{"bearer", "not-a-token"}}, nil)
+	assert.Nil(t, conn)
+	assert.Equal(t, http.StatusUnauthorized, status)
+	assert.JSONEq(t, `{"detail": "Invalid token."}`, string(raw))
 
 	// A form on another site, posted by alice's browser with her cookie.
 	origin := strings.TrimSuffix(app.URL, "/api")

@@ -1239,12 +1239,19 @@ func buildExample(t *testing.T) string {
 // at cleanup, and its output is logged when the test failed.
 func startInstance(t *testing.T, bin string, args ...string) *instance {
 	t.Helper()
+	return startInstanceEnv(t, bin, []string{"GIN_MODE=release"}, args...)
+}
+
+// startInstanceEnv is startInstance with env added to the instance's
+// environment.
+func startInstanceEnv(t *testing.T, bin string, env []string, args ...string) *instance {
+	t.Helper()
 	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
 	logPath := filepath.Join(t.TempDir(), "instance.log")
 	out, err := os.Create(logPath)
 	require.NoError(t, err)
 	cmd := exec.Command(bin, append([]string{"-addr", addr}, args...)...)
-	cmd.Env = append(os.Environ(), "GIN_MODE=release")
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = out, out
 	require.NoError(t, cmd.Start())
 	in := &instance{

@@ -60,6 +60,7 @@ type config struct {
 	permission     Permission
 	connect        func(c *gin.Context, user any) error
 	subprotocols   []string
+	debugAnyMode   bool
 	rate           rate.Limit
 	burst          int
 	subscriptions  int
@@ -157,10 +158,13 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l }
 func WithUser(resolve func(*gin.Context) any) Option { return func(c *config) { c.user = resolve } }
 
 // WithDebugPage mounts the debugger page, a browser console for the socket
-// generated from the added ViewSets, and its schema at path (empty means
-// "/channels-api") on the router given to Register. The page is for
-// development only: without this option it is not mounted, whatever Gin's
-// mode.
+// and the REST routes generated from the added ViewSets, and its schema at
+// path (empty means "/channels-api") on the router given to Register. The
+// page is for development only: it is mounted only while Gin runs in debug
+// mode (gin.IsDebugging() at Register, Gin's default unless GIN_MODE or
+// gin.SetMode says otherwise). In release or test mode it stays off and
+// Register logs so, unless WithDebugPageInReleaseMode is given too. Without
+// this option the page is never mounted.
 func WithDebugPage(path string) Option {
 	return func(c *config) {
 		if path == "" {
@@ -169,6 +173,12 @@ func WithDebugPage(path string) Option {
 		c.debugPath = path
 	}
 }
+
+// WithDebugPageInReleaseMode mounts the page of WithDebugPage whatever Gin's
+// mode, in release mode too. Anyone who can reach the page can drive the API
+// with the credentials they type into it, and reads the schema of every
+// stream: give it only to servers that are not exposed.
+func WithDebugPageInReleaseMode() Option { return func(c *config) { c.debugAnyMode = true } }
 
 // WithDefaultPermission sets the Permission of every ViewSet that sets
 // none. The default is AllowAny.
@@ -351,15 +361,21 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 	if err := mount(func() { a.mountSocket(router) }); err != nil {
 		return nil, fmt.Errorf("channelsapi: mount WebSocket endpoint %s: %w", cfg.path, err)
 	}
-	if cfg.debugPath != "" {
+	switch {
+	case cfg.debugPath == "":
+	case gin.IsDebugging() || cfg.debugAnyMode:
 		err := debugpage.Mount(router, debugpage.Config{
 			Path:          cfg.debugPath,
 			WebSocketPath: basePath(router) + cfg.path,
+			Subprotocols:  cfg.subprotocols,
 			Schema:        a.schema,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("channelsapi: mount debug page: %w", err)
 		}
+	default:
+		a.log.Warn("channelsapi: the debugger page stays off: Gin is in "+gin.Mode()+" mode, and the page is for development (debug mode) only; add WithDebugPageInReleaseMode to mount it anyway",
+			"path", cfg.debugPath)
 	}
 	if err := a.mountDocs(router); err != nil {
 		return nil, fmt.Errorf("channelsapi: mount description documents: %w", err)

@@ -1,8 +1,19 @@
 // Package debugpage serves the channelsapi debugger page: one HTML page,
 // generated in the browser from a schema of the streams, that connects to the
 // WebSocket endpoint, lets a developer run every action of every stream from
-// forms (or from raw JSON), and logs every frame in both directions. The socket
-// is window.ws, as in channels-api, for use from the browser console.
+// forms (or from raw JSON) over the socket or as REST requests, and logs every
+// frame and request in both directions. The socket of the first connection is
+// window.ws, as in channels-api, for use from the browser console.
+//
+// The page holds one connection, or two side by side ("as another user"),
+// each with its own credential, subscriptions and log. A credential is a
+// bearer token, offered to the socket as the subprotocols "bearer, <token>"
+// when the server selects "bearer" and sent to REST routes as Authorization,
+// or a cookie the page sets; the tab's session storage keeps them. When a
+// socket cannot open, the page requests the endpoint over plain HTTP with the
+// same credential and shows a 401 or 403 it answers, and does not retry until
+// the credential changes. Each connection keeps the last version of every
+// object it has seen, and shows an update with its difference from it.
 //
 // The log shows the offset of every event and the position of every reply
 // that carries one (channelsapi's PROTOCOL.md section 10). After a
@@ -11,9 +22,10 @@
 // missed events the server could not replay ("state lost: reload").
 //
 // The page, its script and its style sheet are embedded in the binary and load
-// nothing from other origins, so the page works offline. It is a development
-// tool: mount it only when asked (channelsapi.WithDebugPage does), never in
-// production.
+// nothing from other origins, so the page works offline; its requests go to
+// the page's own server only. It is a development tool: mount it only when
+// asked (channelsapi.WithDebugPage does, and only in Gin's debug mode),
+// never in production.
 //
 // Routes under Config.Path, relative to the router:
 //
@@ -22,7 +34,7 @@
 //	GET <Path>/app.js       its script
 //	GET <Path>/app.css      its style sheet
 //	GET <Path>/favicon.svg  its icon
-//	GET <Path>/schema.json  {"websocket_path": ..., "streams": Config.Schema()}
+//	GET <Path>/schema.json  {"websocket_path": ..., "subprotocols": [...], "streams": Config.Schema()}
 //
 // # Schema
 //
@@ -86,6 +98,10 @@ type Config struct {
 	// WebSocketPath is the absolute path of the WebSocket endpoint, for
 	// example "/ws". The page connects to it on the page's own host.
 	WebSocketPath string
+	// Subprotocols are the WebSocket subprotocols the server selects (may be
+	// empty). The page offers a credential as the subprotocols
+	// "bearer, <token>" only when "bearer" is one of them.
+	Subprotocols []string
 	// Schema returns the streams the page offers: a value whose JSON is an
 	// array of stream descriptions (see Schema in the package doc). It is
 	// called for each request of schema.json, concurrently, so it must be
@@ -196,15 +212,17 @@ func serveAsset(body []byte, contentType string) gin.HandlerFunc {
 
 // document is the JSON of schema.json.
 type document struct {
-	WebSocketPath string `json:"websocket_path"`
-	Streams       any    `json:"streams"`
+	WebSocketPath string   `json:"websocket_path"`
+	Subprotocols  []string `json:"subprotocols"`
+	Streams       any      `json:"streams"`
 }
 
 func serveSchema(cfg Config) gin.HandlerFunc {
+	subprotocols := append([]string{}, cfg.Subprotocols...)
 	return func(c *gin.Context) {
 		securityHeaders(c)
 		c.Header("Cache-Control", "no-store")
-		body, err := json.Marshal(document{WebSocketPath: cfg.WebSocketPath, Streams: cfg.Schema()})
+		body, err := json.Marshal(document{WebSocketPath: cfg.WebSocketPath, Subprotocols: subprotocols, Streams: cfg.Schema()})
 		if err != nil {
 			_ = c.Error(err)
 			c.AbortWithStatusJSON(http.StatusInternalServerError, gin.H{"detail": "A server error occurred."})

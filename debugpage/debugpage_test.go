@@ -70,7 +70,7 @@ func TestMountReportsRouteConflict(t *testing.T) {
 func TestMountServesPage(t *testing.T) {
 	router := gin.New()
 	group := router.Group("/v1")
-	require.NoError(t, debugpage.Mount(group, debugpage.Config{Path: "/tools/debug/", WebSocketPath: "/v1/ws", Schema: schema}))
+	require.NoError(t, debugpage.Mount(group, debugpage.Config{Path: "/tools/debug/", WebSocketPath: "/v1/ws", Subprotocols: []string{"bearer"}, Schema: schema}))
 	srv := httptest.NewServer(router)
 	defer srv.Close()
 
@@ -84,7 +84,7 @@ func TestMountServesPage(t *testing.T) {
 		{name: "redirect", path: "/v1/tools/debug", status: 301, location: "debug/"},
 		{name: "redirect keeps the query", path: "/v1/tools/debug?x=1", status: 301, location: "debug/?x=1"},
 		{name: "schema", path: "/v1/tools/debug/schema.json", status: 200,
-			body:            `{"websocket_path":"/v1/ws","streams":[{"name":"things"}]}`,
+			body:            `{"websocket_path":"/v1/ws","subprotocols":["bearer"],"streams":[{"name":"things"}]}`,
 			contentTypeWant: "application/json; charset=utf-8"},
 		{name: "no listing", path: "/v1/tools/debug/static/app.js", status: 404},
 	}

@@ -32,11 +32,22 @@ var demoUsers = map[string]*User{
 // token comes from "Authorization: Bearer <token>" (REST and non-browser
 // clients), the "token" cookie, or, for browsers opening a WebSocket, the
 // subprotocol offer "bearer, <token>". Tokens in URLs are not accepted: they
-// end up in logs.
+// end up in logs. A request without a token is anonymous; one with a token
+// that is not valid is refused with 401, as DRF's TokenAuthentication does,
+// the WebSocket upgrade included.
 func authenticate(c *gin.Context) {
-	if u := userForToken(token(c.Request)); u != nil {
-		c.Set("user", u)
+	t := token(c.Request)
+	if t == "" {
+		c.Next()
+		return
 	}
+	u := userForToken(t)
+	if u == nil {
+		c.Header("WWW-Authenticate", "Bearer")
+		c.AbortWithStatusJSON(http.StatusUnauthorized, gin.H{"detail": "Invalid token."})
+		return
+	}
+	c.Set("user", u)
 	c.Next()
 }
 

@@ -164,8 +164,11 @@ func run(addr, dsn, redisURL string, debug, outbox bool) error {
 	}
 	fmt.Printf("  API docs:  http://localhost%s/api/openapi.json (REST), http://localhost%s/api/asyncapi.json (WebSocket)\n", port(addr), port(addr))
 	fmt.Printf("  Private notes need a token: Authorization: Bearer alice-token (or bob-token, admin-token)\n")
-	if debug {
+	switch {
+	case debug && gin.IsDebugging():
 		fmt.Printf("  Debugger:  http://localhost%s/channels-api/ (development only)\n", port(addr))
+	case debug:
+		fmt.Printf("  Debugger:  off, Gin is in %s mode (GIN_MODE=debug turns it on)\n", gin.Mode())
 	}
 
 	select {

@@ -1,17 +1,22 @@
-// channelsapi debugger: builds request forms from schema.json, talks to the
-// WebSocket endpoint (window.ws) and logs every frame in both directions.
+// channelsapi debugger: builds request forms from schema.json, sends them
+// over the WebSocket endpoint or as REST requests, and logs every frame and
+// request in both directions. One connection (A, window.ws) or two side by
+// side, each with its own credential, subscriptions and log.
 // Plain browser JavaScript, no dependencies, no build step.
 (function () {
   'use strict';
 
-  const MAX_ENTRIES = 2000;
+  const MAX_ENTRIES = 2000; // per connection
   const PREVIEW_CHARS = 160;
   const WRITE_ACTIONS = new Set(['create', 'update', 'patch']);
   const SUB_ACTIONS = new Set(['subscribe', 'unsubscribe']);
   const QUERY_ACTIONS = new Set(['list', 'subscribe_list']); // take the filter grammar
+  const CONDITIONAL_ACTIONS = new Set(['update', 'patch', 'delete']); // take if_match
   const STATUS_TEXT = {
     200: 'OK', 201: 'Created', 204: 'No Content', 400: 'Bad Request', 401: 'Unauthorized',
-    403: 'Forbidden', 404: 'Not Found', 413: 'Too Large', 500: 'Server Error', 503: 'Unavailable',
+    403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 409: 'Conflict', 412: 'Precondition Failed',
+    413: 'Too Large', 415: 'Unsupported Media Type', 422: 'Unprocessable', 429: 'Too Many Requests',
+    500: 'Server Error', 503: 'Unavailable',
   };
   const CLOSE_TEXT = {
     1000: 'normal closure', 1001: 'going away: the server is shutting down',
@@ -19,6 +24,9 @@
     1008: 'policy violation: authorization withdrawn', 1009: 'frame too big',
     1011: 'internal server error', 1013: 'client too slow: load the state again (resync)',
   };
+  // A subprotocol is an HTTP token (RFC 6455 section 4.1).
+  const TOKEN_CHARS = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+  const STORAGE_KEY = 'channelsapi.debugger';
 
   // ---------------------------------------------------------------- helpers
 
@@ -64,6 +72,8 @@
   // ridText shows a request_id: a string as it is, anything else as JSON.
   function ridText(rid) { return typeof rid === 'string' ? rid : JSON.stringify(rid); }
 
+  function statusText(st) { return `${st} ${STATUS_TEXT[st] || ''}`.trim(); }
+
   // scalar turns typed text into a number when it is one, else keeps the text,
   // so that the server sees what was typed and answers type errors itself.
   function scalar(text, type) {
@@ -78,24 +88,17 @@
   // ----------------------------------------------------------------- state
 
   const state = {
-    schema: null,          // schema.json: {websocket_path, streams}
+    schema: null,          // schema.json: {websocket_path, subprotocols, streams}
     streams: new Map(),    // name -> stream description
-    ws: null,
-    manual: false,         // the user disconnected: no reconnect
-    attempt: 0,            // reconnect attempts since the last open
-    retryTimer: 0,
-    tickTimer: 0,
-    everOpen: false,
-    pending: new Map(),    // JSON of request_id -> [sent request, ...] awaiting a reply
-    subs: new Map(),       // key -> subscription
-    known: new Map(),      // stream -> {epoch, offset}: the furthest position of the stream seen on this connection
-    entries: [],
+    conns: [],             // the connections: A, and B while it is open
+    target: null,          // the connection the form sends as
+    transport: 'ws',       // what the form sends: 'ws' frames or 'rest' requests
     entrySeq: 0,
-    rawDirty: false,       // the frame editor holds text the user typed
-    syncing: false,        // the form is being filled from the frame editor
-    sendMeta: null,        // what the page knows about the frame it sends next
+    rawDirty: false,       // the request editor holds text the user typed
+    syncing: false,        // the form is being filled from the request editor
     fieldsOf: '',          // stream whose fields the form shows
     queryOf: '',           // stream whose filters, ordering and search the form shows
+    pages: null,           // {conn, stream, action, next, previous} of the form's last REST list
     idPrefix: Math.random().toString(36).slice(2, 6),
     idSeq: 0,
   };
@@ -133,6 +136,7 @@
 
     state.fieldsOf = state.queryOf = '';
     showSchemaError(doc.streams.length ? '' : 'No stream is added: add ViewSets with channelsapi.Add.');
+    for (const c of state.conns) showCredential(c);
     onStreamChange();
   }
 
@@ -150,6 +154,257 @@
     return (s && s.actions.find((a) => a.name === name)) || null;
   }
 
+  // ------------------------------------------------------------ connections
+  //
+  // Connection A is always there; B ("as another user") is opened from the
+  // page. Each has its own credential, socket, pending requests,
+  // subscriptions, positions, log, and the last version of each object it
+  // has seen (for the differences of updates). The elements of A have plain
+  // ids (#log, #conn, #subscriptions, ...), those of B the suffix "-b".
+
+  function newConn(id) {
+    const c = {
+      id, sfx: id === 'a' ? '' : '-' + id, label: id.toUpperCase(),
+      cred: { mode: 'bearer', token: '', cookie: '' },
+      ws: null,
+      manual: false,         // the user disconnected: no reconnect
+      attempt: 0,            // reconnect attempts since the last open
+      retryTimer: 0,
+      tickTimer: 0,
+      everOpen: false,
+      opens: 0,              // sockets of this connection that opened
+      refused: null,         // {status, ...}: the server refused the socket; no retry until the credential changes
+      probes: 0,             // sequence of the refusal probes
+      pending: new Map(),    // JSON of request_id -> [sent request, ...] awaiting a reply
+      subs: new Map(),       // key -> subscription
+      known: new Map(),      // stream -> {epoch, offset}: the furthest position of the stream seen on this connection
+      objects: new Map(),    // stream + pk -> the last version of the object seen
+      etags: new Map(),      // stream + pk -> the ETag of the last version seen
+      entries: [],
+      sendMeta: null,        // what the page knows about the frame it sends next
+    };
+    c.$ = (name) => document.getElementById(name + c.sfx);
+    return c;
+  }
+
+  // alive tells whether c is still open on the page: the callbacks of a
+  // closed connection (its socket's last events, a response in flight)
+  // change nothing.
+  function alive(c) { return state.conns.includes(c); }
+
+  function connByID(id) { return state.conns.find((c) => c.id === id) || null; }
+
+  function openConn(id, cred) {
+    const c = newConn(id);
+    if (cred) Object.assign(c.cred, cred);
+    state.conns.push(c);
+    $('#sessions').append(sessionNode(c));
+    $('#sessions').dataset.count = String(state.conns.length);
+    wireSession(c);
+    showCredential(c);
+    renderSubs(c);
+    renderTargets();
+    updateLogCount();
+    saveCredentials();
+    connect(c);
+    return c;
+  }
+
+  function closeConn(c) {
+    c.manual = true;
+    c.probes++;
+    clearTimers(c);
+    state.conns = state.conns.filter((x) => x !== c);
+    if (c.ws && c.ws.readyState <= WebSocket.OPEN) c.ws.close(1000, 'closed from the debugger');
+    if (c.cred.mode === 'cookie' && c.cred.cookie && !state.conns.some((o) => o.cred.mode === 'cookie' && o.cred.cookie === c.cred.cookie)) {
+      expireCookie(c.cred.cookie);
+    }
+    c.$('session').remove();
+    $('#sessions').dataset.count = String(state.conns.length);
+    if (state.target === c) state.target = state.conns[0];
+    if (state.pages && state.pages.conn === c) state.pages = null;
+    showPages();
+    renderTargets();
+    updateLogCount();
+    saveCredentials();
+    updateSendState();
+    $('#add-conn').focus();
+  }
+
+  // sessionNode builds the pane of a connection: its bar (credential,
+  // state), subscriptions and log.
+  function sessionNode(c) {
+    const id = (n) => n + c.sfx;
+    return el('section', { class: 'session', id: id('session'), 'data-conn': c.id, 'aria-label': `Connection ${c.label}` },
+      el('div', { class: 'session-head' },
+        el('h2', { class: 'session-name' },
+          el('span', { class: 'conn-badge', text: c.label }),
+          el('span', { id: id('who'), class: 'who' })),
+        el('div', { id: id('conn'), class: 'conn', 'data-state': 'closed' },
+          el('span', { id: id('conn-live'), class: 'sr-only', role: 'status' }),
+          el('span', { class: 'dot', 'aria-hidden': 'true' }),
+          el('span', { id: id('conn-text'), class: 'conn-text', text: 'not connected' }),
+          el('code', { id: id('conn-url'), class: 'conn-url' })),
+        el('button', { id: id('conn-toggle'), type: 'button', text: 'Connect now' }),
+        c.id === 'a' ? null : el('button', {
+          id: id('conn-close'), type: 'button', class: 'mini', title: `Close connection ${c.label}`,
+          'aria-label': `Close connection ${c.label}`, text: '×',
+        })),
+      el('form', { id: id('cred'), class: 'cred', autocomplete: 'off', 'aria-label': `Credential of connection ${c.label}` },
+        el('select', { id: id('cred-mode'), 'aria-label': 'How the credential is sent' },
+          el('option', { value: 'bearer', text: 'Bearer token' }),
+          el('option', { value: 'cookie', text: 'Cookie' })),
+        el('input', { id: id('cred-cookie'), class: 'cred-cookie', placeholder: 'cookie name', spellcheck: 'false', 'aria-label': 'Cookie name', hidden: true }),
+        el('input', { id: id('cred-token'), class: 'cred-token', type: 'password', placeholder: 'token', spellcheck: 'false', autocomplete: 'off', 'aria-label': 'Token' }),
+        el('button', { id: id('sign-in'), type: 'submit', text: 'Sign in' }),
+        el('button', { id: id('sign-out'), type: 'button', text: 'Sign out' })),
+      el('p', { id: id('cred-hint'), class: 'hint cred-hint' }),
+      el('div', { id: id('refusal'), class: 'banner error refusal', role: 'alert', hidden: true }),
+      el('details', { class: 'subs', open: true },
+        el('summary', {}, 'Subscriptions ', el('span', { id: id('sub-count'), class: 'count', text: '0' })),
+        el('ul', { id: id('subscriptions'), class: 'sub-list' }),
+        el('p', { id: id('sub-empty'), class: 'hint' }, 'None yet. Send ', el('b', { text: 'subscribe' }), ', ',
+          el('b', { text: 'subscribe_instance' }), ' or ', el('b', { text: 'subscribe_list' }), ' as this connection.')),
+      el('div', { id: id('log'), class: 'log', role: 'log', 'aria-live': 'off', 'aria-label': `Frames of connection ${c.label}`, tabindex: '0' }),
+      el('p', { id: id('log-empty'), class: 'log-empty', text: 'No frames yet. Frames and requests sent as this connection, and every frame the server sends it, appear here.' }));
+  }
+
+  function wireSession(c) {
+    c.$('conn-toggle').addEventListener('click', () => {
+      const st = c.$('conn').dataset.state;
+      if (st === 'open' || st === 'connecting') disconnect(c);
+      else { c.attempt = 0; connect(c); }
+    });
+    const close = c.$('conn-close');
+    if (close) close.addEventListener('click', () => closeConn(c));
+    c.$('cred-mode').addEventListener('change', () => { show(c.$('cred-cookie'), c.$('cred-mode').value === 'cookie'); });
+    c.$('cred').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      setCredential(c, { mode: c.$('cred-mode').value, token: c.$('cred-token').value.trim(), cookie: c.$('cred-cookie').value.trim() });
+    });
+    c.$('sign-out').addEventListener('click', () => setCredential(c, { mode: c.cred.mode, token: '', cookie: c.cred.cookie }));
+  }
+
+  // renderTargets shows the "send as" choice while two connections are open.
+  function renderTargets() {
+    const box = $('#targets');
+    box.replaceChildren(...state.conns.map((c) => el('label', { class: 'chip target', 'data-conn': c.id },
+      el('input', {
+        type: 'radio', name: 'target', value: c.id, id: 'target-' + c.id, checked: state.target === c,
+        onchange: () => { state.target = c; updateSendState(); },
+      }),
+      `${c.label} `, el('span', { class: 'who', text: whoText(c) }))));
+    show($('#target-row'), state.conns.length > 1);
+    $('#add-conn').hidden = state.conns.length > 1;
+  }
+
+  // ------------------------------------------------------------ credentials
+  //
+  // A credential is a token sent the way the application reads it: as a
+  // bearer token (the WebSocket subprotocols "bearer, <token>" when the
+  // server selects "bearer", the Authorization header on REST), or as a
+  // cookie the page sets before each connect and request. The credentials
+  // are kept in the tab's session storage.
+
+  function setCredential(c, cred) {
+    const invalid = credentialError(cred);
+    if (invalid) {
+      c.$('cred-hint').textContent = invalid;
+      c.$('cred-token').setAttribute('aria-invalid', 'true');
+      return;
+    }
+    c.$('cred-token').removeAttribute('aria-invalid');
+    const prev = c.cred;
+    if (prev.mode === 'cookie' && prev.cookie && (cred.mode !== 'cookie' || cred.cookie !== prev.cookie || !cred.token)) {
+      expireCookie(prev.cookie);
+    }
+    c.cred = cred;
+    saveCredentials();
+    showCredential(c);
+    renderTargets();
+    logSystem(c, cred.token ? `signed in with a ${cred.mode === 'cookie' ? `cookie "${cred.cookie}"` : 'bearer token'}: connecting again`
+      : 'signed out: connecting again as anonymous');
+    // A new credential needs a new socket: the server authenticates the
+    // upgrade.
+    c.attempt = 0;
+    if (c.ws && c.ws.readyState <= WebSocket.OPEN) {
+      c.reconnectNow = true;
+      c.ws.close(1000, 'credential changed');
+    } else {
+      connect(c);
+    }
+  }
+
+  function whoText(c) {
+    if (!c.cred.token) return 'anonymous';
+    const t = c.cred.token;
+    return (c.cred.mode === 'cookie' ? 'cookie ' : 'token ') + (t.length > 8 ? t.slice(0, 6) + '…' : t);
+  }
+
+  function showCredential(c) {
+    c.$('cred-mode').value = c.cred.mode;
+    c.$('cred-token').value = c.cred.token;
+    c.$('cred-cookie').value = c.cred.cookie;
+    show(c.$('cred-cookie'), c.cred.mode === 'cookie');
+    c.$('who').textContent = whoText(c);
+    c.$('sign-out').disabled = !c.cred.token;
+    const hint = c.$('cred-hint');
+    if (c.cred.mode === 'bearer' && c.cred.token && !bearerSubprotocol()) {
+      hint.textContent = 'The server selects no "bearer" subprotocol (WithSubprotocols), so the socket opens without the token; REST requests send it as Authorization: Bearer.';
+    } else if (c.cred.mode === 'cookie' && c.cred.token) {
+      hint.textContent = 'The tab has one cookie jar: a connection that opens, or a request sent, after another connection set its cookie sends that cookie.';
+    } else {
+      hint.textContent = '';
+    }
+  }
+
+  function bearerSubprotocol() {
+    return !!state.schema && Array.isArray(state.schema.subprotocols) && state.schema.subprotocols.includes('bearer');
+  }
+
+  function saveCredentials() {
+    const saved = { conns: state.conns.map((c) => ({ id: c.id, cred: c.cred })) };
+    try { sessionStorage.setItem(STORAGE_KEY, JSON.stringify(saved)); } catch (_) { /* storage refused: not kept */ }
+  }
+
+  function loadCredentials() {
+    try {
+      const v = JSON.parse(sessionStorage.getItem(STORAGE_KEY) || 'null');
+      return isObject(v) && Array.isArray(v.conns) ? v.conns.filter((x) => isObject(x) && isObject(x.cred) && (x.id === 'a' || x.id === 'b')) : [];
+    } catch (_) {
+      return [];
+    }
+  }
+
+  // setCookie readies the tab's cookie jar, which both connections share,
+  // for c, right before its socket opens or it sends a request: the cookie
+  // of c's credential is set, and the cookies of the other connection's
+  // credential that c does not use are removed, so that each connection is
+  // who its own credential says.
+  function setCookie(c) {
+    const mine = c.cred.mode === 'cookie' && c.cred.cookie && c.cred.token ? c.cred.cookie : '';
+    for (const o of state.conns) {
+      if (o !== c && o.cred.mode === 'cookie' && o.cred.cookie && o.cred.cookie !== mine) expireCookie(o.cred.cookie);
+    }
+    if (mine) document.cookie = `${mine}=${c.cred.token}; path=/; SameSite=Strict`;
+  }
+
+  function expireCookie(name) { document.cookie = `${name}=; path=/; max-age=0; SameSite=Strict`; }
+
+  // credentialError says why a credential cannot be sent, or returns ''.
+  function credentialError(cred) {
+    if (!cred.token) return '';
+    if (cred.mode === 'cookie') {
+      if (!TOKEN_CHARS.test(cred.cookie)) return 'A cookie name is letters, digits and !#$%&\'*+-.^_`|~.';
+      if (/[\s;,"\\]/.test(cred.token)) return 'A cookie value cannot hold white space, ";", ",", a quote or a backslash.';
+    }
+    return '';
+  }
+
+  function authHeaders(c) {
+    return c.cred.mode === 'bearer' && c.cred.token ? { Authorization: 'Bearer ' + c.cred.token } : {};
+  }
+
   // ------------------------------------------------------------- connection
 
   function socketURL() {
@@ -157,109 +412,188 @@
     return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + path;
   }
 
-  function setConn(st, text) {
-    const box = $('#conn');
+  function endpointURL() {
+    return location.origin + ((state.schema && state.schema.websocket_path) || '/ws');
+  }
+
+  function setConn(c, st, text) {
+    if (!alive(c)) return;
+    const box = c.$('conn');
+    if (box.dataset.state !== st) {
+      // Announced once per change of state, not at every tick of a countdown.
+      c.$('conn-live').textContent = `Connection ${c.label}: ${st === 'waiting' ? 'reconnecting' : text}`;
+    }
     box.dataset.state = st;
-    $('#conn-text').textContent = text;
-    $('#conn-url').textContent = socketURL();
-    $('#conn-toggle').textContent = st === 'open' || st === 'connecting' ? 'Disconnect' : 'Connect now';
-    $('#send').disabled = st !== 'open';
+    c.$('conn-text').textContent = text;
+    c.$('conn-url').textContent = socketURL();
+    c.$('conn-toggle').textContent = st === 'open' || st === 'connecting' ? 'Disconnect' : 'Connect now';
+    updateSendState();
   }
 
-  function clearTimers() {
-    clearTimeout(state.retryTimer);
-    clearInterval(state.tickTimer);
-    state.retryTimer = state.tickTimer = 0;
+  function clearTimers(c) {
+    clearTimeout(c.retryTimer);
+    clearInterval(c.tickTimer);
+    c.retryTimer = c.tickTimer = 0;
   }
 
-  function connect() {
-    clearTimers();
-    state.manual = false;
+  function connect(c) {
+    clearTimers(c);
+    c.manual = false;
+    c.reconnectNow = false;
+    c.probes++;
+    c.refused = null;
+    showRefusal(c);
     const url = socketURL();
-    setConn('connecting', 'connecting…');
+    setConn(c, 'connecting', 'connecting…');
+    let protocols = [];
+    if (c.cred.mode === 'bearer' && c.cred.token && bearerSubprotocol()) {
+      if (!TOKEN_CHARS.test(c.cred.token)) {
+        setConn(c, 'closed', 'cannot send this token');
+        logSystem(c, 'The token holds characters a WebSocket subprotocol cannot carry (only letters, digits and !#$%&\'*+-.^_`|~): the socket is not opened.', true);
+        return;
+      }
+      protocols = ['bearer', c.cred.token];
+    }
+    setCookie(c);
     let sock;
     try {
-      sock = new WebSocket(url);
+      sock = new WebSocket(url, protocols);
     } catch (e) {
-      logSystem(`cannot open ${url}: ${e.message}`, true);
-      scheduleReconnect();
+      logSystem(c, `cannot open ${url}: ${e.message}`, true);
+      scheduleReconnect(c);
       return;
     }
     // Every frame sent on this socket is logged, also those sent from the
     // browser console with ws.send.
     const nativeSend = sock.send;
     sock.send = function (data) {
-      if (this.readyState === WebSocket.OPEN) noteSent(data);
+      if (this.readyState === WebSocket.OPEN) noteSent(c, data);
       return nativeSend.call(this, data);
     };
     let opened = false;
-    state.ws = sock;
-    window.ws = sock;
+    c.ws = sock;
+    if (c.id === 'a') window.ws = sock;
     sock.addEventListener('open', () => {
-      if (state.ws !== sock) return;
+      if (c.ws !== sock || !alive(c)) return;
       opened = true;
-      state.attempt = 0;
-      setConn('open', 'connected');
-      logSystem(`connected to ${url}`);
-      if (state.everOpen) refreshSchema();
-      state.everOpen = true;
-      resubscribe();
+      c.opens++;
+      c.attempt = 0;
+      setConn(c, 'open', 'connected');
+      logSystem(c, `connected to ${url}` + (c.cred.token ? ` (${whoText(c)})` : ' (anonymous)'));
+      if (c.everOpen) refreshSchema();
+      c.everOpen = true;
+      resubscribe(c);
     });
     sock.addEventListener('message', (ev) => {
-      if (state.ws === sock) noteReceived(ev.data);
+      if (c.ws === sock && alive(c)) noteReceived(c, ev.data);
     });
     sock.addEventListener('close', (ev) => {
-      if (state.ws !== sock) return;
-      if (opened || state.attempt === 0) {
+      if (c.ws !== sock || !alive(c)) return;
+      if (opened) {
         const why = CLOSE_TEXT[ev.code];
-        const text = opened ? `connection closed with ${ev.code}` : `cannot connect to ${url} (${ev.code})`;
-        logSystem(text + (why ? `: ${why}` : '') + (ev.reason ? ` (“${ev.reason}”)` : ''), ev.code !== 1000);
+        logSystem(c, `connection closed with ${ev.code}` + (why ? `: ${why}` : '') + (ev.reason ? ` (“${ev.reason}”)` : ''), ev.code !== 1000);
       }
-      closed(opened);
+      closed(c, opened);
     });
   }
 
-  function closed(wasOpen) {
-    for (const reqs of state.pending.values()) {
-      for (const r of reqs) if (r.meta && r.meta.resub) state.subs.delete(r.meta.resub);
+  function closed(c, wasOpen) {
+    for (const reqs of c.pending.values()) {
+      for (const r of reqs) if (r.meta && r.meta.resub) c.subs.delete(r.meta.resub);
     }
-    state.pending.clear();
+    c.pending.clear();
     if (wasOpen) {
       const keep = $('#resubscribe').checked;
-      for (const [key, sub] of state.subs) {
-        if (!keep) { state.subs.delete(key); continue; }
+      for (const [key, sub] of c.subs) {
+        if (!keep) { c.subs.delete(key); continue; }
         sub.state = 'lost';
         // Offsets whose epoch the page never learnt cannot be resumed from.
         if (sub.pos && sub.pos.epoch === null) sub.pos = null;
       }
-      renderSubs();
+      renderSubs(c);
     }
-    state.known.clear();
-    if (state.manual) {
-      setConn('closed', 'disconnected');
+    c.known.clear();
+    if (c.reconnectNow) {
+      connect(c);
+    } else if (c.manual) {
+      setConn(c, 'closed', 'disconnected');
+    } else if (!wasOpen) {
+      probe(c);
+    } else {
+      scheduleReconnect(c);
+    }
+  }
+
+  // probe finds out why the socket did not open. A browser tells a page
+  // nothing about a refused handshake (the close code is 1006), but what
+  // refuses it (the application's authentication, WithConnect, the origin
+  // check) answers a plain GET of the endpoint with the same credential
+  // too: with 401 or 403 the page shows the answer and stops retrying
+  // until the credential changes. Anything else (the 400 of a plain GET
+  // that reached the endpoint, a server that is down) is retried.
+  async function probe(c) {
+    const seq = ++c.probes;
+    const url = endpointURL();
+    let res = null;
+    let body = '';
+    try {
+      setCookie(c);
+      res = await fetch(url, { headers: Object.assign({ Accept: 'application/json' }, authHeaders(c)), credentials: 'same-origin', cache: 'no-store', redirect: 'manual' });
+      body = await res.text();
+    } catch (e) {
+      res = null;
+    }
+    if (seq !== c.probes || c.manual || !alive(c)) return;
+    if (res && (res.status === 401 || res.status === 403)) {
+      c.refused = { status: res.status, body, authenticate: res.headers.get('WWW-Authenticate') || '' };
+      setConn(c, 'refused', `refused: ${statusText(res.status)}`);
+      logSystem(c, `cannot connect to ${socketURL()}: the server refused it with ${statusText(res.status)} ${body.trim()}` +
+        ' (not retrying until the credential changes)', true);
+      showRefusal(c);
       return;
     }
-    scheduleReconnect();
+    if (c.attempt === 0) {
+      const why = !res ? 'the server does not answer'
+        : res.status === 400 ? 'the endpoint accepts this credential over HTTP (400: a plain GET is not a handshake); the browser\'s console says why the handshake failed'
+          : `a plain GET of the endpoint answers ${statusText(res.status)} ${compact(body.trim())}`;
+      logSystem(c, `cannot connect to ${socketURL()}: ${why}`, true);
+    }
+    scheduleReconnect(c);
+  }
+
+  function showRefusal(c) {
+    const box = c.$('refusal');
+    const r = c.refused;
+    if (!r) { box.replaceChildren(); show(box, false); return; }
+    const parsed = parseJSON(r.body);
+    box.replaceChildren(
+      el('div', { class: 'refusal-head' }, el('b', { text: `The server refused the connection: ${statusText(r.status)}` })),
+      el('pre', { class: 'json refusal-body', text: parsed.ok ? JSON.stringify(parsed.value, null, 2) : r.body }),
+      r.authenticate ? el('div', {}, 'WWW-Authenticate: ', el('code', { text: r.authenticate })) : null,
+      el('div', { class: 'hint', text: r.status === 401 ? 'Sign in with a valid credential above: the page connects again when it changes.'
+        : 'This credential may not connect. Change it above, or press Connect now to try again.' }));
+    show(box, true);
   }
 
   // scheduleReconnect retries with exponential backoff: 0.5 s doubling up
   // to 10 s, with jitter so that many pages do not reconnect in step.
-  function scheduleReconnect() {
-    clearTimers();
-    const delay = Math.min(10000, 500 * 2 ** state.attempt) * (0.8 + Math.random() * 0.4);
-    state.attempt++;
+  function scheduleReconnect(c) {
+    clearTimers(c);
+    const delay = Math.min(10000, 500 * 2 ** c.attempt) * (0.8 + Math.random() * 0.4);
+    c.attempt++;
     const at = Date.now() + delay;
-    const tick = () => setConn('waiting', `reconnecting in ${Math.max(1, Math.ceil((at - Date.now()) / 1000))} s (attempt ${state.attempt})`);
+    const tick = () => setConn(c, 'waiting', `reconnecting in ${Math.max(1, Math.ceil((at - Date.now()) / 1000))} s (attempt ${c.attempt})`);
     tick();
-    state.tickTimer = setInterval(tick, 250);
-    state.retryTimer = setTimeout(connect, delay);
+    c.tickTimer = setInterval(tick, 250);
+    c.retryTimer = setTimeout(() => connect(c), delay);
   }
 
-  function disconnect() {
-    state.manual = true;
-    clearTimers();
-    if (state.ws && state.ws.readyState <= WebSocket.OPEN) state.ws.close(1000, 'closed from the debugger');
-    else setConn('closed', 'disconnected');
+  function disconnect(c) {
+    c.manual = true;
+    c.probes++;
+    clearTimers(c);
+    if (c.ws && c.ws.readyState <= WebSocket.OPEN) c.ws.close(1000, 'closed from the debugger');
+    else setConn(c, 'closed', 'disconnected');
   }
 
   async function refreshSchema() {
@@ -269,12 +603,12 @@
   // ----------------------------------------------------------------- frames
 
   // noteSent logs an outgoing frame and remembers it until its reply.
-  function noteSent(data) {
-    const meta = state.sendMeta;
-    state.sendMeta = null;
+  function noteSent(c, data) {
+    const meta = c.sendMeta;
+    c.sendMeta = null;
     if (typeof data !== 'string') {
-      addEntry({ dir: 'out', kind: 'sent', stream: null, text: `(binary frame, ${data.byteLength || data.size || 0} bytes)` });
-      pushPending('null', { action: null, meta, sentAt: performance.now() });
+      addEntry(c, { dir: 'out', kind: 'sent', stream: null, text: `(binary frame, ${data.byteLength || data.size || 0} bytes)` });
+      pushPending(c, 'null', { action: null, meta, sentAt: performance.now() });
       return;
     }
     const parsed = parseJSON(data);
@@ -290,36 +624,36 @@
       meta,
       sentAt: performance.now(),
     };
-    pushPending(frame && p ? JSON.stringify(req.rid) : 'null', req);
-    addEntry({
+    pushPending(c, frame && p ? JSON.stringify(req.rid) : 'null', req);
+    addEntry(c, {
       dir: 'out', kind: 'sent', stream, text: data, frame: parsed.ok ? parsed.value : undefined,
       action: req.action, rid: p ? req.rid : undefined, pk: req.pk, invalid: !parsed.ok,
       since: sinceOf(req.data) || undefined,
     });
   }
 
-  function pushPending(key, req) {
-    const list = state.pending.get(key) || [];
+  function pushPending(c, key, req) {
+    const list = c.pending.get(key) || [];
     list.push(req);
-    state.pending.set(key, list);
+    c.pending.set(key, list);
   }
 
   // takePending returns the oldest request that a reply with this
   // request_id and action answers.
-  function takePending(rid, action) {
+  function takePending(c, rid, action) {
     const key = JSON.stringify(rid === undefined ? null : rid);
-    const list = state.pending.get(key);
+    const list = c.pending.get(key);
     if (!list) return null;
     const i = list.findIndex((r) => r.action === action);
     if (i < 0) return null;
     const [req] = list.splice(i, 1);
-    if (!list.length) state.pending.delete(key);
+    if (!list.length) c.pending.delete(key);
     return req;
   }
 
-  function noteReceived(data) {
+  function noteReceived(c, data) {
     if (typeof data !== 'string') {
-      addEntry({ dir: 'in', kind: 'error', stream: null, text: '(binary frame)' });
+      addEntry(c, { dir: 'in', kind: 'error', stream: null, text: '(binary frame)' });
       return;
     }
     const parsed = parseJSON(data);
@@ -327,44 +661,54 @@
     const p = frame && isObject(frame.payload) ? frame.payload : null;
     const stream = frame && typeof frame.stream === 'string' ? frame.stream : null;
     if (!p) {
-      addEntry({ dir: 'in', kind: 'error', stream, text: data, frame: parsed.ok ? parsed.value : undefined });
+      addEntry(c, { dir: 'in', kind: 'error', stream, text: data, frame: parsed.ok ? parsed.value : undefined });
       return;
     }
     const action = typeof p.action === 'string' ? p.action : null;
     let kind = 'reply';
     let req = null;
-    if ('response_status' in p && (req = takePending(p.request_id, action))) {
+    if ('response_status' in p && (req = takePending(c, p.request_id, action))) {
       kind = p.response_status >= 400 ? 'error' : 'reply';
     } else if (!('response_status' in p) && 'model' in p) {
       kind = 'event'; // channels-api subscription event
-    } else if (isInstanceEvent(stream, p)) {
+    } else if (isInstanceEvent(c, stream, p)) {
       kind = 'event'; // DCRF instance event, carries the subscribing request_id
     } else if (p.response_status >= 400) {
       kind = 'error';
     }
+    const s = state.streams.get(stream);
     let pk = p.pk;
     if (kind === 'event' && pk === undefined && isObject(p.data)) {
-      const s = state.streams.get(stream);
       pk = 'pk' in p.data ? p.data.pk : s && s.pk ? p.data[s.pk] : undefined;
     }
     const offset = kind === 'event' && isOffset(p.offset) ? p.offset : undefined;
     const at = kind === 'reply' ? replyPosition(p) : null;
-    addEntry({
+    const e = {
       dir: 'in', kind, stream, text: data, frame: parsed.value, action, pk,
       rid: 'request_id' in p ? p.request_id : undefined,
-      sub: kind === 'event' ? subscriptionOf(stream, p.request_id) : undefined,
+      sub: kind === 'event' ? subscriptionOf(c, stream, p.request_id) : undefined,
       status: p.response_status, latency: req ? performance.now() - req.sentAt : undefined,
       offset, position: at || undefined,
       recovered: kind === 'reply' && isObject(p.data) && typeof p.data.recovered === 'boolean' ? p.data.recovered : undefined,
-    });
-    if (offset !== undefined && stream !== null) eventReceived(stream, offset);
-    if (req) onReply(req, p, stream);
+    };
+    if (stream !== null && (kind === 'event' || kind === 'reply')) {
+      seeObjects(c, stream, kind, action, pk !== undefined ? pk : req ? req.pk : undefined, p, e);
+    }
+    if (typeof p.etag === 'string') e.etag = p.etag;
+    if (p.replayed === true) e.replayed = true;
+    if (stream !== null && e.etag) {
+      const key = pk !== undefined && pk !== null ? pk : req && req.pk !== undefined ? req.pk : pkOf(s, p.data);
+      if (key !== undefined && key !== null) c.etags.set(objectKey(stream, key), e.etag);
+    }
+    addEntry(c, e);
+    if (offset !== undefined && stream !== null) eventReceived(c, stream, offset);
+    if (req) onReply(c, req, p, stream);
   }
 
-  function isInstanceEvent(stream, p) {
+  function isInstanceEvent(c, stream, p) {
     if (p.request_id === undefined || p.request_id === null) return false;
     const rid = JSON.stringify(p.request_id);
-    for (const sub of state.subs.values()) {
+    for (const sub of c.subs.values()) {
       if (sub.kind === 'instance' && sub.stream === stream && JSON.stringify(sub.rid) === rid) return true;
     }
     return false;
@@ -372,10 +716,10 @@
 
   // subscriptionOf returns the kind of the subscription whose events carry
   // this request_id ("instance" or "query"), if the page knows it.
-  function subscriptionOf(stream, rid) {
+  function subscriptionOf(c, stream, rid) {
     if (rid === undefined || rid === null) return undefined;
     const key = JSON.stringify(rid);
-    for (const sub of state.subs.values()) {
+    for (const sub of c.subs.values()) {
       if (sub.rid !== null && sub.stream === stream && JSON.stringify(sub.rid) === key) return sub.kind;
     }
     return undefined;
@@ -383,12 +727,12 @@
 
   // onReply applies a reply to the page: subscriptions, the form's errors,
   // the form's values for "Load".
-  function onReply(req, p, stream) {
+  function onReply(c, req, p, stream) {
     const ok = p.response_status < 300;
     const meta = req.meta || {};
-    if (meta.resub && !ok) state.subs.delete(meta.resub);
+    if (meta.resub && !ok) c.subs.delete(meta.resub);
     const at = ok && stream ? replyPosition(p) : null;
-    if (at) notePosition(stream, at);
+    if (at) notePosition(c, stream, at);
     if (ok && stream) {
       const pk = req.pk === undefined || req.pk === null ? null : req.pk;
       switch (req.action) {
@@ -396,16 +740,16 @@
         case 'unsubscribe': {
           const event = isObject(p.data) ? p.data.action : null;
           const key = subKey({ kind: 'group', stream, event, pk, rid: null });
-          if (req.action === 'subscribe') addSub(key, { kind: 'group', stream, event, pk, rid: null }, req, p);
-          else state.subs.delete(key);
+          if (req.action === 'subscribe') addSub(c, key, { kind: 'group', stream, event, pk, rid: null }, req, p);
+          else c.subs.delete(key);
           break;
         }
         case 'subscribe_instance':
-          addSub(subKey({ kind: 'instance', stream, pk, rid: req.rid }),
+          addSub(c, subKey({ kind: 'instance', stream, pk, rid: req.rid }),
             { kind: 'instance', stream, event: null, pk, rid: req.rid }, req, p);
           break;
         case 'unsubscribe_instance':
-          state.subs.delete(subKey({ kind: 'instance', stream, pk, rid: req.rid }));
+          c.subs.delete(subKey({ kind: 'instance', stream, pk, rid: req.rid }));
           break;
         case 'subscribe_list': {
           // Kept with its data: after a reconnect the page subscribes
@@ -413,18 +757,93 @@
           // its own).
           const data = Object.assign({}, isObject(req.data) ? req.data : {});
           delete data.since;
-          addSub(subKey({ kind: 'query', stream, rid: req.rid }),
+          addSub(c, subKey({ kind: 'query', stream, rid: req.rid }),
             { kind: 'query', stream, event: null, pk: null, rid: req.rid, data }, req, p);
           break;
         }
         case 'unsubscribe_list':
-          state.subs.delete(subKey({ kind: 'query', stream, rid: req.rid }));
+          c.subs.delete(subKey({ kind: 'query', stream, rid: req.rid }));
           break;
       }
     }
-    renderSubs();
-    if (meta.fill && ok && isObject(p.data)) fillFields(p.data);
+    renderSubs(c);
+    if (meta.fill && ok && isObject(p.data)) {
+      // Loaded for an edit: the edit is made on this version.
+      if (typeof p.etag === 'string') $('#if-match').value = p.etag;
+      fillFields(p.data);
+    }
     if (meta.form) showResult(p, req);
+  }
+
+  // ------------------------------------------------------------ differences
+  //
+  // Each connection keeps the last version it has seen of every object: in
+  // replies (retrieve, create, update, patch, list, snapshots, REST
+  // bodies) and in events. An update, event or reply, is shown with the
+  // difference from that version, field by field.
+
+  function objectKey(stream, pk) { return stream + '\u0000' + (typeof pk === 'string' ? pk : JSON.stringify(pk)); }
+
+  function pkOf(s, obj) {
+    if (!isObject(obj)) return undefined;
+    if (s && s.pk && s.pk in obj) return obj[s.pk];
+    return 'pk' in obj ? obj.pk : undefined;
+  }
+
+  // seeObjects records the objects of a frame or REST body seen by c, and
+  // sets e.diff for an update: [[key, before, after], ...], or null when
+  // the connection had seen no version of the object before.
+  function seeObjects(c, stream, kind, action, pk, p, e) {
+    const s = state.streams.get(stream);
+    // A 412 carries the current object (PROTOCOL.md section 11).
+    const ok = p.response_status === undefined || p.response_status < 300 || p.response_status === 412;
+    if (!ok) return;
+    const remember = (obj) => {
+      const k = pkOf(s, obj);
+      if (k !== undefined && k !== null) c.objects.set(objectKey(stream, k), obj);
+    };
+    if (kind === 'reply' && Array.isArray(p.data)) { p.data.forEach(remember); return; }
+    if (kind === 'reply' && isObject(p.data) && Array.isArray(p.data.results)) { p.data.results.forEach(remember); return; }
+    const key = pk !== undefined && pk !== null ? pk : pkOf(s, p.data);
+    if (key === undefined || key === null) return;
+    const k = objectKey(stream, key);
+    if (action === 'delete') {
+      c.objects.delete(k);
+      return;
+    }
+    if (!isObject(p.data)) return;
+    if (kind === 'reply' && !['retrieve', 'create', 'update', 'patch'].includes(action)) return;
+    if (action === 'update' || action === 'patch') {
+      const before = c.objects.get(k);
+      e.diff = before ? diffObjects(before, p.data) : null;
+    }
+    c.objects.set(k, p.data);
+  }
+
+  function diffObjects(before, after) {
+    const keys = [...new Set([...Object.keys(before), ...Object.keys(after)])];
+    return keys.filter((k) => JSON.stringify(before[k]) !== JSON.stringify(after[k])).map((k) => [k, before[k], after[k]]);
+  }
+
+  function diffText(diff) {
+    if (diff === null) return 'first version seen';
+    if (!diff.length) return 'no change';
+    const show = (v) => (v === undefined ? '–' : compact(JSON.stringify(v)));
+    return diff.map(([k, b, a]) => `${k}: ${show(b)} → ${show(a)}`).join('; ');
+  }
+
+  function diffNode(diff) {
+    if (diff === null) {
+      return el('p', { class: 'diff-none', text: 'This connection had seen no version of this object before: no difference to show.' });
+    }
+    if (!diff.length) return el('p', { class: 'diff-none', text: 'No field changed since the last version this connection saw.' });
+    return el('table', { class: 'diff' },
+      el('caption', { text: 'Changed since the last version this connection saw' }),
+      el('thead', {}, el('tr', {}, el('th', { text: 'field' }), el('th', { text: 'before' }), el('th', { text: 'after' }))),
+      el('tbody', {}, diff.map(([k, b, a]) => el('tr', { 'data-key': k },
+        el('th', { text: k }),
+        el('td', { class: 'before', text: b === undefined ? '–' : JSON.stringify(b) }),
+        el('td', { class: 'after', text: a === undefined ? '–' : JSON.stringify(a) })))));
   }
 
   // ------------------------------------------------------------- positions
@@ -461,32 +880,32 @@
   // stream has reached it at least. It says nothing about the events in
   // flight to the subscriptions, but gives the epoch of every offset
   // received on this connection.
-  function notePosition(stream, at) {
-    const k = state.known.get(stream);
+  function notePosition(c, stream, at) {
+    const k = c.known.get(stream);
     if (!k || (k.epoch !== null && k.epoch !== at.epoch)) {
-      state.known.set(stream, { epoch: at.epoch, offset: at.offset });
+      c.known.set(stream, { epoch: at.epoch, offset: at.offset });
     } else {
       k.epoch = at.epoch;
       k.offset = Math.max(k.offset, at.offset);
     }
-    for (const sub of state.subs.values()) {
+    for (const sub of c.subs.values()) {
       if (sub.stream === stream && sub.pos && sub.pos.epoch === null) sub.pos.epoch = at.epoch;
     }
-    updateSubPositions();
+    updateSubPositions(c);
   }
 
   // eventReceived moves the active subscriptions of stream to offset n.
-  function eventReceived(stream, n) {
-    const k = state.known.get(stream);
-    if (!k) state.known.set(stream, { epoch: null, offset: n });
+  function eventReceived(c, stream, n) {
+    const k = c.known.get(stream);
+    if (!k) c.known.set(stream, { epoch: null, offset: n });
     else k.offset = Math.max(k.offset, n);
-    const epoch = state.known.get(stream).epoch;
-    for (const sub of state.subs.values()) {
+    const epoch = c.known.get(stream).epoch;
+    for (const sub of c.subs.values()) {
       if (sub.stream !== stream || sub.state !== 'active') continue;
       if (!sub.pos) sub.pos = { epoch, offset: n };
       else sub.pos.offset = Math.max(sub.pos.offset, n);
     }
-    updateSubPositions();
+    updateSubPositions(c);
   }
 
   // startPosition is the position from which a subscription that a reply
@@ -497,13 +916,13 @@
   //  * otherwise: the furthest position seen on this connection, which the
   //    stream had reached when it subscribed (a replay from it may hold
   //    events from before the subscription, never miss one after).
-  function startPosition(req, p, stream) {
+  function startPosition(c, req, p, stream) {
     const at = replyPosition(p);
     const since = sinceOf(req.data);
     const recovered = isObject(p.data) ? p.data.recovered : undefined;
     if (recovered === true && since && at && since.epoch === at.epoch) return { epoch: since.epoch, offset: since.offset };
     if (at) return { epoch: at.epoch, offset: at.offset };
-    const k = state.known.get(stream);
+    const k = c.known.get(stream);
     return k ? { epoch: k.epoch, offset: k.offset } : null;
   }
 
@@ -511,16 +930,16 @@
 
   // addSub records the subscription that reply p to req started, with the
   // position it starts from and, for a resumed one, the outcome.
-  function addSub(key, sub, req, p) {
+  function addSub(c, key, sub, req, p) {
     sub.state = 'active';
-    sub.pos = startPosition(req, p, sub.stream);
+    sub.pos = startPosition(c, req, p, sub.stream);
     const recovered = isObject(p.data) ? p.data.recovered : undefined;
     sub.resume = recovered === true ? 'recovered' : recovered === false ? 'lost' : undefined;
-    state.subs.set(key, sub);
+    c.subs.set(key, sub);
     if (recovered === false) {
       const since = sinceOf(req.data);
       const snapshot = sub.kind === 'query' && isObject(p.data) && Array.isArray(p.data.results);
-      logWarning(sub.stream, `state lost: reload. ${subText(sub)}: the server cannot replay the events after ` +
+      logWarning(c, sub.stream, `state lost: reload. ${subText(sub)}: the server cannot replay the events after ` +
         (since ? `@${since.offset}` : 'the position sent') +
         (since && replyPosition(p) && replyPosition(p).epoch !== since.epoch ? ' (its history was lost: another epoch)' : ' (they are no longer in its history)') +
         (snapshot ? '; the reply holds a fresh snapshot.' : '; events were missed.'));
@@ -560,40 +979,40 @@
     return { stream: sub.stream, payload };
   }
 
-  function sendFrame(frame, meta) {
-    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
-      setResult('error', 'Not connected.');
+  function sendFrame(c, frame, meta) {
+    if (!c.ws || c.ws.readyState !== WebSocket.OPEN) {
+      setResult('error', `Connection ${c.label} is not connected.`);
       return false;
     }
-    state.sendMeta = meta || null;
-    state.ws.send(JSON.stringify(frame));
+    c.sendMeta = meta || null;
+    c.ws.send(JSON.stringify(frame));
     return true;
   }
 
   // resubscribe subscribes again to the subscriptions of the closed
   // connection, each from the position it had reached when the page knows
   // it, so that the server replays the events it missed.
-  function resubscribe() {
-    const lost = [...state.subs].filter(([, s]) => s.state === 'lost');
+  function resubscribe(c) {
+    const lost = [...c.subs].filter(([, s]) => s.state === 'lost');
     if (!lost.length) return;
     const since = (sub) => (sub.pos && sub.pos.epoch !== null ? { epoch: sub.pos.epoch, offset: sub.pos.offset } : null);
     const resuming = lost.filter(([, s]) => since(s)).length;
     const n = (k) => `${k} subscription${k === 1 ? '' : 's'}`;
-    logSystem(`subscribing again to ${n(lost.length)} of the closed connection` +
+    logSystem(c, `subscribing again to ${n(lost.length)} of the closed connection` +
       (resuming === lost.length ? ', from the positions reached'
         : resuming ? `, ${resuming} from the positions reached (the others have none: events in between are not replayed)`
           : ' (no position reached: events in between are not replayed)'));
     for (const [key, sub] of lost) {
       sub.state = 'pending';
       sub.resume = undefined;
-      sendFrame(subscriptionFrame(sub, false, since(sub)), { resub: key });
+      sendFrame(c, subscriptionFrame(sub, false, since(sub)), { resub: key });
     }
-    renderSubs();
+    renderSubs(c);
   }
 
-  function renderSubs() {
-    const list = $('#subscriptions');
-    const items = [...state.subs].map(([key, sub]) => {
+  function renderSubs(c) {
+    if (!alive(c)) return;
+    const items = [...c.subs].map(([key, sub]) => {
       const what = sub.kind === 'instance' ? 'instance' : sub.kind === 'query' ? 'live query' : sub.event;
       const scope = sub.kind === 'query' ? queryText(sub.data) : sub.pk === null ? 'every object' : `pk ${sub.pk}`;
       const li = el('li', {
@@ -614,22 +1033,23 @@
       el('button', {
         type: 'button', 'data-act': 'unsubscribe', text: 'Unsubscribe',
         onclick: () => {
-          if (sub.state === 'active') sendFrame(subscriptionFrame(sub, true));
-          else { state.subs.delete(key); renderSubs(); }
+          if (sub.state === 'active') sendFrame(c, subscriptionFrame(sub, true));
+          else { c.subs.delete(key); renderSubs(c); }
         },
       }));
       showSubPosition(li, sub);
       return li;
     });
-    list.replaceChildren(...items);
-    $('#sub-count').textContent = String(items.length);
-    show($('#sub-empty'), items.length === 0);
+    c.$('subscriptions').replaceChildren(...items);
+    c.$('sub-count').textContent = String(items.length);
+    show(c.$('sub-empty'), items.length === 0);
   }
 
   // updateSubPositions shows the positions the subscriptions have reached.
-  function updateSubPositions() {
-    for (const li of $$('#subscriptions .sub')) {
-      const sub = state.subs.get(li.dataset.subKey);
+  function updateSubPositions(c) {
+    if (!alive(c)) return;
+    for (const li of $$('.sub', c.$('subscriptions'))) {
+      const sub = c.subs.get(li.dataset.subKey);
       if (sub) showSubPosition(li, sub);
     }
   }
@@ -654,27 +1074,236 @@
     return keys.map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' · ');
   }
 
+  // ------------------------------------------------------------------- REST
+  //
+  // With the REST transport the form builds an HTTP request, shown and
+  // edited as text (request line, headers, blank line, JSON body), and
+  // sends it with fetch as the chosen connection: its bearer token as
+  // Authorization, or its cookie. Requests go to this page's own server
+  // only. A list's next and previous links are followed from the log or
+  // the result line.
+
+  // restPath is the path of action a of stream s for the form's pk.
+  function restPath(s, a) {
+    let path = a.path;
+    if (path.includes(':pk')) {
+      const pk = $('#pk').value.trim();
+      path = path.replace(':pk', pk === '' ? ':pk' : encodeURIComponent(pk));
+    }
+    return path;
+  }
+
+  // restQueryOf is the query string of an object's keys, lists
+  // comma-separated.
+  function restQueryOf(data) {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(data)) q.set(k, Array.isArray(v) ? v.join(',') : isObject(v) ? JSON.stringify(v) : String(v));
+    const text = q.toString();
+    return text ? '?' + text : '';
+  }
+
+  // restQuery is the query string of a list: the filter grammar with
+  // lists comma-separated (PROTOCOL.md section 8).
+  function restQuery(s) { return restQueryOf(queryData(s, 'list')); }
+
+  // buildRequest is the HTTP request the form describes, or null when the
+  // action has no REST route.
+  function buildRequest() {
+    const s = currentStream();
+    const a = currentAction();
+    if (!s || !a || !a.method) return null;
+    const req = { method: a.method, url: restPath(s, a), headers: [], body: undefined };
+    if (a.name === 'list') req.url += restQuery(s);
+    let data;
+    if (WRITE_ACTIONS.has(a.name)) {
+      data = {};
+      for (const row of $$('#fields .field')) {
+        if ($('[data-include]', row).checked) data[row.dataset.field] = fieldValue(row);
+      }
+    } else if (!a.builtin) {
+      const text = $('#custom-data').value;
+      if (text.trim() !== '') {
+        const r = parseJSON(text);
+        // A GET action takes its data as the query string.
+        if (a.method === 'GET' && r.ok && isObject(r.value)) req.url += restQueryOf(r.value);
+        else if (a.method !== 'GET') data = r.ok ? r.value : text;
+      }
+    }
+    const ifMatch = $('#if-match').value.trim();
+    const idem = $('#idem-key').value.trim();
+    if (!$('#safety-row').hidden) {
+      if (ifMatch !== '' && !$('#if-match-row').hidden) req.headers.push(['If-Match', ifMatch]);
+      if (idem !== '') req.headers.push(['Idempotency-Key', idem]);
+    }
+    if (data !== undefined) {
+      req.headers.push(['Content-Type', 'application/json']);
+      req.body = typeof data === 'string' ? data : JSON.stringify(data, null, 2);
+    }
+    return req;
+  }
+
+  function requestText(req) {
+    return [`${req.method} ${req.url}`, ...req.headers.map(([k, v]) => `${k}: ${v}`)].join('\n') +
+      (req.body !== undefined ? '\n\n' + req.body : '');
+  }
+
+  // parseRequest reads the request editor: "METHOD URL", header lines, a
+  // blank line and the body.
+  function parseRequest(text) {
+    const lines = text.replace(/\r\n/g, '\n').split('\n');
+    const m = /^\s*([A-Za-z]+)\s+(\S+)\s*$/.exec(lines[0] || '');
+    if (!m) return { error: 'The first line must be a method and a path, e.g. GET /api/questions' };
+    const req = { method: m[1].toUpperCase(), url: m[2], headers: [], body: undefined };
+    let i = 1;
+    for (; i < lines.length && lines[i].trim() !== ''; i++) {
+      const h = /^([A-Za-z0-9-]+):\s*(.*)$/.exec(lines[i]);
+      if (!h) return { error: `Line ${i + 1} is not a header ("Name: value"); a blank line goes before the body.` };
+      req.headers.push([h[1], h[2]]);
+    }
+    const body = lines.slice(i + 1).join('\n');
+    if (body.trim() !== '') req.body = body;
+    let url;
+    try { url = new URL(req.url, location.href); } catch (e) { return { error: `Not a URL: ${req.url}` }; }
+    if (url.origin !== location.origin) return { error: `Only this server's routes can be requested, not ${url.origin}.` };
+    return { req };
+  }
+
+  // restRoute names the stream and action of a path, from the schema, and
+  // the pk of a detail route (typed as the stream's pk).
+  function restRoute(method, url) {
+    const path = new URL(url, location.href).pathname;
+    for (const s of state.streams.values()) {
+      for (const a of s.actions) {
+        if (!a.path || a.method !== method) continue;
+        const re = new RegExp('^' + a.path.split(':pk').map((p) => p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('([^/]+)') + '/?$');
+        const m = re.exec(path);
+        if (!m) continue;
+        let pk;
+        if (m[1] !== undefined) {
+          try { pk = decodeURIComponent(m[1]); } catch (_) { pk = m[1]; }
+          pk = s.pk_type === 'integer' ? scalar(pk, 'integer') : pk;
+        }
+        return { stream: s.name, action: a.name, pk };
+      }
+    }
+    return { stream: null, action: null, pk: undefined };
+  }
+
+  async function sendREST(c, req, meta) {
+    const headers = new Headers(req.headers);
+    if (!headers.has('Accept')) headers.set('Accept', 'application/json');
+    for (const [k, v] of Object.entries(authHeaders(c))) if (!headers.has(k)) headers.set(k, v);
+    const route = restRoute(req.method, req.url);
+    const path = req.url;
+    addEntry(c, {
+      dir: 'out', kind: 'sent', http: true, stream: route.stream, action: route.action,
+      method: req.method, url: path, text: requestText(req), body: req.body,
+    });
+    const sentAt = performance.now();
+    setCookie(c);
+    let res;
+    let text = '';
+    try {
+      res = await fetch(new URL(req.url, location.href), {
+        method: req.method, headers, body: req.body, credentials: 'same-origin', cache: 'no-store', redirect: 'manual',
+      });
+      text = await res.text();
+    } catch (e) {
+      logSystem(c, `${req.method} ${path} failed: ${e.message}`, true);
+      if (meta.form) setResult('error', `${req.method} ${path} failed: ${e.message}`);
+      return;
+    }
+    if (!alive(c)) return;
+    if (res.type === 'opaqueredirect') {
+      // The browser hides a redirect's status and Location from a page that
+      // does not follow it.
+      logSystem(c, `${req.method} ${path} was redirected (not followed: the page sends requests to the routes as typed).`, true);
+      if (meta.form) setResult('error', `${req.method} ${path}: redirected, not followed. Check the path (a trailing slash?).`);
+      return;
+    }
+    const parsed = text === '' ? { ok: true, value: undefined } : parseJSON(text);
+    const body = parsed.ok ? parsed.value : undefined;
+    const links = isObject(body) && ('next' in body || 'previous' in body)
+      ? { next: typeof body.next === 'string' ? body.next : null, previous: typeof body.previous === 'string' ? body.previous : null } : null;
+    const e = {
+      dir: 'in', kind: res.status >= 400 ? 'error' : 'reply', http: true, stream: route.stream, action: route.action,
+      method: req.method, url: path, status: res.status, latency: performance.now() - sentAt,
+      headers: [...res.headers], text, frame: body, links,
+      etag: res.headers.get('ETag') || undefined, replayed: res.headers.get('Idempotent-Replayed') === 'true' || undefined,
+    };
+    if (route.stream !== null && e.etag) {
+      const key = route.pk !== undefined ? route.pk : pkOf(state.streams.get(route.stream), body);
+      if (key !== undefined && key !== null) c.etags.set(objectKey(route.stream, key), e.etag);
+    }
+    if (route.stream !== null && (res.status < 300 || res.status === 412)) {
+      const pk = route.pk !== undefined ? route.pk : pkOf(state.streams.get(route.stream), body);
+      const p = route.action === 'list' && isObject(body) ? { data: body.results } : { data: body };
+      seeObjects(c, route.stream, 'reply', route.action, pk, p, e);
+    }
+    addEntry(c, e);
+    if (meta.form) showRESTResult(c, e, route);
+  }
+
+  function showRESTResult(c, e, route) {
+    const head = `${statusText(e.status)} · ${Math.round(e.latency)} ms`;
+    state.pages = e.links ? { conn: c, stream: route.stream, action: route.action, next: e.links.next, previous: e.links.previous } : null;
+    showPages();
+    if (e.status < 400) {
+      let text = head;
+      const b = e.frame;
+      if (isObject(b) && Array.isArray(b.results)) text += ` · ${b.count} objects, ${b.results.length} on this page`;
+      setResult('ok', text, e.status);
+      return;
+    }
+    const b = e.frame;
+    if (isObject(b) && typeof b.detail === 'string') showErrors({ response_status: e.status, errors: [b.detail] }, route.stream, head);
+    else if (isObject(b)) showErrors({ response_status: e.status, errors: [b] }, route.stream, head);
+    else if (Array.isArray(b)) showErrors({ response_status: e.status, errors: b }, route.stream, head);
+    else setResult('error', `${head} · ${compact(e.text)}`, e.status);
+  }
+
+  function showPages() {
+    const p = state.pages;
+    show($('#page-nav'), !!p && state.transport === 'rest');
+    $('#page-prev').disabled = !p || !p.previous;
+    $('#page-next').disabled = !p || !p.next;
+  }
+
+  // followPage requests a list's next or previous link as c. A link to
+  // another origin (the server's WithBaseURL, seen through another host)
+  // is followed on this page's server: its path and query.
+  function followPage(c, url) {
+    if (!alive(c)) return;
+    const u = new URL(url, location.href);
+    const parsed = parseRequest(`GET ${u.origin === location.origin ? url : u.pathname + u.search}`);
+    if (parsed.error) { setResult('error', parsed.error); return; }
+    setResult('wait', 'waiting for the response…');
+    sendREST(c, parsed.req, { form: true });
+  }
+
   // -------------------------------------------------------------------- log
 
-  function logSystem(text, isError) {
-    addEntry({ dir: 'sys', kind: 'system', stream: null, text, error: !!isError });
+  function logSystem(c, text, isError) {
+    addEntry(c, { dir: 'sys', kind: 'system', stream: null, text, error: !!isError });
   }
 
   // logWarning logs that a subscription of stream lost events.
-  function logWarning(stream, text) {
-    addEntry({ dir: 'sys', kind: 'system', stream, text, warn: true, resume: 'lost' });
+  function logWarning(c, stream, text) {
+    addEntry(c, { dir: 'sys', kind: 'system', stream, text, warn: true, resume: 'lost' });
   }
 
-  function addEntry(e) {
+  function addEntry(c, e) {
+    if (!alive(c)) return;
     e.id = ++state.entrySeq;
     e.time = new Date();
-    state.entries.push(e);
-    const node = renderEntry(e);
+    e.conn = c.id;
+    c.entries.push(e);
+    const node = renderEntry(c, e);
     e.node = node;
-    const log = $('#log');
+    const log = c.$('log');
     const follow = $('#follow').checked && isAtBottom(log);
     log.append(node);
-    while (state.entries.length > MAX_ENTRIES) state.entries.shift().node.remove();
+    while (c.entries.length > MAX_ENTRIES) c.entries.shift().node.remove();
     node.hidden = !matchesFilter(e);
     updateLogCount();
     if (follow && !node.hidden) log.scrollTop = log.scrollHeight;
@@ -682,12 +1311,14 @@
 
   function isAtBottom(log) { return log.scrollHeight - log.scrollTop - log.clientHeight < 40; }
 
-  function renderEntry(e) {
+  function renderEntry(c, e) {
     const attrs = {
-      class: `entry kind-${e.kind}` + (e.error ? ' sys-error' : '') + (e.warn ? ' sys-warn' : ''),
-      'data-id': e.id, 'data-kind': e.kind, 'data-dir': e.dir,
+      class: `entry kind-${e.kind}` + (e.error ? ' sys-error' : '') + (e.warn ? ' sys-warn' : '') + (e.http ? ' http' : ''),
+      'data-id': e.id, 'data-kind': e.kind, 'data-dir': e.dir, 'data-conn': c.id,
+      'data-transport': e.http ? 'rest' : e.dir === 'sys' ? undefined : 'ws',
       'data-stream': e.stream === null ? '' : e.stream,
       'data-action': e.action === undefined || e.action === null ? undefined : e.action,
+      'data-method': e.method, 'data-url': e.url,
       'data-status': e.status === undefined ? undefined : e.status,
       'data-request-id': e.rid === undefined || e.rid === null ? undefined : ridText(e.rid),
       'data-pk': e.pk === undefined || e.pk === null ? undefined : String(e.pk),
@@ -697,6 +1328,8 @@
       'data-recovered': e.recovered === undefined ? undefined : String(e.recovered),
       'data-since': e.since ? e.since.offset : undefined,
       'data-resume': e.resume,
+      'data-etag': e.etag, 'data-replayed': e.replayed ? 'true' : undefined,
+      'data-diff': e.diff === undefined ? undefined : e.diff === null ? 'none' : e.diff.map((d) => d[0]).join(','),
     };
     if (e.kind === 'system') {
       return el('div', attrs, el('div', { class: 'sum' },
@@ -708,8 +1341,10 @@
       el('span', { class: 'time', text: clock(e.time) }),
       el('span', { class: 'dir', title: e.dir === 'out' ? 'sent' : 'received', text: e.dir === 'out' ? '↑' : '↓' }),
       el('span', { class: 'badge', text: e.kind }),
+      e.http ? el('span', { class: 'http-tag', title: 'A REST request', text: 'HTTP' }) : null,
       el('span', { class: 'stream', text: e.stream === null ? '(no stream)' : e.stream }),
-      e.action !== undefined && e.action !== null ? el('span', { class: 'action', text: e.action }) : null,
+      e.http ? el('span', { class: 'action', text: `${e.method} ${e.url}` })
+        : e.action !== undefined && e.action !== null ? el('span', { class: 'action', text: e.action }) : null,
       e.status !== undefined ? el('span', { class: 'status s' + String(e.status).charAt(0), text: String(e.status) }) : null,
       e.pk !== undefined && e.pk !== null ? el('span', { class: 'pk', text: `pk ${compact(e.pk)}` }) : null,
       e.offset !== undefined ? el('span', { class: 'offset', title: `offset ${e.offset}: the event's place in its stream`, text: `@${e.offset}` }) : null,
@@ -720,22 +1355,32 @@
         title: e.recovered ? 'Every event after since follows the reply.' : 'The events after since cannot be replayed: reload the state.',
         text: e.recovered ? 'recovered' : 'state lost',
       }) : null,
-      e.rid !== undefined && e.rid !== null ? el('span', {
-        class: 'rid', title: (e.sub === 'query' ? 'An event of the live query with this request_id. ' : '') + 'Show the frames of this request_id',
+      e.rid !== undefined && e.rid !== null ? el('button', {
+        type: 'button', class: 'rid', title: (e.sub === 'query' ? 'An event of the live query with this request_id. ' : '') + 'Show the frames of this request_id',
         text: (e.sub === 'query' ? 'live ' : '') + `#${ridText(e.rid)}`,
         onclick: (ev) => { ev.preventDefault(); $('#filter-text').value = ridText(e.rid); applyFilter(); },
       }) : null,
-      el('span', { class: 'preview', text: preview(e) }),
+      e.diff !== undefined ? el('span', {
+        class: 'diff-badge', title: 'Difference from the last version of this object this connection saw', text: diffText(e.diff),
+      }) : el('span', { class: 'preview', text: preview(e) }),
+      e.replayed ? el('span', { class: 'replayed', title: 'The server replayed the stored reply of the first request with this idempotency key: nothing was written again.', text: 'replayed' }) : null,
+      e.etag ? el('span', { class: 'etag', title: 'The ETag of this version of the object', text: e.etag }) : null,
       e.latency !== undefined ? el('span', { class: 'latency', text: `${Math.round(e.latency)} ms` }) : null);
     const body = el('div', { class: 'body' });
     const node = el('details', attrs, summary, body);
     node.addEventListener('toggle', () => {
-      if (node.open && !body.firstChild) fillBody(e, body);
+      if (node.open && !body.firstChild) fillBody(c, e, body);
     });
     return node;
   }
 
   function preview(e) {
+    if (e.http) {
+      if (e.dir === 'out') return e.body === undefined ? '' : compact(e.body.replace(/\s+/g, ' '));
+      const b = e.frame;
+      if (isObject(b) && Array.isArray(b.results)) return `${b.count} objects` + (b.next ? ' · next' : '') + (b.previous ? ' · previous' : '') + `  ${compact(b.results)}`;
+      return b === undefined ? compact(e.text) : compact(b);
+    }
     if (e.invalid) return 'not valid JSON: ' + compact(e.text);
     if (e.frame === undefined) return compact(e.text);
     const p = isObject(e.frame) && isObject(e.frame.payload) ? e.frame.payload : null;
@@ -753,16 +1398,38 @@
     return `${d.count} object${d.count === 1 ? '' : 's'}` + (d.results.length < d.count ? `, the first ${d.results.length}` : '');
   }
 
-  function fillBody(e, body) {
+  function fillBody(c, e, body) {
+    const buttons = el('div', { class: 'entry-actions' });
+    if (e.diff !== undefined) body.append(diffNode(e.diff));
+    if (e.http) {
+      if (e.dir === 'in') {
+        body.append(el('pre', { class: 'http-head', text: [statusText(e.status), ...e.headers.map(([k, v]) => `${k}: ${v}`)].join('\n') }));
+      }
+      const pre = el('pre', { class: 'json' });
+      if (e.dir === 'out') pre.textContent = e.text;
+      else if (e.frame !== undefined) pre.append(renderJSON(e.frame, ''));
+      else pre.textContent = e.text;
+      body.append(pre);
+      buttons.append(el('button', { type: 'button', 'data-act': 'copy-frame', text: 'Copy', onclick: () => copyText(e.dir === 'out' || e.frame === undefined ? e.text : JSON.stringify(e.frame, null, 2), 'request') }));
+      if (e.dir === 'out') {
+        buttons.append(el('button', { type: 'button', 'data-act': 'resend', text: 'Edit and send again', onclick: () => { setTransport('rest'); loadRaw(e.text); } }));
+      }
+      if (e.links) {
+        buttons.append(
+          el('button', { type: 'button', 'data-act': 'previous', text: '← Previous page', disabled: !e.links.previous, onclick: () => followPage(c, e.links.previous) }),
+          el('button', { type: 'button', 'data-act': 'next', text: 'Next page →', disabled: !e.links.next, onclick: () => followPage(c, e.links.next) }));
+      }
+      body.append(buttons);
+      return;
+    }
     const pre = el('pre', { class: 'json' });
     if (e.frame !== undefined) pre.append(renderJSON(e.frame, ''));
     else pre.textContent = e.text;
-    const buttons = el('div', { class: 'entry-actions' },
-      el('button', { type: 'button', 'data-act': 'copy-frame', text: 'Copy', onclick: () => copyText(e.frame !== undefined ? JSON.stringify(e.frame, null, 2) : e.text, 'frame') }));
+    buttons.append(el('button', { type: 'button', 'data-act': 'copy-frame', text: 'Copy', onclick: () => copyText(e.frame !== undefined ? JSON.stringify(e.frame, null, 2) : e.text, 'frame') }));
     if (e.dir === 'out') {
       buttons.append(el('button', {
         type: 'button', 'data-act': 'resend', text: 'Edit and send again',
-        onclick: () => { loadRaw(e.frame !== undefined ? JSON.stringify(e.frame, null, 2) : e.text); },
+        onclick: () => { setTransport('ws'); loadRaw(e.frame !== undefined ? JSON.stringify(e.frame, null, 2) : e.text); },
       }));
     }
     body.append(pre, buttons);
@@ -801,7 +1468,7 @@
   function filterState() {
     return {
       stream: $('#filter-stream').value,
-      kinds: new Set($$('.chips input:checked').map((i) => i.value)),
+      kinds: new Set($$('.logbar .chips input:checked').map((i) => i.value)),
       text: $('#filter-text').value.trim().toLowerCase(),
     };
   }
@@ -813,30 +1480,43 @@
     return !f.text || e.text.toLowerCase().includes(f.text);
   }
 
+  function allEntries() { return state.conns.flatMap((c) => c.entries).sort((x, y) => x.id - y.id); }
+
   function applyFilter() {
     const f = filterState();
-    for (const e of state.entries) e.node.hidden = !matchesFilter(e, f);
-    $$('.chips .chip').forEach((c) => c.classList.toggle('off', !c.querySelector('input').checked));
+    for (const e of allEntries()) e.node.hidden = !matchesFilter(e, f);
+    $$('.logbar .chips .chip').forEach((c) => c.classList.toggle('off', !c.querySelector('input').checked));
     updateLogCount();
   }
 
-  function visibleEntries() { return state.entries.filter((e) => !e.node.hidden); }
+  function visibleEntries() { return allEntries().filter((e) => !e.node.hidden); }
 
   function updateLogCount() {
-    const shown = visibleEntries().length;
-    const total = state.entries.length;
-    $('#log-count').textContent = shown === total ? String(total) : `${shown} of ${total}`;
-    show($('#log-empty'), total === 0);
+    const all = allEntries();
+    const shown = all.filter((e) => !e.node.hidden).length;
+    $('#log-count').textContent = shown === all.length ? String(all.length) : `${shown} of ${all.length}`;
+    for (const c of state.conns) show(c.$('log-empty'), c.entries.length === 0);
   }
 
-  function exportEntries() {
-    return state.entries.map((e) => ({
+  function exportEntry(e) {
+    const out = {
       time: e.time.toISOString(),
+      connection: e.conn,
       direction: e.dir === 'out' ? 'sent' : e.dir === 'in' ? 'received' : 'connection',
       kind: e.kind,
-      frame: e.frame !== undefined ? e.frame : e.text,
-    }));
+    };
+    if (e.http) {
+      out.request = `${e.method} ${e.url}`;
+      if (e.dir === 'in') { out.status = e.status; out.headers = Object.fromEntries(e.headers); }
+      out.body = e.dir === 'out' ? e.body : e.frame !== undefined ? e.frame : e.text;
+    } else {
+      out.frame = e.frame !== undefined ? e.frame : e.text;
+    }
+    if (e.diff) out.diff = Object.fromEntries(e.diff.map(([k, b, a]) => [k, { before: b, after: a }]));
+    return out;
   }
+
+  function exportEntries() { return allEntries().map(exportEntry); }
 
   async function copyText(text, what) {
     window.channelsapi.lastCopy = text;
@@ -861,18 +1541,21 @@
     r.textContent = text;
   }
 
-  // ------------------------------------------------------------------ form
-
   function onStreamChange() {
     const s = currentStream();
     const sel = $('#action');
     const prev = sel.value;
     const builtin = s ? s.actions.filter((a) => a.builtin) : [];
     const custom = s ? s.actions.filter((a) => !a.builtin) : [];
+    // Over REST, the actions without a route are shown but cannot be chosen.
+    const rest = state.transport === 'rest';
+    const option = (a) => el('option', { value: a.name, text: a.name + (rest && !a.method ? ' (WebSocket only)' : ''), disabled: rest && !a.method });
     sel.replaceChildren(
-      el('optgroup', { label: 'built-in' }, builtin.map((a) => el('option', { value: a.name, text: a.name }))),
-      custom.length ? el('optgroup', { label: 'custom' }, custom.map((a) => el('option', { value: a.name, text: a.name }))) : null);
-    if (s && s.actions.some((a) => a.name === prev)) sel.value = prev;
+      el('optgroup', { label: 'built-in' }, builtin.map(option)),
+      custom.length ? el('optgroup', { label: 'custom' }, custom.map(option)) : null);
+    const usable = (a) => !rest || !!a.method;
+    if (s && s.actions.some((a) => a.name === prev && usable(a))) sel.value = prev;
+    else if (s && s.actions.some(usable)) sel.value = s.actions.find(usable).name;
 
     const info = $('#stream-info');
     info.replaceChildren();
@@ -915,6 +1598,7 @@
     show($('#list-row'), isQuery);
     show($('#page-field'), name === 'list');
     show($('#snapshot-row'), isLive);
+    show($('#request-id-row'), state.transport === 'ws');
     if (s) {
       $('#page-size').placeholder = String(s.page_size);
       $('#page-size-hint').textContent = (isLive ? 'rows of the snapshot: ' : '') + `default ${s.page_size}, at most ${s.max_page_size}`;
@@ -926,6 +1610,10 @@
     show($('#readonly-fields'), isWrite && $('#readonly-fields').textContent !== '');
     if (isWrite) resetIncludes(name);
     show($('#custom-row'), !!a && !a.builtin);
+    // Safe retries and concurrent edits (PROTOCOL.md section 11).
+    const writes = !!a && (WRITE_ACTIONS.has(name) || name === 'delete' || !a.builtin);
+    show($('#safety-row'), writes);
+    show($('#if-match-row'), CONDITIONAL_ACTIONS.has(name));
     $('#custom-hint').textContent = a && !a.builtin ? (a.detail ? 'Detail action: the object is looked up by pk first.' : 'List action: no object.') : '';
 
     const info = $('#action-info');
@@ -1325,14 +2013,25 @@
         payload.data = r.ok ? r.value : text;
       }
     }
+    const ifMatch = $('#if-match').value.trim();
+    const idem = $('#idem-key').value.trim();
+    if (!$('#safety-row').hidden) {
+      if (ifMatch !== '' && !$('#if-match-row').hidden) payload.if_match = ifMatch;
+      if (idem !== '') payload.idempotency_key = idem;
+    }
     payload.request_id = $('#request-id').value;
     return { stream: s.name, payload };
   }
 
   function rebuildRaw() {
     if (state.syncing) return;
-    const frame = buildFrame();
-    $('#raw').value = frame ? JSON.stringify(frame, null, 2) : '';
+    if (state.transport === 'rest') {
+      const req = buildRequest();
+      $('#raw').value = req ? requestText(req) : '';
+    } else {
+      const frame = buildFrame();
+      $('#raw').value = frame ? JSON.stringify(frame, null, 2) : '';
+    }
     state.rawDirty = false;
     setRawState('form', 'from the form');
   }
@@ -1354,6 +2053,12 @@
   // can of the frame, and the frame is sent as typed.
   function onRawInput() {
     state.rawDirty = true;
+    if (state.transport === 'rest') {
+      const parsed = parseRequest($('#raw').value);
+      if (parsed.error) setRawState('invalid', parsed.error);
+      else setRawState('edited', 'edited: sent as typed');
+      return;
+    }
     const r = parseJSON($('#raw').value);
     if (!r.ok) {
       setRawState('invalid', 'not valid JSON: sent as typed');
@@ -1378,6 +2083,8 @@
       }
       $('#pk').value = p.pk === undefined || p.pk === null ? '' : typeof p.pk === 'string' ? p.pk : JSON.stringify(p.pk);
       if (typeof p.request_id === 'string') $('#request-id').value = p.request_id;
+      $('#if-match').value = typeof p.if_match === 'string' ? p.if_match : '';
+      $('#idem-key').value = typeof p.idempotency_key === 'string' ? p.idempotency_key : '';
       const data = p.data;
       const name = $('#action').value;
       if (QUERY_ACTIONS.has(name)) {
@@ -1400,25 +2107,37 @@
 
   // send sends the frame editor's text: compacted when it is JSON, as typed
   // when it is not (the server answers "Invalid frame.").
+  // send sends the request editor's text as the chosen connection: a
+  // WebSocket frame (compacted when it is JSON, as typed when it is not:
+  // the server answers "Invalid frame.") or a REST request.
   function send() {
+    const c = state.target;
     const text = $('#raw').value;
-    const r = parseJSON(text);
-    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
-      setResult('error', 'Not connected: the frame was not sent.');
+    clearFieldErrors();
+    if (state.transport === 'rest') {
+      const parsed = parseRequest(text);
+      if (parsed.error) { setResult('error', parsed.error); return; }
+      if (parsed.req.url.includes(':pk')) { setResult('error', 'Enter a pk: the route needs one.'); $('#pk').focus(); return; }
+      setResult('wait', 'waiting for the response…');
+      sendREST(c, parsed.req, { form: true });
       return;
     }
-    clearFieldErrors();
+    const r = parseJSON(text);
+    if (!c.ws || c.ws.readyState !== WebSocket.OPEN) {
+      setResult('error', `Connection ${c.label} is not connected: the frame was not sent.`);
+      return;
+    }
     setResult('wait', 'waiting for the reply…');
-    state.sendMeta = { form: true };
-    state.ws.send(r.ok ? JSON.stringify(r.value) : text);
+    c.sendMeta = { form: true };
+    c.ws.send(r.ok ? JSON.stringify(r.value) : text);
     const sentRid = r.ok && isObject(r.value) && isObject(r.value.payload) ? r.value.payload.request_id : undefined;
     if (sentRid === $('#request-id').value) newRequestID();
   }
 
   function newRequestID() {
     $('#request-id').value = freshID();
-    if (!state.rawDirty) {
-      rebuildRaw();
+    if (!state.rawDirty || state.transport === 'rest') {
+      if (!state.rawDirty) rebuildRaw();
       return;
     }
     const r = parseJSON($('#raw').value);
@@ -1426,6 +2145,28 @@
       r.value.payload.request_id = $('#request-id').value;
       $('#raw').value = JSON.stringify(r.value, null, 2);
     }
+  }
+
+  // setTransport switches the form between WebSocket frames and REST
+  // requests.
+  function setTransport(t) {
+    state.transport = t;
+    for (const b of $$('#transport [data-transport]')) b.setAttribute('aria-pressed', String(b.dataset.transport === t));
+    $('#raw-label').textContent = t === 'rest' ? 'Request' : 'Frame';
+    $('#raw').rows = t === 'rest' ? 8 : 10;
+    document.body.dataset.transport = t;
+    onStreamChange();
+    showPages();
+    updateSendState();
+  }
+
+  // updateSendState enables Send when the chosen connection can send:
+  // over REST always, over the WebSocket while its socket is open.
+  function updateSendState() {
+    const c = state.target;
+    const open = !!c && !!c.ws && c.ws.readyState === WebSocket.OPEN;
+    $('#send').disabled = !c || (state.transport === 'ws' && !open);
+    $('#send').textContent = state.conns.length > 1 && c ? `Send as ${c.label}` : 'Send';
   }
 
   function setResult(kind, text, status) {
@@ -1439,10 +2180,9 @@
   // errors of a 400 next to their fields.
   function showResult(p, req) {
     const st = p.response_status;
-    const ms = `${Math.round(performance.now() - req.sentAt)} ms`;
-    const head = `${st} ${STATUS_TEXT[st] || ''}`.trim();
+    const head = `${statusText(st)} · ${Math.round(performance.now() - req.sentAt)} ms`;
     if (st < 400) {
-      let text = `${head} · ${ms}`;
+      let text = head;
       if (isObject(p.meta)) text += ` · ${p.meta.count} objects, page ${p.meta.page} of ${p.meta.num_pages}`;
       else if (isSnapshot(p)) text += ` · snapshot: ${snapshotText(p.data)}`;
       const at = replyPosition(p);
@@ -1451,13 +2191,19 @@
       setResult('ok', text, st);
       return;
     }
+    showErrors(p, req.stream, head);
+  }
+
+  // showErrors shows the errors of a reply or REST response: those of a
+  // field of the form next to it, the others above the request.
+  function showErrors(p, stream, head) {
     const general = []; // messages with no field of the form to show them
     const messages = [];
     for (const err of Array.isArray(p.errors) ? p.errors : []) {
       if (!isObject(err)) { messages.push(String(err)); continue; }
       for (const [key, msgs] of Object.entries(err)) {
         const text = Array.isArray(msgs) ? msgs.join(' ') : String(msgs);
-        const row = req.stream === $('#stream').value ? errorRow(key) : null;
+        const row = stream === $('#stream').value ? errorRow(key) : null;
         if (row) {
           const box = $('.field-error', row);
           box.textContent = text;
@@ -1472,7 +2218,7 @@
     fe.replaceChildren(...general.map((g) => el('div', { text: g })));
     show(fe, general.length > 0);
     const all = messages.concat(general);
-    setResult('error', `${head} · ${ms} · ` + (all.length ? all.join('; ') : 'see the fields'), st);
+    setResult('error', `${head} · ` + (all.length ? all.join('; ') : 'see the fields'), p.response_status);
   }
 
   // errorRow returns the shown row of the form for the key of a field
@@ -1502,7 +2248,7 @@
   function wire() {
     $('#stream').addEventListener('change', () => { onStreamChange(); });
     $('#action').addEventListener('change', () => { onActionChange(); });
-    for (const id of ['#pk', '#page', '#page-size', '#snapshot', '#sub-event', '#custom-data', '#request-id']) {
+    for (const id of ['#pk', '#page', '#page-size', '#snapshot', '#sub-event', '#custom-data', '#request-id', '#if-match', '#idem-key']) {
       $(id).addEventListener('input', rebuildRaw);
       $(id).addEventListener('change', rebuildRaw);
     }
@@ -1522,11 +2268,20 @@
     });
     $('#form').addEventListener('submit', (ev) => { ev.preventDefault(); send(); });
     $('#new-id').addEventListener('click', newRequestID);
+    $('#new-idem').addEventListener('click', () => { $('#idem-key').value = crypto.randomUUID(); rebuildRaw(); });
+    $('#use-etag').addEventListener('click', () => {
+      const s = currentStream();
+      const pk = pkValue(s);
+      const tag = s && pk !== undefined ? state.target.etags.get(objectKey(s.name, pk)) : undefined;
+      if (!tag) { setResult('error', 'This connection has seen no ETag of this object: retrieve it first.'); return; }
+      $('#if-match').value = tag;
+      rebuildRaw();
+    });
     $('#load-object').addEventListener('click', () => {
       const s = currentStream();
       const pk = pkValue(s);
       if (!s || pk === undefined) { setResult('error', 'Enter a pk to load.'); return; }
-      sendFrame({ stream: s.name, payload: { action: 'retrieve', pk, request_id: freshID() } }, { fill: true, form: true });
+      sendFrame(state.target, { stream: s.name, payload: { action: 'retrieve', pk, request_id: freshID() } }, { fill: true, form: true });
     });
     $('#raw').addEventListener('input', onRawInput);
     $('#raw-reset').addEventListener('click', rebuildRaw);
@@ -1537,23 +2292,25 @@
         send();
       }
     });
-    $('#conn-toggle').addEventListener('click', () => {
-      const st = $('#conn').dataset.state;
-      if (st === 'open' || st === 'connecting') disconnect();
-      else { state.attempt = 0; connect(); }
+    for (const b of $$('#transport [data-transport]')) b.addEventListener('click', () => setTransport(b.dataset.transport));
+    $('#page-prev').addEventListener('click', () => { if (state.pages && state.pages.previous) followPage(state.pages.conn, state.pages.previous); });
+    $('#page-next').addEventListener('click', () => { if (state.pages && state.pages.next) followPage(state.pages.conn, state.pages.next); });
+    $('#add-conn').addEventListener('click', () => {
+      const b = openConn('b');
+      b.$('cred-token').focus();
     });
     $('#filter-stream').addEventListener('change', applyFilter);
     $('#filter-text').addEventListener('input', applyFilter);
-    for (const c of $$('.chips input')) c.addEventListener('change', applyFilter);
+    for (const c of $$('.logbar .chips input')) c.addEventListener('change', applyFilter);
     $('#log-clear').addEventListener('click', () => {
-      state.entries = [];
-      $('#log').replaceChildren();
+      for (const c of state.conns) {
+        c.entries = [];
+        c.$('log').replaceChildren();
+      }
       updateLogCount();
     });
     $('#log-copy').addEventListener('click', () => {
-      const shown = visibleEntries();
-      const ids = new Set(shown.map((e) => e.id));
-      const out = exportEntries().filter((_, i) => ids.has(state.entries[i].id));
+      const out = visibleEntries().map(exportEntry);
       copyText(JSON.stringify(out, null, 2), `${out.length} frame${out.length === 1 ? '' : 's'} as JSON`);
     });
     $('#log-expand').addEventListener('click', () => {
@@ -1564,29 +2321,45 @@
     });
   }
 
-  // The console API, next to window.ws.
+  // The console API, next to window.ws (the socket of connection A).
   window.channelsapi = {
     get schema() { return state.schema; },
     frames: exportEntries,
-    send(stream, payload) { return sendFrame({ stream, payload }); },
-    connect() { state.attempt = 0; connect(); },
-    disconnect,
+    send(stream, payload) { return sendFrame(state.target, { stream, payload }); },
+    connect() { const c = state.target; c.attempt = 0; connect(c); },
+    disconnect() { disconnect(state.target); },
+    // The connections: id ("a", "b"), socket, state (connecting, open,
+    // waiting, refused, closed), credential (null, "bearer", "cookie"),
+    // opens (sockets that opened), refused (the status of a refusal),
+    // retrying (a reconnect is scheduled).
+    get connections() {
+      return state.conns.map((c) => ({
+        id: c.id, socket: c.ws, state: c.$('conn').dataset.state, credential: c.cred.token ? c.cred.mode : null,
+        opens: c.opens, refused: c.refused ? c.refused.status : null, retrying: c.retryTimer !== 0,
+      }));
+    },
     lastCopy: '',
   };
 
   async function start() {
     wire();
     $('#request-id').value = freshID();
-    renderSubs();
-    updateLogCount();
-    applyFilter();
     try {
       applySchema(await loadSchema());
     } catch (e) {
       showSchemaError(`Cannot load the schema: ${e.message}. Frames can still be sent as raw JSON.`);
     }
+    const saved = loadCredentials();
+    const credOf = (id) => {
+      const x = saved.find((v) => v.id === id);
+      if (!x) return null;
+      return { mode: x.cred.mode === 'cookie' ? 'cookie' : 'bearer', token: String(x.cred.token || ''), cookie: String(x.cred.cookie || '') };
+    };
+    state.target = openConn('a', credOf('a'));
+    if (credOf('b')) openConn('b', credOf('b'));
+    setTransport('ws');
+    applyFilter();
     document.body.dataset.ready = 'true';
-    connect();
   }
 
   start();
