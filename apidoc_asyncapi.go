@@ -52,12 +52,17 @@ func (a *API) asyncAPIDoc(info apispec.Info, streams []streamSchema, components 
 	for _, s := range streams {
 		for _, act := range s.Actions {
 			req, rep := add(requestMessage(s, act)), add(replyMessage(s, act))
+			replies := []apispec.Reference{rep, errRef}
+			switch act.Name {
+			case actionUpdate, actionPatch, actionDelete:
+				replies = append(replies, add(staleMessage(s)))
+			}
 			doc.Operations[s.Name+"."+act.Name] = &apispec.AsyncOp{
 				Action:   "receive",
 				Channel:  apispec.Reference{Ref: channelRef},
 				Summary:  fmt.Sprintf("%s on %s", act.Name, s.Name),
 				Messages: []apispec.Reference{req},
-				Reply:    &apispec.AsyncReply{Channel: apispec.Reference{Ref: channelRef}, Messages: []apispec.Reference{rep, errRef}},
+				Reply:    &apispec.AsyncReply{Channel: apispec.Reference{Ref: channelRef}, Messages: replies},
 			}
 		}
 		events := []apispec.Reference{add(groupEventMessage(s))}
@@ -101,10 +106,13 @@ func object(props map[string]*apispec.Schema, required ...string) *apispec.Schem
 }
 
 var (
+	etagValue = &apispec.Schema{Type: "string", Description: "The object's entity tag (PROTOCOL.md section 11): \"v<N>\" from the stream's version field, else a hash of the object's JSON."}
 	anyJSON   = &apispec.Schema{Description: "Any JSON value."}
-	nullValue = &apispec.Schema{Type: "null"}
-	noErrors  = &apispec.Schema{Type: "array", MaxItems: apispec.Int(0)}
-	offset    = &apispec.Schema{Type: "integer", Minimum: apispec.Float(1), Description: "The event's place in the stream (PROTOCOL.md section 10)."}
+	// replayedValue marks the stored reply of a repeated idempotency_key.
+	replayedValue = &apispec.Schema{Const: json.RawMessage("true"), Description: "The stored reply of a repeated idempotency_key (PROTOCOL.md section 11)."}
+	nullValue     = &apispec.Schema{Type: "null"}
+	noErrors      = &apispec.Schema{Type: "array", MaxItems: apispec.Int(0)}
+	offset        = &apispec.Schema{Type: "integer", Minimum: apispec.Float(1), Description: "The event's place in the stream (PROTOCOL.md section 10)."}
 )
 
 // errorMessage is every error reply (PROTOCOL.md sections 3 and 6).
@@ -117,7 +125,8 @@ func errorMessage() *apispec.Message {
 			"400 [\"Invalid frame.\"] (stream null: not JSON, not an object, or binary);",
 			"404 [\"Invalid stream.\"]; 400 [\"Invalid Action\"] (action null when missing);",
 			"401/403 [\"Permission Denied\"]; 404 [\"Not found.\"] or [\"Invalid page.\"];",
-			"400 [{\"field\": [\"message\"]}] for validation; 409 on a conflict; 429 [\"Too many requests.\"] over the rate limit",
+			"400 [{\"field\": [\"message\"]}] for validation; 409 on a conflict or an idempotency_key still running;",
+			"422 [\"Idempotency key reused with a different request.\"]; 429 [\"Too many requests.\"] over the rate limit",
 			"or [\"Too many subscriptions.\"]; 500 [\"A server error occurred.\"]; 503 [\"Server busy, try again.\"].",
 			"Hooks, permissions and custom actions may answer other statuses the same way.",
 		}, " "),
@@ -156,6 +165,21 @@ func requestMessage(s streamSchema, act actionSchema) *apispec.Message {
 		props[keyExpand] = &apispec.Schema{
 			Type: "array", Items: &apispec.Schema{Type: "string", Enum: apispec.Enum(names...)},
 			Description: "Relations to include in the reply's objects (a comma-separated string is also accepted).",
+		}
+	}
+	switch act.Name {
+	case actionCreate, actionUpdate, actionPatch, actionDelete:
+		props[keyIdempotency] = &apispec.Schema{
+			Type: "string", MinLength: apispec.Int(1), MaxLength: apispec.Int(maxKeyLength),
+			Description: "With WithIdempotency: a repeat with the same key (same user, same request) returns the stored reply, marked \"replayed\": true, " +
+				"without running again; the same key for another request is 422, one still running 409. Without it, 400.",
+		}
+	}
+	switch act.Name {
+	case actionUpdate, actionPatch, actionDelete:
+		props[keyIfMatch] = &apispec.Schema{
+			Type:        "string",
+			Description: "Write only if the object's etag is one of these (comma-separated quoted entity tags), or with \"*\" if it exists; else 412 with the current object.",
 		}
 	}
 	switch act.Name {
@@ -248,10 +272,17 @@ func replyMessage(s streamSchema, act actionSchema) *apispec.Message {
 	switch act.Name {
 	case actionCreate:
 		props["data"], props["response_status"] = obj, status(http.StatusCreated)
+		props["etag"], required = etagValue, append(required, "etag")
+		props["replayed"] = replayedValue
 	case actionRetrieve, actionUpdate, actionPatch:
 		props["data"], props["response_status"] = obj, status(http.StatusOK)
+		props["etag"], required = etagValue, append(required, "etag")
+		if act.Name != actionRetrieve {
+			props["replayed"] = replayedValue
+		}
 	case actionDelete:
 		props["data"], props["response_status"] = &apispec.Schema{Type: "object", MaxProperties: apispec.Int(0)}, status(http.StatusOK)
+		props["replayed"] = replayedValue
 	case actionList:
 		props["data"], props["response_status"] = &apispec.Schema{Type: "array", Items: obj}, status(http.StatusOK)
 		props["meta"] = object(map[string]*apispec.Schema{
@@ -295,6 +326,24 @@ func replyMessage(s streamSchema, act actionSchema) *apispec.Message {
 	}
 }
 
+// staleMessage is the 412 of an update, patch or delete whose if_match
+// does not match (PROTOCOL.md section 11).
+func staleMessage(s streamSchema) *apispec.Message {
+	return &apispec.Message{
+		Name:        s.Name + ".precondition_failed",
+		Title:       "Precondition failed on " + s.Name,
+		Description: "The object changed since the etag of if_match: data is the current object, etag its entity tag.",
+		Payload: frame(apispec.Const(s.Name), object(map[string]*apispec.Schema{
+			"action":          {Type: "string", Enum: apispec.Enum(actionUpdate, actionPatch, actionDelete)},
+			"data":            apispec.Ref(s.Name),
+			"errors":          {Type: "array", Items: apispec.Const(msgPreconditionFailed), MinItems: apispec.Int(1), MaxItems: apispec.Int(1)},
+			"response_status": apispec.Const(http.StatusPreconditionFailed),
+			"request_id":      anyJSON,
+			"etag":            etagValue,
+		}, "action", "data", "errors", "response_status", "request_id", "etag")),
+	}
+}
+
 // groupEventMessage is the event of a subscribe (4.7) and of a live query
 // (9), which carries the live query's request_id.
 func groupEventMessage(s streamSchema) *apispec.Message {
@@ -308,6 +357,7 @@ func groupEventMessage(s streamSchema) *apispec.Message {
 			"pk":         {Type: s.PKType},
 			"data":       apispec.Ref(s.Name),
 			"model":      apispec.Const(s.Model),
+			"etag":       etagValue,
 			"offset":     offset,
 			"request_id": &apispec.Schema{Description: "The live query's request_id; absent for subscribe."},
 		}, "action", "pk", "data", "model")),
@@ -324,6 +374,7 @@ func instanceEventMessages(s streamSchema, add func(*apispec.Message) apispec.Re
 			"errors":          noErrors,
 			"response_status": apispec.Const(status),
 			"request_id":      &apispec.Schema{Description: "The request_id of the subscribe_instance."},
+			"etag":            etagValue,
 			"offset":          offset,
 		}, "action", "data", "errors", "response_status", "request_id"))
 	}

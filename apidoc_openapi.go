@@ -101,6 +101,7 @@ const (
 	responseServerError      = "ServerError"
 	responseBusy             = "Busy"
 	responseConflict         = "Conflict"
+	responseKeyReused        = "IdempotencyKeyReused"
 	responseTooLarge         = "TooLarge"
 	responseUnsupportedMedia = "UnsupportedMediaType"
 	// ResponseMethodNotAllowed answers a method a path has no operation
@@ -122,9 +123,11 @@ func restResponses() map[string]*apispec.Response {
 		responseDenied:      detail("Permission denied: {\"detail\": \"Permission Denied\"} (401 without an authenticated user, 403 with one)."),
 		responseNotFound:    detail("{\"detail\": \"Not found.\"}: no object with this pk within the stream's scope, or a pk that cannot be parsed."),
 		responseServerError: detail("{\"detail\": \"A server error occurred.\"}, with no internal detail."),
-		responseConflict:    detail("The object conflicts with an existing one (a unique constraint)."),
-		responseBusy:        detail("{\"detail\": \"Server busy, try again.\"}: the write or read could not be ordered against the stream's events in time."),
-		responseTooLarge:    detail("{\"detail\": \"Request body too large.\"}: the body is over the size limit (WithMaxMessageSize)."),
+		responseConflict: detail("The object conflicts with an existing one (a unique constraint), or a request with the same Idempotency-Key " +
+			"is still running: {\"detail\": \"A request with this idempotency key is still running.\"}."),
+		responseKeyReused: detail("{\"detail\": \"Idempotency key reused with a different request.\"}: the Idempotency-Key was used by this user for another request."),
+		responseBusy:      detail("{\"detail\": \"Server busy, try again.\"}: the write or read could not be ordered against the stream's events in time."),
+		responseTooLarge:  detail("{\"detail\": \"Request body too large.\"}: the body is over the size limit (WithMaxMessageSize)."),
 		responseUnsupportedMedia: detail(
 			"{\"detail\": \"Unsupported media type \\\"text/plain\\\" in request.\"}: a body that is not application/json."),
 		responseMethodNotAllowed: {
@@ -211,14 +214,15 @@ func restOperation(s streamSchema, act actionSchema) *apispec.Operation {
 	case actionCreate:
 		op.Summary = "Create a " + s.Name + " object"
 		op.RequestBody = body(s.Name+".write", "The fields of the object.")
-		op.Parameters = expandParameters(s)
-		extra := ok(http.StatusCreated, "The object created.", obj)
+		op.Parameters = append(expandParameters(s), idempotencyParameter())
+		extra := withETag(ok(http.StatusCreated, "The object created.", obj))
 		extra["409"] = responseRef(responseConflict)
+		extra["422"] = responseRef(responseKeyReused)
 		op.Responses = refusals(false, true, extra)
 	case actionRetrieve:
 		op.Summary = "Retrieve a " + s.Name + " object"
 		op.Parameters = expandParameters(s)
-		op.Responses = refusals(true, false, ok(http.StatusOK, "The object.", obj))
+		op.Responses = refusals(true, false, withETag(ok(http.StatusOK, "The object.", obj)))
 	case actionUpdate, actionPatch:
 		op.Summary = "Update a " + s.Name + " object"
 		component := s.Name + ".write"
@@ -226,15 +230,20 @@ func restOperation(s streamSchema, act actionSchema) *apispec.Operation {
 			op.Summary, component = "Change fields of a "+s.Name+" object", s.Name+".patch"
 		}
 		op.RequestBody = body(component, "The fields to write.")
-		op.Parameters = expandParameters(s)
-		extra := ok(http.StatusOK, "The object after the write.", obj)
+		op.Parameters = append(expandParameters(s), ifMatchParameter(), idempotencyParameter())
+		extra := withETag(ok(http.StatusOK, "The object after the write.", obj))
 		extra["409"] = responseRef(responseConflict)
+		extra["412"] = staleResponse(obj)
+		extra["422"] = responseRef(responseKeyReused)
 		op.Responses = refusals(true, true, extra)
 	case actionDelete:
 		op.Summary = "Delete a " + s.Name + " object"
+		op.Parameters = []*apispec.Parameter{ifMatchParameter(), idempotencyParameter()}
 		extra := ok(http.StatusNoContent, "Deleted; no body.", nil)
 		extra["400"] = responseRef(responseError)
 		extra["409"] = responseRef(responseConflict)
+		extra["412"] = staleResponse(obj)
+		extra["422"] = responseRef(responseKeyReused)
 		op.Responses = refusals(true, false, extra)
 	default: // a custom action
 		op.Summary = "The custom action " + act.Name
@@ -248,6 +257,60 @@ func restOperation(s streamSchema, act actionSchema) *apispec.Operation {
 		})
 	}
 	return op
+}
+
+// etagHeader is the ETag of an object (PROTOCOL.md section 11).
+func etagHeader() *apispec.Header {
+	return &apispec.Header{
+		Description: "The object's entity tag, strong: \"v<N>\" from the stream's version field, else a hash of the object's JSON. Send it as If-Match.",
+		Schema:      &apispec.Schema{Type: "string"},
+	}
+}
+
+// withETag adds the ETag header, and Idempotent-Replayed, to the success
+// response in r.
+func withETag(r map[string]*apispec.Response) map[string]*apispec.Response {
+	for _, resp := range r {
+		resp.Headers = map[string]*apispec.Header{"ETag": etagHeader(), "Idempotent-Replayed": replayedHeader()}
+	}
+	return r
+}
+
+// replayedHeader marks the stored reply of an Idempotency-Key.
+func replayedHeader() *apispec.Header {
+	return &apispec.Header{
+		Description: "\"true\" on the stored reply of a repeated Idempotency-Key.",
+		Schema:      &apispec.Schema{Type: "string", Enum: apispec.Enum("true")},
+	}
+}
+
+// idempotencyParameter is the Idempotency-Key of create, update, patch
+// and delete.
+func idempotencyParameter() *apispec.Parameter {
+	return &apispec.Parameter{
+		Name: "Idempotency-Key", In: "header", Schema: &apispec.Schema{Type: "string", MinLength: apispec.Int(1), MaxLength: apispec.Int(maxKeyLength)},
+		Description: "With WithIdempotency: a repeat of this request with the same key (same user, same request) within the retention returns the stored " +
+			"status and body without running again, with the header Idempotent-Replayed: true. The same key for another request is 422. " +
+			"Without WithIdempotency, 400.",
+	}
+}
+
+// ifMatchParameter is the If-Match of update, patch and delete.
+func ifMatchParameter() *apispec.Parameter {
+	return &apispec.Parameter{
+		Name: "If-Match", In: "header", Schema: &apispec.Schema{Type: "string"},
+		Description: "Write only if the object's ETag is one of these (a comma-separated list of quoted entity tags), or, with \"*\", if it exists; " +
+			"else 412 with the current object. Weak tags never match. A malformed value is 400.",
+	}
+}
+
+// staleResponse is the 412 of a write whose If-Match does not match.
+func staleResponse(obj *apispec.Schema) *apispec.Response {
+	return &apispec.Response{
+		Description: "Precondition failed: the object changed since the ETag of If-Match. The body is the current object, the ETag header its entity tag.",
+		Headers:     map[string]*apispec.Header{"ETag": etagHeader()},
+		Content:     jsonContent(obj),
+	}
 }
 
 // readOnlyOperation describes a write route of a read-only stream.

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"gorm.io/gorm"
+	"gorm.io/gorm/callbacks"
 	"gorm.io/gorm/clause"
 	"gorm.io/gorm/schema"
 )
@@ -61,6 +62,21 @@ type change struct {
 	numbered []numbered
 	offset   uint64
 	pending  bool // written to the outbox, to be numbered after COMMIT (numbering.go)
+	// etag is the ETag the change came with from a broker or the outbox
+	// (etagFor).
+	etag string
+}
+
+// etagFor returns the ETag of ch's object for r's events: the one it came
+// with, or else that of its object; "" for a delete.
+func (ch *change) etagFor(r resource) string {
+	if ch.action == actionDelete {
+		return ""
+	}
+	if ch.etag == "" {
+		ch.etag = r.model().etagOf(ch.obj, ch.data)
+	}
+	return ch.etag
 }
 
 // encodeSafely is encode, with a panic of the model's JSON methods as an
@@ -305,6 +321,7 @@ type before struct {
 	pk      bool            // the statement assigns the primary key
 	undel   bool            // the statement assigns the soft-delete column
 	same    bool            // not read: the statement assigns no column a live query reads
+	ownSet  bool            // the SET clause is the capture's (bumpVersion), removed after the statement
 }
 
 func (p *capture) beforeUpdate(db *gorm.DB) {
@@ -325,6 +342,7 @@ func (p *capture) beforeUpdate(db *gorm.DB) {
 		case stateful:
 			b.same = true // no live query's set changes: the rows after tell
 		}
+		bumpVersion(db, b)
 		p.markReturning(db, b)
 		return
 	}
@@ -342,7 +360,56 @@ func (p *capture) beforeUpdate(db *gorm.DB) {
 			b.read, b.rows = true, rows
 		}
 	}
+	bumpVersion(db, b)
 	keep(db, b)
+}
+
+// bumpVersion has an update of a model with a version field (etag.go) set
+// it to itself plus one, in the statement: the SET clause GORM would build
+// is built here, with the version's assignment, if any, replaced.
+func bumpVersion(db *gorm.DB, b *before) {
+	v := b.m.version
+	if v == nil || db.Error != nil || db.Statement.SQL.Len() > 0 {
+		return
+	}
+	set, existed := db.Statement.Clauses["SET"]
+	var assignments clause.Set
+	if existed {
+		assignments, _ = set.Expression.(clause.Set)
+	} else if assignments = callbacks.ConvertToAssignments(db.Statement); len(assignments) == 0 {
+		return // nothing to update: GORM runs no statement
+	}
+	col := clause.Column{Name: v.DBName}
+	out := make(clause.Set, 0, len(assignments)+1)
+	for _, a := range assignments {
+		if a.Column.Name != v.DBName {
+			out = append(out, a)
+		}
+	}
+	out = append(out, clause.Assignment{Column: col, Value: clause.Expr{SQL: "? + 1", Vars: []any{col}}})
+	db.Statement.AddClause(out)
+	b.ownSet = !existed
+}
+
+// versionBack gives the struct an update was made with the version the
+// statement wrote, from the rows after it.
+func versionBack(db *gorm.DB, m *model, rows []reflect.Value) {
+	rv := db.Statement.ReflectValue
+	if m.version == nil || rv.Kind() != reflect.Struct || rv.Type() != m.schema.ModelType || !rv.CanAddr() {
+		return
+	}
+	ctx := db.Statement.Context
+	pk, ok := m.pkOf(ctx, rv)
+	if !ok {
+		return
+	}
+	for _, r := range rows {
+		if k, _ := m.pkOf(ctx, r); pkKey(k) == pkKey(pk) {
+			v, _ := m.version.ValueOf(ctx, r)
+			_ = m.version.Set(ctx, rv, v)
+			return
+		}
+	}
 }
 
 // readBefore reads the rows an update is about to touch, locked until the
@@ -476,6 +543,9 @@ func (p *capture) perRow(db *gorm.DB) (*before, bool) {
 }
 
 func (p *capture) afterUpdate(db *gorm.DB) {
+	if b, ok := db.Statement.Context.Value(beforeKey{}).(*before); ok && b.ownSet {
+		delete(db.Statement.Clauses, "SET")
+	}
 	b, ok := p.perRow(db)
 	if !ok {
 		return
@@ -490,6 +560,7 @@ func (p *capture) afterUpdate(db *gorm.DB) {
 			return
 		}
 	}
+	versionBack(db, b.m, rows)
 	ctx := db.Statement.Context
 	old := map[string]reflect.Value{}
 	for _, r := range b.rows {

@@ -402,9 +402,9 @@ func TestDebugPageShowsUpdateDiff(t *testing.T) {
 		require.Equal(t, http.StatusOK, status, "%v", body)
 	}
 	patch(q.ID, "New?")
-	first := fmt.Sprintf(`#log .entry[data-kind="event"][data-pk="%d"][data-diff="question_text"]`, q.ID)
+	first := fmt.Sprintf(`#log .entry[data-kind="event"][data-pk="%d"][data-diff="question_text,version"]`, q.ID)
 	p.waitVisible(first)
-	assert.Equal(t, `question_text: "Old?" → "New?"`, p.text(first+" .diff-badge"))
+	assert.Equal(t, `question_text: "Old?" → "New?"; version: 0 → 1`, p.text(first+" .diff-badge"))
 	p.do(chromedp.Click(chromedp.CSS(first + " > summary")))
 	assert.Equal(t, `"Old?"`, p.text(first+` table.diff tr[data-key="question_text"] td.before`))
 	assert.Equal(t, `"New?"`, p.text(first+` table.diff tr[data-key="question_text"] td.after`))
@@ -412,7 +412,7 @@ func TestDebugPageShowsUpdateDiff(t *testing.T) {
 	// The next update is shown against the version the event carried.
 	patch(q.ID, "Newer?")
 	p.waitJS(fmt.Sprintf(`document.querySelectorAll('#log .entry[data-kind="event"][data-pk="%d"]').length === 2`, q.ID))
-	assert.Equal(t, `question_text: "New?" → "Newer?"`, p.lastText(fmt.Sprintf(`#log .entry[data-kind="event"][data-pk="%d"] .diff-badge`, q.ID)))
+	assert.Equal(t, `question_text: "New?" → "Newer?"; version: 1 → 2`, p.lastText(fmt.Sprintf(`#log .entry[data-kind="event"][data-pk="%d"] .diff-badge`, q.ID)))
 
 	// An object the page never saw has no difference to show.
 	unseen := createQuestion(t, app, "Unseen?")
@@ -426,9 +426,9 @@ func TestDebugPageShowsUpdateDiff(t *testing.T) {
 	p.fill("#pk", fmt.Sprint(q.ID))
 	p.fill("#field-question_text", "From the page?")
 	p.do(chromedp.Click(chromedp.CSS("#send")))
-	reply := `#log .entry[data-kind="reply"][data-action="patch"][data-diff="question_text"]`
+	reply := `#log .entry[data-kind="reply"][data-action="patch"][data-diff="question_text,version"]`
 	p.waitVisible(reply)
-	assert.Equal(t, `question_text: "Newer?" → "From the page?"`, p.text(reply+" .diff-badge"))
+	assert.Equal(t, `question_text: "Newer?" → "From the page?"; version: 2 → 3`, p.text(reply+" .diff-badge"))
 }
 
 // createQuestion creates a question of the example app over REST.
@@ -462,8 +462,8 @@ func TestDebugPageScreenshots(t *testing.T) {
 	p.signIn("-b", "bob-token")
 	status, body := app.doREST(t, http.MethodPatch, "/questions/1", `{"question_text":"What is newer?"}`)
 	require.Equal(t, http.StatusOK, status, "%v", body)
-	p.waitVisible(`#log .entry[data-kind="event"][data-diff="question_text"]`)
-	p.do(chromedp.Click(chromedp.CSS(`#log .entry[data-kind="event"][data-diff="question_text"] > summary`)))
+	p.waitVisible(`#log .entry[data-kind="event"][data-diff="question_text,version"]`)
+	p.do(chromedp.Click(chromedp.CSS(`#log .entry[data-kind="event"][data-diff="question_text,version"] > summary`)))
 	p.choose("#action", "create")
 	p.fill("#field-question_text", "Is it readable?")
 
@@ -592,4 +592,61 @@ func evalString(p *debugPage, expr string) string {
 	var s string
 	p.evaluate(expr, &s)
 	return s
+}
+
+func TestDebugPageETagsAndIdempotencyKeys(t *testing.T) {
+	app, p := debugExample(t)
+	q := createQuestion(t, app, "Stable?")
+
+	// Load takes the object and its ETag for the edit.
+	p.choose("#stream", "questions")
+	p.choose("#action", "patch")
+	p.fill("#pk", fmt.Sprint(q.ID))
+	p.do(chromedp.Click(chromedp.CSS("#load-object")))
+	p.waitVisible(`#log .entry[data-kind="reply"][data-action="retrieve"][data-etag='"v0"']`)
+	p.waitJS(`document.querySelector("#if-match").value === '"v0"'`)
+
+	// Someone else writes first: the patch on v0 fails with 412 and the
+	// current object, shown against the version the page had.
+	status, body := app.doREST(t, http.MethodPatch, fmt.Sprintf("/questions/%d", q.ID), `{"question_text":"Changed elsewhere?"}`)
+	require.Equal(t, http.StatusOK, status, "%v", body)
+	p.fill("#field-question_text", "Mine?")
+	assert.Equal(t, `"v0"`, p.rawFrame().Payload["if_match"])
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	failed := `#log .entry[data-kind="error"][data-action="patch"][data-status="412"]`
+	p.waitVisible(failed)
+	assert.Equal(t, `"v1"`, p.attr(failed, "data-etag"))
+	assert.Equal(t, `question_text: "Stable?" → "Changed elsewhere?"; version: 0 → 1`, p.text(failed+" .diff-badge"))
+	assert.Contains(t, p.text("#result"), "412 Precondition Failed")
+
+	// "last seen" takes the ETag of the current version: the patch passes.
+	p.do(chromedp.Click(chromedp.CSS("#use-etag")))
+	p.waitJS(`document.querySelector("#if-match").value === '"v1"'`)
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	p.waitVisible(`#log .entry[data-kind="reply"][data-action="patch"][data-status="200"][data-etag='"v2"']`)
+
+	// A create sent twice with one idempotency key is written once; the
+	// second reply is the first one, replayed.
+	p.choose("#action", "create")
+	p.fill("#field-question_text", "Once?")
+	p.do(chromedp.Click(chromedp.CSS("#new-idem")))
+	key := p.value("#idem-key")
+	require.Regexp(t, `^[0-9a-f-]{36}$`, key)
+	assert.Equal(t, key, p.rawFrame().Payload["idempotency_key"])
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	p.waitVisible(`#log .entry[data-kind="reply"][data-action="create"][data-status="201"]`)
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	p.waitVisible(`#log .entry[data-kind="reply"][data-action="create"][data-status="201"][data-replayed="true"]`)
+	assert.Equal(t, "replayed", p.text(`#log .entry[data-action="create"][data-replayed="true"] .replayed`))
+
+	// Over REST, as the Idempotency-Key header.
+	p.do(chromedp.Click(chromedp.CSS(`#transport [data-transport="rest"]`)))
+	p.waitJS(`document.body.dataset.transport === "rest"`)
+	assert.Contains(t, p.value("#raw"), "\nIdempotency-Key: "+key+"\n")
+	p.do(chromedp.Click(chromedp.CSS("#send")))
+	p.waitVisible(`#log .entry[data-transport="rest"][data-kind="reply"][data-status="201"][data-replayed="true"]`)
+
+	status, got := app.doREST(t, http.MethodGet, "/questions?question_text=Once%3F", "")
+	require.Equal(t, http.StatusOK, status)
+	assert.EqualValues(t, 1, got.(map[string]any)["count"], "written once")
 }

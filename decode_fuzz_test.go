@@ -1,6 +1,7 @@
 package channelsapi
 
-// This file fuzzes protocol.go's frame decoder from inside the package.
+// This file fuzzes protocol.go's frame decoder, and etag.go's reader of
+// If-Match, from inside the package.
 
 import (
 	"bytes"
@@ -54,8 +55,39 @@ func FuzzDecodeFrame(f *testing.F) {
 			}
 		}
 		// Keys are matched exactly: "PK" or "Action" is no key of the payload.
-		if !bytes.Equal(p.PK, payload["pk"]) || !bytes.Equal(p.Action, payload["action"]) {
+		if !bytes.Equal(p.PK, payload["pk"]) || !bytes.Equal(p.Action, payload["action"]) ||
+			!bytes.Equal(p.IfMatch, payload["if_match"]) || !bytes.Equal(p.IdemKey, payload["idempotency_key"]) {
 			t.Fatalf("decoded %q as pk %q, action %q", msg, p.PK, p.Action)
+		}
+	})
+}
+
+// FuzzParseIfMatch fuzzes the reader of If-Match: it never panics, and what
+// it accepts is "*" or quoted tags with no quote, control character or
+// space inside, each of which matches itself.
+func FuzzParseIfMatch(f *testing.F) {
+	for _, s := range []string{`*`, `"v1"`, `"a", W/"b"`, ` "x" ,, "y" `, `W/"w"`, `v1`, `"a"b"`, `,`, ``, `"`, `""`, `W/`, "\"\xff\""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, value string) {
+		p, err := parseIfMatch(value)
+		if err != nil {
+			return
+		}
+		if p.any {
+			if strings.TrimSpace(value) != "*" {
+				t.Fatalf("%q read as *", value)
+			}
+			return
+		}
+		for _, tag := range p.tags {
+			inner := tag[1 : len(tag)-1]
+			if tag[0] != '"' || tag[len(tag)-1] != '"' || strings.ContainsAny(inner, "\" \t\x00\x7f") {
+				t.Fatalf("%q gave the tag %q", value, tag)
+			}
+			if !p.matches(tag) {
+				t.Fatalf("%q: tag %q does not match itself", value, tag)
+			}
 		}
 	})
 }

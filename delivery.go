@@ -452,7 +452,8 @@ func newEvent(r resource, ch change, offset uint64, queries bool) (*fanout.Event
 		return nil, err
 	}
 	stream := r.name()
-	group, err := encodeFrame(stream, groupEvent{Action: ch.action, PK: pk, Data: ch.data, Model: r.label(), Offset: offset})
+	etag := ch.etagFor(r)
+	group, err := encodeFrame(stream, groupEvent{Action: ch.action, PK: pk, Data: ch.data, Model: r.label(), ETag: etag, Offset: offset})
 	if err != nil {
 		return nil, err
 	}
@@ -469,7 +470,7 @@ func newEvent(r resource, ch change, offset uint64, queries bool) (*fanout.Event
 	if ch.action == actionDelete {
 		data, status = json.RawMessage(`{"pk":`+string(pk)+`}`), http.StatusNoContent
 	}
-	f, err := splitFrame(stream, reply{Action: ch.action, Data: data, Errors: []any{}, ResponseStatus: status, RequestID: json.RawMessage(ridMark), Offset: offset})
+	f, err := splitFrame(stream, reply{Action: ch.action, Data: data, Errors: []any{}, ResponseStatus: status, RequestID: json.RawMessage(ridMark), ETag: etag, Offset: offset})
 	if err != nil {
 		return nil, err
 	}

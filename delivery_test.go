@@ -8,6 +8,8 @@ package channelsapi_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
@@ -168,7 +170,13 @@ func TestLiveQueryFrames(t *testing.T) {
 	require.EqualValues(t, http.StatusOK, got["response_status"], "%v", got)
 	// name is as JSON writes it: json.Marshal escapes <, & and >.
 	frame := func(action string, id int, name string, offset int) string {
-		return fmt.Sprintf(`{"stream":"testmodel","payload":{"action":%q,"pk":%d,"data":{"id":%[2]d,"name":"%s"},"model":"tests.testmodel","offset":%d,"request_id":{"q":1}}}`, action, id, name, offset)
+		data := fmt.Sprintf(`{"id":%d,"name":"%s"}`, id, name)
+		etag := ""
+		if action != "delete" { // the hash of the data (etag.go)
+			sum := sha256.Sum256([]byte(data))
+			etag = `"etag":"\"` + hex.EncodeToString(sum[:16]) + `\"",`
+		}
+		return fmt.Sprintf(`{"stream":"testmodel","payload":{"action":%q,"pk":%d,"data":%s,"model":"tests.testmodel",%s"offset":%d,"request_id":{"q":1}}}`, action, id, data, etag, offset)
 	}
 
 	row := &TestModel{Name: "out"}

@@ -58,6 +58,18 @@
 // every subscriber, once and in order, and clients resume from the
 // database, across restarts.
 //
+// # Safe retries and concurrent edits
+//
+// Objects carry an entity tag (the ETag header, "etag" on the WebSocket):
+// "v<N>" from a ViewSet's VersionField, which every update of the model
+// raises in its own statement, else a hash of the object's JSON. If-Match
+// (REST) or "if_match" (WebSocket) on update, patch and delete writes only
+// when the object is unchanged, else answers 412 with the current object.
+// WithIdempotency lets a client repeat a create, update, patch or delete
+// with the same Idempotency-Key and get the first reply back: the key is
+// recorded with its reply in the write's own transaction
+// (docs/PROTOCOL.md section 11).
+//
 // # Errors
 //
 // Hooks, permission checks and custom actions return errors: ErrNotFound,

@@ -93,6 +93,10 @@ type wireError struct {
 	message  string
 	fields   map[string][]string
 	internal bool
+	// current is the object of a 412, rendered instead of the error, and
+	// etag its ETag (etag.go).
+	current any
+	etag    string
 }
 
 // translate is the one place where errors become client-visible. Anything
@@ -101,8 +105,11 @@ func translate(err error, authenticated bool) wireError {
 	var (
 		e  *Error
 		fe FieldErrors
+		se *staleError
 	)
 	switch {
+	case errors.As(err, &se):
+		return wireError{status: http.StatusPreconditionFailed, message: msgPreconditionFailed, current: se.current, etag: se.etag}
 	case errors.As(err, &e):
 		return wireError{status: e.status(), message: e.Message, fields: e.Fields}
 	case errors.As(err, &fe):
@@ -133,6 +140,9 @@ func (e wireError) socketErrors() []any {
 
 // restBody renders e as a Django REST Framework error body.
 func (e wireError) restBody() any {
+	if e.current != nil {
+		return e.current
+	}
 	if e.fields != nil {
 		return e.fields
 	}

@@ -42,6 +42,8 @@ type model struct {
 	relations map[string]*schema.Relationship
 	// softDelete is the gorm.DeletedAt field, or nil.
 	softDelete *schema.Field
+	// version is the field of ViewSet.VersionField, or nil (etag.go).
+	version *schema.Field
 }
 
 var deletedAtType = reflect.TypeFor[gorm.DeletedAt]()

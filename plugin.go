@@ -70,8 +70,9 @@ type config struct {
 	broker         Broker // broker.go
 	historySize    int
 	historyTTL     time.Duration
-	outbox         *OutboxConfig // outbox.go
-	docs           APIDocs       // apidoc.go
+	outbox         *OutboxConfig      // outbox.go
+	idempotency    *IdempotencyConfig // idempotency.go
+	docs           APIDocs            // apidoc.go
 }
 
 // WithPath sets the WebSocket endpoint's path, relative to the router given
@@ -231,8 +232,9 @@ type API struct {
 	hub      *fanout.Hub
 	log      *slog.Logger
 	capture  *capture
-	outbox   *outbox // WithOutbox, else nil
-	relay    relay   // localRelay, or brokerRelay with WithBroker
+	outbox   *outbox      // WithOutbox, else nil
+	idem     *idempotency // WithIdempotency, else nil
+	relay    relay        // localRelay, or brokerRelay with WithBroker
 	delivery *delivery
 	valid    *validation // the `binding` rules (validation.go)
 	// fold and precision are how the database compares strings case
@@ -383,6 +385,16 @@ func Register(router gin.IRouter, db *gorm.DB, opts ...Option) (_ *API, err erro
 			return nil, err
 		}
 	}
+	if cfg.idempotency != nil {
+		if a.idem, err = newIdempotency(db, *cfg.idempotency, a.log); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				a.idem.close()
+			}
+		}()
+	}
 	a.delivery = newDelivery(a.hub, a.log, cfg.deliveryQueue, retention{size: cfg.historySize, ttl: cfg.historyTTL, broker: cfg.broker}, a.outbox)
 	if err := a.startRelay(); err != nil {
 		return nil, err
@@ -486,6 +498,9 @@ func (a *API) Shutdown(ctx context.Context) error {
 		a.mu.Unlock()
 		_ = a.melody.CloseWithMsg(melody.FormatCloseMessage(closeGoingAway, "server shutting down"))
 	})
+	if a.idem != nil {
+		a.idem.close()
+	}
 	// Then the outbox's numbering, which publishes through the relay; then
 	// the relay: it sends what is queued for the other instances and
 	// stops receiving; then delivery drains what it holds.

@@ -13,6 +13,8 @@ type inPayload struct {
 	Data      json.RawMessage
 	RequestID json.RawMessage
 	Expand    json.RawMessage // the relations to expand (relations.go)
+	IfMatch   json.RawMessage // "if_match" (etag.go)
+	IdemKey   json.RawMessage // "idempotency_key" (idempotency.go)
 }
 
 // outFrame is every server frame.
@@ -29,7 +31,9 @@ type reply struct {
 	ResponseStatus int             `json:"response_status"`
 	RequestID      json.RawMessage `json:"request_id"`
 	Meta           *pageMeta       `json:"meta,omitempty"`
-	Offset         uint64          `json:"offset,omitempty"` // of an event (PROTOCOL.md 10)
+	ETag           string          `json:"etag,omitempty"`     // of the object (PROTOCOL.md 11)
+	Replayed       bool            `json:"replayed,omitempty"` // the stored reply of an idempotency key (11)
+	Offset         uint64          `json:"offset,omitempty"`   // of an event (PROTOCOL.md 10)
 }
 
 // groupEvent is the payload of a channels-api subscription event (4.7).
@@ -40,8 +44,12 @@ type groupEvent struct {
 	PK     json.RawMessage `json:"pk"`
 	Data   json.RawMessage `json:"data"`
 	Model  string          `json:"model"`
+	ETag   string          `json:"etag,omitempty"` // of the object, but in a delete (PROTOCOL.md 11)
 	Offset uint64          `json:"offset,omitempty"`
 }
+
+// The top-level payload keys of section 11.
+const keyIfMatch = "if_match"
 
 // decodeFrame parses a client frame: {"stream": ..., "payload": {...}}. ok
 // is false when the frame is not a JSON object or its payload is neither an
@@ -60,7 +68,8 @@ func decodeFrame(msg []byte) (stream json.RawMessage, p inPayload, ok bool) {
 	if !ok {
 		return f["stream"], p, false
 	}
-	p = inPayload{Action: keys["action"], PK: keys["pk"], Data: keys["data"], RequestID: keys["request_id"], Expand: keys[keyExpand]}
+	p = inPayload{Action: keys["action"], PK: keys["pk"], Data: keys["data"], RequestID: keys["request_id"], Expand: keys[keyExpand],
+		IfMatch: keys[keyIfMatch], IdemKey: keys[keyIdempotency]}
 	return f["stream"], p, true
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"strings"
 
 	"github.com/channelsapi/channelsapi/internal/query"
 )
@@ -53,6 +54,39 @@ type Request struct {
 	queryErr  error                  // the query could not be read
 	expand    []string               // the relations to expand (relations.go)
 	expandErr error                  // they could not be read
+	// ifMatch is the If-Match precondition of an update, patch or
+	// delete, nil without one; ifMatchErr says why it could not be read
+	// (etag.go).
+	ifMatch    *precondition
+	ifMatchErr error
+	// idem is the idempotency key of a write, nil without one; idemErr
+	// says why it could not be read (idempotency.go).
+	idem    *idemKey
+	idemErr error
+	// rels are the relations the reply expands (relations.go).
+	rels []*relation
+}
+
+// readIfMatch reads an If-Match header's values. Several lines are one
+// list.
+func (r *Request) readIfMatch(values []string) {
+	if len(values) == 0 {
+		return
+	}
+	r.ifMatch, r.ifMatchErr = parseIfMatch(strings.Join(values, ","))
+}
+
+// readIfMatchKey reads the "if_match" key of a WebSocket payload.
+func (r *Request) readIfMatchKey(raw json.RawMessage) {
+	if !present(raw) {
+		return
+	}
+	s, ok := jsonString(raw)
+	if !ok {
+		r.ifMatchErr = NewError(http.StatusBadRequest, msgIfMatchType)
+		return
+	}
+	r.readIfMatch([]string{s})
 }
 
 // Authenticated reports whether the request has a user.

@@ -178,6 +178,8 @@ func (a *API) restHandler(r resource, action, allow string) gin.HandlerFunc {
 		}
 		req := a.restRequest(c, r, action)
 		req.readExpand(req.Query[keyExpand], nil)
+		req.readIfMatch(c.Request.Header.Values("If-Match"))
+		req.readIdempotencyKey(c.Request.Header.Values("Idempotency-Key"))
 		if action == actionList {
 			req.Data = listData(req.Query)
 			req.params = restQuery(req.Query)
@@ -202,6 +204,12 @@ func (a *API) restHandler(r resource, action, allow string) gin.HandlerFunc {
 			req.Data = body
 		}
 		res, werr := a.run(c.Request.Context(), r, req, nil)
+		if etag := cmp.Or(res.etag, werrETag(werr)); etag != "" {
+			c.Header("ETag", etag)
+		}
+		if res.replayed && werr == nil {
+			c.Header("Idempotent-Replayed", "true")
+		}
 		switch {
 		case werr != nil:
 			a.writeJSON(c, werr.status, werr.restBody())

@@ -308,14 +308,18 @@ func (a *API) dispatch(ctx context.Context, c *conn, msg []byte) []byte {
 			req.Params = map[string]string{"pk": pk}
 		}
 		req.readExpand(nil, p.Expand)
+		req.readIfMatchKey(p.IfMatch)
+		req.readIdempotencyKeyKey(p.IdemKey)
 		if action == actionList || action == actionSubscribeList {
 			req.readQuery()
 		}
 		res, werr := a.run(ctx, r, req, c)
 		if werr != nil {
 			rep.Errors, rep.ResponseStatus = werr.socketErrors(), werr.status
+			rep.Data, rep.ETag = werr.current, werr.etag // a 412's current object
 		} else {
-			rep.Data, rep.Errors, rep.ResponseStatus, rep.Meta = res.data, []any{}, res.status, res.page
+			rep.Data, rep.Errors, rep.ResponseStatus, rep.Meta, rep.ETag = res.data, []any{}, res.status, res.page, res.etag
+			rep.Replayed = res.replayed
 		}
 	}
 	return a.encodeReply(streamOut, rep)

@@ -69,6 +69,16 @@ type ViewSet[T any] struct {
 	// ReadOnlyFields lists JSON keys clients may not write, in addition to the
 	// primary key, CreatedAt, UpdatedAt, DeletedAt and `json:"-"` fields.
 	ReadOnlyFields []string
+	// VersionField names an integer column (by JSON name, Go field name or
+	// column name) that counts the updates of a row: every update
+	// statement of the model through the registered *gorm.DB, made by the
+	// API or by any other code, sets it to itself plus one, and the struct
+	// updated gets the new value. Clients may not write it. The ETag of an
+	// object is then "v<N>" (PROTOCOL.md section 11) and If-Match is checked
+	// by the write statement itself. Empty means no version: the ETag is a
+	// hash of the object's JSON, compared under a row lock. Every ViewSet
+	// of one model must name the same field.
+	VersionField string
 	// Permission is asked before every action, before the action is even
 	// looked up, and for every event a subscriber would receive. Nil means
 	// the API's default (WithDefaultPermission), itself AllowAny unless set.
@@ -149,7 +159,11 @@ type result struct {
 	status int
 	data   any
 	page   *pageMeta // list only
-	err    error
+	etag   string    // the object's ETag (etag.go), for retrieve, create, update and patch
+	// replayed is set on the stored reply of an idempotency key
+	// (idempotency.go).
+	replayed bool
+	err      error
 }
 
 // resource is what the API keeps of a ViewSet[T], without the type parameter.
@@ -238,6 +252,14 @@ func Add[T any](api *API, vs ViewSet[T]) error {
 	if err != nil {
 		return fmt.Errorf("channelsapi: add %s: %w", vs.Stream, err)
 	}
+	if err := m.setVersion(vs.VersionField); err != nil {
+		return fmt.Errorf("channelsapi: add %s: %w", vs.Stream, err)
+	}
+	for _, other := range api.reg.ofType(typ) {
+		if o := other.model().version; (o == nil) != (m.version == nil) || o != nil && o.DBName != m.version.DBName {
+			return fmt.Errorf("channelsapi: add %s: stream %s of the same model has another VersionField", vs.Stream, other.name())
+		}
+	}
 	r := &viewSet[T]{ViewSet: vs, api: api, m: m, qs: qs, rels: rels}
 	return api.add(r)
 }
@@ -272,14 +294,33 @@ func (v *viewSet[T]) serve(ctx context.Context, req *Request, conn *conn) (res r
 		}
 	}
 	switch req.Action {
+	case actionUpdate, actionPatch, actionDelete:
+		if req.ifMatchErr != nil {
+			return result{err: req.ifMatchErr}
+		}
+	default:
+		req.ifMatch = nil // a precondition of the writes of an object only
+	}
+	if err := v.readKey(req); err != nil {
+		return result{err: err}
+	}
+	switch req.Action {
 	case actionCreate, actionRetrieve, actionUpdate, actionPatch, actionList:
 		rels, err := v.expansions(req)
 		if err != nil {
 			return result{err: err}
 		}
+		req.rels = rels
 		res = v.builtin(ctx, req, conn)
-		if res.err == nil && len(rels) > 0 {
+		var stale *staleError
+		switch {
+		case len(rels) == 0:
+		case res.err == nil:
 			res.data, res.err = v.expand(ctx, req, rels, res.data)
+		case errors.As(res.err, &stale):
+			if cur, err := v.expand(ctx, req, rels, stale.current); err == nil {
+				stale.current = cur
+			}
 		}
 		return res
 	}
@@ -293,7 +334,10 @@ func (v *viewSet[T]) builtin(ctx context.Context, req *Request, conn *conn) resu
 		return v.create(ctx, req)
 	case actionRetrieve:
 		obj, err := v.find(ctx, v.api.db.WithContext(ctx), req)
-		return result{status: http.StatusOK, data: obj, err: err}
+		if err != nil {
+			return result{err: err}
+		}
+		return result{status: http.StatusOK, data: obj, etag: v.m.etagOf(obj, nil)}
 	case actionUpdate, actionPatch:
 		w := writePatch
 		if req.Action == actionUpdate {
@@ -476,82 +520,99 @@ func (v *viewSet[T]) create(ctx context.Context, req *Request) result {
 	if err := v.m.validate(v.api.valid, obj); err != nil {
 		return result{err: err}
 	}
-	err = v.api.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	res, err := v.transaction(ctx, req, func(tx *gorm.DB) (result, error) {
 		if err := v.check(ctx, tx, req, obj, columns); err != nil {
-			return err
+			return result{}, err
 		}
 		if err := hook(ctx, tx, req, obj, v.Hooks.BeforeCreate); err != nil {
-			return err
+			return result{}, err
 		}
 		if err := tx.Create(obj).Error; err != nil {
-			return err
+			return result{}, err
 		}
-		return hook(ctx, tx, req, obj, v.Hooks.AfterCreate)
+		if err := hook(ctx, tx, req, obj, v.Hooks.AfterCreate); err != nil {
+			return result{}, err
+		}
+		etag, err := v.stateTag(tx, obj)
+		return result{status: http.StatusCreated, data: obj, etag: etag}, err
 	})
 	if err != nil {
 		return result{err: v.dbError("create", err)}
 	}
-	return result{status: http.StatusCreated, data: obj}
+	return res
 }
 
 // update applies req.Data to the object: all writable fields that are
 // required must be present for a full update, only the given ones are
 // written for a patch. The merged object is validated as a whole.
 func (v *viewSet[T]) update(ctx context.Context, req *Request, w write) result {
-	var obj *T
-	err := v.api.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		var err error
-		if obj, err = v.find(ctx, tx, req); err != nil {
-			return err
+	res, err := v.transaction(ctx, req, func(tx *gorm.DB) (result, error) {
+		obj, err := v.forWrite(ctx, tx, req)
+		if err != nil {
+			return result{}, err
 		}
 		columns, err := v.m.assign(ctx, reflect.ValueOf(obj).Elem(), req.Data, w)
 		if err != nil {
-			return err
+			return result{}, err
 		}
 		if err := v.m.validate(v.api.valid, obj); err != nil {
-			return err
+			return result{}, err
 		}
 		if err := v.check(ctx, tx, req, obj, columns); err != nil {
-			return err
+			return result{}, err
 		}
 		if v.Hooks.BeforeUpdate != nil {
 			before := *obj
 			if err := v.Hooks.BeforeUpdate(ctx, tx, req, obj); err != nil {
-				return err
+				return result{}, err
 			}
 			columns = append(columns, v.m.changed(ctx, reflect.ValueOf(&before).Elem(), reflect.ValueOf(obj).Elem())...)
 		}
 		if columns = append(columns, v.m.updated...); len(columns) > 0 {
-			if err := tx.Model(obj).Select(columns).Updates(obj).Error; err != nil {
-				return err
+			q, conditional := v.conditional(tx, req, obj)
+			done := q.Model(obj).Select(columns).Updates(obj)
+			if err := done.Error; err != nil {
+				return result{}, err
+			}
+			if conditional && done.RowsAffected == 0 {
+				return result{}, errStale
 			}
 		}
-		return hook(ctx, tx, req, obj, v.Hooks.AfterUpdate)
+		if err := hook(ctx, tx, req, obj, v.Hooks.AfterUpdate); err != nil {
+			return result{}, err
+		}
+		etag, err := v.stateTag(tx, obj)
+		return result{status: http.StatusOK, data: obj, etag: etag}, err
 	})
 	if err != nil {
-		return result{err: v.dbError("update", err)}
+		return result{err: v.dbError("update", v.stale(ctx, req, err))}
 	}
-	return result{status: http.StatusOK, data: obj}
+	return res
 }
 
 func (v *viewSet[T]) delete(ctx context.Context, req *Request) result {
-	err := v.api.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		obj, err := v.find(ctx, tx, req)
+	res, err := v.transaction(ctx, req, func(tx *gorm.DB) (result, error) {
+		obj, err := v.forWrite(ctx, tx, req)
 		if err != nil {
-			return err
+			return result{}, err
 		}
 		if err := hook(ctx, tx, req, obj, v.Hooks.BeforeDelete); err != nil {
-			return err
+			return result{}, err
 		}
-		if err := tx.Delete(obj).Error; err != nil {
-			return err
+		q, conditional := v.conditional(tx, req, obj)
+		done := q.Delete(obj)
+		if err := done.Error; err != nil {
+			return result{}, err
 		}
-		return hook(ctx, tx, req, obj, v.Hooks.AfterDelete)
+		if conditional && done.RowsAffected == 0 {
+			return result{}, errStale
+		}
+		return result{status: http.StatusOK, data: struct{}{}}, hook(ctx, tx, req, obj, v.Hooks.AfterDelete)
 	})
 	if err != nil {
-		return result{err: v.dbError("delete", err)}
+		return result{err: v.dbError("delete", v.stale(ctx, req, err))}
 	}
-	return result{status: http.StatusOK, data: struct{}{}}
+	return res
 }
 
 // check runs the checks of a write after the binding rules: the foreign
@@ -687,9 +748,10 @@ func (v *viewSet[T]) dbError(op string, err error) error {
 	var (
 		e  *Error
 		fe FieldErrors
+		se *staleError
 	)
 	switch {
-	case errors.As(err, &e), errors.As(err, &fe), errors.Is(err, ErrNotFound), errors.Is(err, ErrPermissionDenied),
+	case errors.As(err, &e), errors.As(err, &fe), errors.As(err, &se), errors.Is(err, ErrNotFound), errors.Is(err, ErrPermissionDenied),
 		errors.Is(err, ErrNotAuthenticated), errors.Is(err, ErrInvalidAction):
 		return err
 	}

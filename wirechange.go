@@ -26,6 +26,8 @@ type wireChange struct {
 	// the reason of a resync, which has no action.
 	Offset uint64 `json:"o,omitempty"`
 	Resync string `json:"x,omitempty"`
+	// ETag is the object's ETag (etag.go), but in a delete.
+	ETag string `json:"e,omitempty"`
 }
 
 // encodeWireChange encodes ch for the streams of r's model; stateful says
@@ -39,7 +41,7 @@ func encodeWireChange(r resource, stateful bool, ch change, offset uint64) ([]by
 	if err := ch.encode(); err != nil {
 		return nil, err
 	}
-	w := wireChange{Action: ch.action, Key: pkKey(ch.pk), Data: ch.data, Same: ch.same, Offset: offset}
+	w := wireChange{Action: ch.action, Key: pkKey(ch.pk), Data: ch.data, Same: ch.same, Offset: offset, ETag: ch.etagFor(r)}
 	if stateful {
 		m := r.model()
 		w.Before = ch.before
@@ -71,7 +73,7 @@ func decodeWireChange(r resource, payload []byte) (change, error) {
 	if !ok {
 		return change{}, fmt.Errorf("invalid key %q", w.Key)
 	}
-	ch := change{typ: m.schema.ModelType, action: w.Action, pk: pk, data: w.Data, before: w.Before, same: w.Same, offset: w.Offset}
+	ch := change{typ: m.schema.ModelType, action: w.Action, pk: pk, data: w.Data, before: w.Before, same: w.Same, offset: w.Offset, etag: w.ETag}
 	if !r.stateful() {
 		return ch, nil
 	}

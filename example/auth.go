@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/gin-gonic/gin"
@@ -80,6 +81,15 @@ type Note struct {
 	ID      uint   `json:"id" gorm:"primaryKey"`
 	OwnerID uint   `json:"owner_id" gorm:"index"`
 	Text    string `json:"text" binding:"required,max=1000"`
+}
+
+// userKey keeps the idempotency keys of each user apart; anonymous
+// clients share one space of keys.
+func userKey(r *channelsapi.Request) string {
+	if u := currentUser(r); u != nil {
+		return strconv.FormatUint(uint64(u.ID), 10)
+	}
+	return "anonymous"
 }
 
 func currentUser(r *channelsapi.Request) *User {

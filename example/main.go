@@ -32,11 +32,14 @@ import (
 	"github.com/channelsapi/channelsapi/redisbroker"
 )
 
-// Question is a poll question.
+// Question is a poll question. Version counts its updates: its ETag is
+// "v<version>", and a write with If-Match fails with 412 if another one
+// came first.
 type Question struct {
 	ID           uint      `json:"id" gorm:"primaryKey"`
 	QuestionText string    `json:"question_text" binding:"required,max=200"`
 	PubDate      time.Time `json:"pub_date"`
+	Version      int       `json:"version"`
 }
 
 // BeforeCreate dates a question that was created without a pub_date.
@@ -47,12 +50,13 @@ func (q *Question) BeforeCreate(*gorm.DB) error {
 	return nil
 }
 
-// Choice is one answer to a question.
+// Choice is one answer to a question; every vote raises its version too.
 type Choice struct {
 	ID         uint   `json:"id" gorm:"primaryKey"`
 	QuestionID uint   `json:"question_id" binding:"required"`
 	ChoiceText string `json:"choice_text" binding:"required,max=200"`
 	Votes      int    `json:"votes" binding:"min=0"`
+	Version    int    `json:"version"`
 }
 
 func main() {
@@ -94,6 +98,9 @@ func run(addr, dsn, redisURL string, debug, outbox bool) error {
 	opts := []channelsapi.Option{
 		channelsapi.WithRESTPrefix("/api"),
 		channelsapi.WithSubprotocols("bearer"),
+		// A write may carry an idempotency key: a client that retries it
+		// after a lost reply gets the first reply, not a second write.
+		channelsapi.WithIdempotency(channelsapi.IdempotencyConfig{UserKey: userKey}),
 		channelsapi.WithAPIDocs(channelsapi.APIDocs{
 			OpenAPIPath:  "/api/openapi.json",
 			AsyncAPIPath: "/api/asyncapi.json",
@@ -120,8 +127,9 @@ func run(addr, dsn, redisURL string, debug, outbox bool) error {
 		return err
 	}
 	if err := channelsapi.Add(api, channelsapi.ViewSet[Question]{
-		Stream: "questions",
-		Label:  "polls.question",
+		Stream:       "questions",
+		Label:        "polls.question",
+		VersionField: "version",
 		Filters: map[string][]string{
 			"question_text": {"exact", "icontains"},
 			"pub_date":      {"gte", "lte", "range"},
@@ -132,8 +140,9 @@ func run(addr, dsn, redisURL string, debug, outbox bool) error {
 		return err
 	}
 	if err := channelsapi.Add(api, channelsapi.ViewSet[Choice]{
-		Stream: "choices",
-		Label:  "polls.choice",
+		Stream:       "choices",
+		Label:        "polls.choice",
+		VersionField: "version",
 		Filters: map[string][]string{
 			"question_id": {"exact", "in"},
 			"votes":       {"gte", "lte"},

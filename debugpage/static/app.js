@@ -691,7 +691,7 @@
       offset, position: at || undefined,
       recovered: kind === 'reply' && isObject(p.data) && typeof p.data.recovered === 'boolean' ? p.data.recovered : undefined,
     };
-    if (stream !== null && (kind === 'event' || kind === 'reply')) {
+    if (stream !== null && (kind === 'event' || kind === 'reply' || p.response_status === 412)) {
       seeObjects(c, stream, kind, action, pk !== undefined ? pk : req ? req.pk : undefined, p, e);
     }
     if (typeof p.etag === 'string') e.etag = p.etag;

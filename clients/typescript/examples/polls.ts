@@ -11,6 +11,7 @@ export interface Choice {
   readonly id: number;
   /** minimum 0 */
   question_id: number;
+  readonly version: number;
   votes: number;
 }
 
@@ -97,6 +98,7 @@ export interface Question {
   /** format: date-time */
   pub_date: string;
   question_text: string;
+  readonly version: number;
 }
 
 /** The fields of a create or update of "questions". */
@@ -175,21 +177,21 @@ export const schema = {
       primaryKey: "id",
       rest: "/api/choices",
       liveQuery: true,
-      idempotencyKeys: false,
+      idempotencyKeys: true,
       actions: { vote: { detail: true, method: "POST" } },
     },
     notes: {
       primaryKey: "id",
       rest: "/api/notes",
       liveQuery: true,
-      idempotencyKeys: false,
+      idempotencyKeys: true,
       actions: {},
     },
     questions: {
       primaryKey: "id",
       rest: "/api/questions",
       liveQuery: true,
-      idempotencyKeys: false,
+      idempotencyKeys: true,
       actions: {},
     },
   },

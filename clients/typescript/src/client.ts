@@ -5,7 +5,7 @@
  * writes in flight sent again with their idempotency key.
  */
 import { ChannelsApiError, ConnectionLostError, NotFoundError, errorFromReply } from "./errors.js";
-import { isReplayed, isStillRunning, isWrite, stillRunningRetries, withIdempotencyKey } from "./idempotency.js";
+import { isReplayed, isStillRunning, isWrite, stillRunningRetries, takesIdempotencyKey, withIdempotencyKey } from "./idempotency.js";
 import { LiveCollection, type LiveOptions } from "./live.js";
 import type { ChangeEvent, Position, RuntimeSchema, StreamMap, StreamTypes, WebSocketConstructor, WebSocketLike } from "./types.js";
 
@@ -258,7 +258,7 @@ export class Client<S extends StreamMap<S>> {
         this.pending.delete(p.id); // a (re)subscribe: the subscription sends it again
         continue;
       }
-      if (isWrite(p.action) && !this.retriesWrites(p.stream)) {
+      if (isWrite(p.action) && (!takesIdempotencyKey(p.action) || !this.retriesWrites(p.stream))) {
         this.pending.delete(p.id);
         p.reject(new ConnectionLostError(`connection lost (${code}${reason ? " " + reason : ""})`, p.stream, p.action));
         continue;

@@ -27,6 +27,16 @@ export function isWrite(action: string): boolean {
   return writes.has(action) || !reads.has(action);
 }
 
+/**
+ * Whether an action takes an idempotency key: the built-in writes. A custom
+ * action's handler writes outside the server's transaction, so the server
+ * refuses keys on custom actions, and a custom action whose reply was lost
+ * is not sent again.
+ */
+export function takesIdempotencyKey(action: string): boolean {
+  return writes.has(action);
+}
+
 /** A new key: a random UUID. */
 export function newIdempotencyKey(): string {
   return globalThis.crypto.randomUUID();
@@ -34,7 +44,7 @@ export function newIdempotencyKey(): string {
 
 /** The payload with a key added when the action writes and it has none. */
 export function withIdempotencyKey(action: string, payload: Record<string, unknown>): Record<string, unknown> {
-  if (!isWrite(action) || typeof payload[idempotencyKeyField] === "string") return payload;
+  if (!takesIdempotencyKey(action) || typeof payload[idempotencyKeyField] === "string") return payload;
   return { ...payload, [idempotencyKeyField]: newIdempotencyKey() };
 }
 

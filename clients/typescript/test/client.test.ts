@@ -31,7 +31,8 @@ test("writes and reads of every kind, over one socket", async () => {
 
     const choices = client.stream("choices");
     const c = await choices.create({ question_id: q.id, choice_text: "Because", votes: 0 });
-    assert.deepEqual(await choices.action("vote", c.id), { ...c, votes: 1 });
+    // A vote is an update: it raises the choice's version too.
+    assert.deepEqual(await choices.action("vote", c.id), { ...c, votes: 1, version: c.version + 1 });
     const page = await choices.list({ filters: { question_id__in: [q.id] }, ordering: ["-votes"] });
     assert.equal(page.count, 1);
     assert.equal(page.results[0]!.votes, 1);
