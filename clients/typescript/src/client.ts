@@ -4,10 +4,10 @@
  * subscriptions resumed with `since` from the position each reached, and
  * writes in flight sent again with their idempotency key.
  */
-import { ChannelsApiError, ConnectionLostError, NotFoundError, errorFromReply } from "./errors.js";
+import { ChannelsApiError, ConnectionLostError, NotFoundError, TimeoutError, errorFromReply, isTransientError } from "./errors.js";
 import { isReplayed, isStillRunning, isWrite, stillRunningRetries, takesIdempotencyKey, withIdempotencyKey } from "./idempotency.js";
 import { LiveCollection, type LiveOptions } from "./live.js";
-import type { ChangeEvent, Position, RuntimeSchema, StreamMap, StreamTypes, WebSocketConstructor, WebSocketLike } from "./types.js";
+import type { ChangeEvent, Position, RuntimeSchema, StreamInfo, StreamMap, StreamTypes, WebSocketConstructor, WebSocketLike } from "./types.js";
 
 /** Options of a Client. */
 export interface ClientOptions<S> {
@@ -28,6 +28,13 @@ export interface ClientOptions<S> {
    * ConnectionLostError, as it may have run.
    */
   retryWrites?: boolean;
+  /**
+   * How long a request waits for its reply, in ms, reconnecting included,
+   * before it fails with TimeoutError and is forgotten (a reply that comes
+   * later is ignored). Default 30000; 0 waits forever. Subscribes are not
+   * timed.
+   */
+  timeout?: number;
 }
 
 /** The state of the connection. */
@@ -43,8 +50,13 @@ export interface ClientEvents {
   retry: { stream: string; action: string; idempotencyKey: string };
   /** A reply said "replayed": true (the server ran the write before). */
   replayed: { stream: string; action: string; idempotencyKey: string };
-  /** A frame the client could not use (not JSON, a reply nobody waits for...). */
-  error: { error: unknown };
+  /**
+   * A frame the client could not use (not JSON...), or an error of a
+   * subscription (with `stream` and `subscription`): a resume refused, a
+   * live collection's load that failed. `retrying` true: the client tries
+   * again with backoff; false: the subscription has ended.
+   */
+  error: { error: unknown; stream?: string; subscription?: string; retrying?: boolean };
 }
 
 /** A reply's payload. */
@@ -87,7 +99,10 @@ export interface Resumable {
   onEvent(payload: Record<string, unknown>): void;
   /** Whether an event without request_id (a channels-api subscribe) is for it. */
   matchesPlain?(payload: Record<string, unknown>): boolean;
+  /** The subscription ended: its first subscribe failed, a resume was refused for good, or it was closed. */
   onFailed(error: unknown): void;
+  /** An error of the subscription once it ran: `retrying` false when it ended. */
+  onError?(error: unknown, retrying: boolean): void;
 }
 
 type Listener<T> = (ev: T) => void;
@@ -111,6 +126,10 @@ export class Client<S extends StreamMap<S>> {
   private seq = 0;
   private readonly pending = new Map<string, Pending>();
   private readonly subs = new Map<string, Resumable>();
+  /** The subscriptions the server accepted once: a refused resubscribe is retried or reported. */
+  private readonly established = new Set<string>();
+  /** Resubscribes waiting for their backoff delay, and the attempt they are, by subscription id. */
+  private readonly resubscribes = new Map<string, { attempt: number; timer: ReturnType<typeof setTimeout> | null }>();
   private readonly listeners = new Map<keyof ClientEvents, Set<Listener<never>>>();
   /**
    * Counts since construction: connections opened and lost, writes sent
@@ -158,7 +177,27 @@ export class Client<S extends StreamMap<S>> {
     const id = `r${++this.seq}`;
     const payload = withIdempotencyKey(action, { ...fields, action, request_id: id });
     return new Promise<ReplyPayload>((resolve, reject) => {
-      const p: Pending = { id, stream, action, payload, resolve, reject, sent: false, lost: false };
+      const ms = this.opts.timeout ?? 30_000;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const done = () => {
+        if (timer === undefined) return;
+        clearTimeout(timer);
+        this.later.delete(timer);
+      };
+      const p: Pending = {
+        id, stream, action, payload, sent: false, lost: false,
+        resolve: (r) => (done(), resolve(r)),
+        reject: (e) => (done(), reject(e)),
+      };
+      if (ms > 0) {
+        timer = setTimeout(() => {
+          this.later.delete(timer!);
+          if (this.pending.get(id) !== p) return;
+          this.pending.delete(id);
+          reject(new TimeoutError(`${stream} ${action}: no reply in ${ms} ms`, stream, action));
+        }, ms);
+        this.later.add(timer);
+      }
       this.pending.set(id, p);
       if (this.ws?.readyState === OPEN && this.stateValue === "open") this.sendPending(p);
     });
@@ -174,6 +213,8 @@ export class Client<S extends StreamMap<S>> {
   removeSubscription(sub: Resumable, unsubscribe: Record<string, unknown> | null): void {
     this.subs.delete(sub.id);
     this.pending.delete(sub.id);
+    this.established.delete(sub.id);
+    this.cancelResubscribe(sub.id, true);
     // Settles a subscribe still waiting (its `ready`): no-op once subscribed.
     sub.onFailed(new ConnectionLostError("subscription closed", sub.stream, null));
     if (unsubscribe && this.stateValue === "open") {
@@ -187,6 +228,32 @@ export class Client<S extends StreamMap<S>> {
   }
 
   /**
+   * Sends a subscription's subscribe again now (a live collection that
+   * reloads), unless one is on its way; while disconnected, the reconnect
+   * sends it.
+   */
+  resubscribe(sub: Resumable): void {
+    if (this.closed || this.subs.get(sub.id) !== sub) return;
+    this.cancelResubscribe(sub.id, false);
+    if (this.stateValue === "open" && !this.pending.has(sub.id)) this.subscribe(sub);
+  }
+
+  /** The wait before retry n (from 0) of something that failed: the reconnect backoff. */
+  retryDelay(attempt: number): number {
+    return backoffDelay(attempt, this.opts.backoff?.initial ?? 250, this.opts.backoff?.max ?? 10_000, Math.random());
+  }
+
+  /**
+   * Reports an error of a subscription to the client's "error" listeners
+   * and to the subscription's own (onError): `retrying` says whether it is
+   * tried again or has ended.
+   */
+  reportSubscriptionError(sub: Resumable, error: unknown, retrying: boolean): void {
+    this.emit("error", { error, stream: sub.stream, subscription: sub.id, retrying });
+    sub.onError?.(error, retrying);
+  }
+
+  /**
    * Closes the connection for good; requests waiting for a reply, and
    * subscriptions not ready yet, fail with ConnectionLostError.
    */
@@ -197,6 +264,7 @@ export class Client<S extends StreamMap<S>> {
     this.timer = null;
     for (const t of this.later) clearTimeout(t);
     this.later.clear();
+    for (const id of [...this.resubscribes.keys()]) this.cancelResubscribe(id, true);
     for (const p of [...this.pending.values()]) p.reject(new ConnectionLostError("client closed", p.stream, p.action));
     this.pending.clear();
     // Subscriptions not sent yet (the client was connecting) settle too.
@@ -244,7 +312,10 @@ export class Client<S extends StreamMap<S>> {
     this.stats.connects++;
     this.setState("open");
     // Subscriptions first, then the requests waiting, in the order they were made.
-    for (const sub of this.subs.values()) this.subscribe(sub);
+    for (const sub of this.subs.values()) {
+      this.cancelResubscribe(sub.id, false);
+      this.subscribe(sub);
+    }
     for (const p of this.pending.values()) if (!p.sent) this.sendPending(p);
   }
 
@@ -279,8 +350,32 @@ export class Client<S extends StreamMap<S>> {
 
   private scheduleReconnect(): void {
     if (this.closed) return;
-    const delay = backoffDelay(this.attempt++, this.opts.backoff?.initial ?? 250, this.opts.backoff?.max ?? 10_000, Math.random());
-    this.timer = setTimeout(() => this.open(), delay);
+    this.timer = setTimeout(() => this.open(), this.retryDelay(this.attempt++));
+  }
+
+  /**
+   * Sends a subscription's subscribe again after the backoff delay of its
+   * next attempt (a reconnect meanwhile sends it at once).
+   */
+  private scheduleResubscribe(sub: Resumable): void {
+    let r = this.resubscribes.get(sub.id);
+    if (!r) this.resubscribes.set(sub.id, (r = { attempt: 0, timer: null }));
+    if (r.timer) clearTimeout(r.timer);
+    const entry = r;
+    entry.timer = setTimeout(() => {
+      entry.timer = null;
+      if (this.closed || this.subs.get(sub.id) !== sub) return;
+      if (this.stateValue === "open" && !this.pending.has(sub.id)) this.subscribe(sub);
+    }, this.retryDelay(entry.attempt++));
+  }
+
+  /** Stops a resubscribe's timer; forget also drops its attempt count (after a success, or the end). */
+  private cancelResubscribe(id: string, forget: boolean): void {
+    const r = this.resubscribes.get(id);
+    if (!r) return;
+    if (r.timer) clearTimeout(r.timer);
+    r.timer = null;
+    if (forget) this.resubscribes.delete(id);
   }
 
   private sendPending(p: Pending): void {
@@ -303,6 +398,8 @@ export class Client<S extends StreamMap<S>> {
       id: sub.id, stream: sub.stream, action: String(payload["action"]), payload, sent: false, lost: false,
       resolve: (reply) => {
         if (this.subs.get(sub.id) !== sub) return;
+        this.established.add(sub.id);
+        this.cancelResubscribe(sub.id, true);
         const data = reply.data as { recovered?: boolean } | null;
         if (resumed && data && typeof data.recovered === "boolean") {
           this.emit("resume", { stream: sub.stream, subscription: sub.id, recovered: data.recovered });
@@ -310,7 +407,25 @@ export class Client<S extends StreamMap<S>> {
         sub.onSubscribed(reply, resumed);
       },
       reject: (e) => {
+        // close() and removeSubscription settle the subscription themselves.
+        if (this.closed || this.subs.get(sub.id) !== sub) return;
+        if (!this.established.has(sub.id)) {
+          // A first subscribe: its `ready` rejects.
+          this.subs.delete(sub.id);
+          sub.onFailed(e);
+          return;
+        }
+        // A resume (or a live collection's reload) refused: tried again
+        // with backoff when the refusal may pass, else the subscription ends.
+        if (isTransientError(e)) {
+          this.reportSubscriptionError(sub, e, true);
+          this.scheduleResubscribe(sub);
+          return;
+        }
         this.subs.delete(sub.id);
+        this.established.delete(sub.id);
+        this.cancelResubscribe(sub.id, true);
+        this.reportSubscriptionError(sub, e, false);
         sub.onFailed(e);
       },
     };
@@ -458,12 +573,14 @@ export class StreamClient<T extends StreamTypes> {
    * A channels-api subscription (PROTOCOL.md section 4.7) to one kind of
    * change, of every object or of one pk. It is resumed after a reconnect
    * from the last event's offset; `onResync` is called when the server no
-   * longer has the events missed (`recovered: false`).
+   * longer has the events missed (`recovered: false`). `onError` is called
+   * when a resume is refused: `retrying` true while the client tries again
+   * with backoff (429, 5xx), false when the subscription has ended.
    */
   subscribe(
     action: "create" | "update" | "delete",
     handler: (ev: ChangeEvent<T["model"]>) => void,
-    opts: { pk?: T["pk"]; onResync?: () => void } = {},
+    opts: SubscriptionOptions & { pk?: T["pk"] } = {},
   ): PlainSubscription<T> {
     const sub = new PlainSubscription<T>(this.client, this.name, action, handler, opts);
     this.client.addSubscription(sub);
@@ -474,12 +591,13 @@ export class StreamClient<T extends StreamTypes> {
    * A DCRF instance subscription (PROTOCOL.md section 4.8): the updates and
    * the delete of one object, resumed after a reconnect from the last
    * event's offset; `onResync` is called when the server no longer has the
-   * events missed.
+   * events missed; `onError` as for subscribe (a resume refused with 404,
+   * the object deleted meanwhile, gives the handler its delete as well).
    */
   instance(
     pk: T["pk"],
     handler: (ev: { action: "update"; data: T["model"] } | { action: "delete"; data: { pk: T["pk"] } }) => void,
-    opts: { onResync?: () => void } = {},
+    opts: SubscriptionOptions = {},
   ): InstanceSubscription<T> {
     const sub = new InstanceSubscription<T>(this.client, this.name, pk, handler, opts);
     this.client.addSubscription(sub);
@@ -492,9 +610,17 @@ export class StreamClient<T extends StreamTypes> {
    * then primary key.
    */
   live(opts: LiveOptions<T> = {}): LiveCollection<T> {
-    const info = this.client.schema.streams[this.name as never] as { primaryKey: string };
-    return new LiveCollection<T>(this.client, this.name, info.primaryKey, opts);
+    const info = this.client.schema.streams[this.name as never] as StreamInfo;
+    return new LiveCollection<T>(this.client, this.name, info.primaryKey, opts, info.formats);
   }
+}
+
+/** The options of StreamClient.subscribe and instance. */
+export interface SubscriptionOptions {
+  /** Called after a resume the server could not serve from its history (`recovered: false`). */
+  onResync?: () => void;
+  /** Called when a resume is refused: `retrying` true while it is tried again with backoff, false once the subscription has ended. */
+  onError?: (error: unknown, retrying: boolean) => void;
 }
 
 /** A subscription of StreamClient.subscribe. */
@@ -509,7 +635,7 @@ export class PlainSubscription<T extends StreamTypes> implements Resumable {
     readonly stream: string,
     readonly action: "create" | "update" | "delete",
     private readonly handler: (ev: ChangeEvent<T["model"]>) => void,
-    private readonly opts: { pk?: T["pk"]; onResync?: () => void },
+    private readonly opts: SubscriptionOptions & { pk?: T["pk"] },
   ) {
     this.id = client.nextSubscriptionId();
     this.ready = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
@@ -551,6 +677,10 @@ export class PlainSubscription<T extends StreamTypes> implements Resumable {
     this.settle.reject(error);
   }
 
+  onError(error: unknown, retrying: boolean): void {
+    this.opts.onError?.(error, retrying);
+  }
+
   close(): void {
     const unsubscribe: Record<string, unknown> = { action: "unsubscribe", data: { action: this.action } };
     if (this.opts.pk !== undefined) unsubscribe["pk"] = this.opts.pk;
@@ -571,7 +701,7 @@ export class InstanceSubscription<T extends StreamTypes> implements Resumable {
     readonly stream: string,
     readonly pk: T["pk"],
     private readonly handler: (ev: { action: "update"; data: T["model"] } | { action: "delete"; data: { pk: T["pk"] } }) => void,
-    private readonly opts: { onResync?: () => void },
+    private readonly opts: SubscriptionOptions,
   ) {
     this.id = client.nextSubscriptionId();
     this.ready = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
@@ -608,6 +738,10 @@ export class InstanceSubscription<T extends StreamTypes> implements Resumable {
     // before it).
     if (this.subscribed && error instanceof NotFoundError) this.handler({ action: "delete", data: { pk: this.pk } });
     this.settle.reject(error);
+  }
+
+  onError(error: unknown, retrying: boolean): void {
+    this.opts.onError?.(error, retrying);
   }
 
   close(): void {

@@ -56,12 +56,34 @@ export class ConflictError extends ChannelsApiError {}
 
 /**
  * No reply will come: the connection dropped and the request is not retried
- * (retries off, or the client was closed).
+ * (a write on a stream without idempotency keys, retries off, or the client
+ * was closed).
  */
 export class ConnectionLostError extends ChannelsApiError {
   constructor(message: string, stream: string | null, action: string | null) {
     super(message, 0, [], stream, action);
   }
+}
+
+/**
+ * No reply came within the request's timeout (ClientOptions.timeout); a
+ * reply that comes later is ignored. A write may still have run.
+ */
+export class TimeoutError extends ChannelsApiError {
+  constructor(message: string, stream: string | null, action: string | null) {
+    super(message, 0, [], stream, action);
+  }
+}
+
+/**
+ * Whether an error may pass if the request is made again later: a
+ * TimeoutError, 429 (too many requests or subscriptions) or a 5xx (503
+ * "Server busy, try again." above all). Subscriptions resumed after a
+ * reconnect, and live collections loading, retry these with backoff.
+ */
+export function isTransientError(error: unknown): boolean {
+  if (error instanceof TimeoutError) return true;
+  return error instanceof ChannelsApiError && (error.status === 429 || error.status >= 500);
 }
 
 /** The error of a failed reply payload. */

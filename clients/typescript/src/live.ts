@@ -3,9 +3,12 @@
  * snapshot, PROTOCOL.md section 9), kept current from its create, update
  * and delete events, in the order of the query then primary key. After a
  * reconnect the query resumes from the offset it reached; when the server
- * answers `recovered: false` the collection reloads its snapshot.
+ * answers `recovered: false` the collection reloads its snapshot. A load
+ * that fails, or whose pages cannot be read at one position, is reported
+ * and started again with backoff.
  */
 import type { Client, ReplyPayload, Resumable } from "./client.js";
+import { isTransientError } from "./errors.js";
 import type { Position, StreamMap, StreamTypes } from "./types.js";
 
 /** The options of StreamClient.live. */
@@ -16,14 +19,31 @@ export interface LiveOptions<T extends StreamTypes> {
   ordering?: T["ordering"][];
   /** The size of the snapshot's pages (the server caps it). Default 100. */
   pageSize?: number;
+  /**
+   * Where null sorts, as the server's database orders it (the server adds
+   * no NULLS FIRST/LAST): "smallest" (SQLite, MySQL: first ascending, last
+   * descending; the default) or "largest" (PostgreSQL).
+   */
+  nulls?: "smallest" | "largest";
 }
 
-/** What changed in a live collection. */
+/**
+ * What changed in a live collection. An error: a resume refused, or a load
+ * that failed (a list request refused, or pages that could not be read at
+ * one position); `retrying` true while the collection tries again with
+ * backoff (it keeps its rows, without the changes since, until a load
+ * succeeds), false when it has ended.
+ */
 export type LiveChange<M> =
   | { type: "load"; reason: "initial" | "resync" }
-  | { type: "create" | "update" | "delete"; pk: number | string; row: M };
+  | { type: "create" | "update" | "delete"; pk: number | string; row: M }
+  | { type: "error"; error: unknown; retrying: boolean };
 
-/** How many passes over the pages a load makes to read them all at one position. */
+/**
+ * How many passes over the pages a load makes to read them all at one
+ * position before it reports an error and starts again with a new
+ * snapshot, after a backoff delay.
+ */
 const loadPasses = 5;
 
 export class LiveCollection<T extends StreamTypes> implements Resumable {
@@ -32,7 +52,7 @@ export class LiveCollection<T extends StreamTypes> implements Resumable {
   position: Position | undefined;
   /** Settles once the first snapshot is loaded. */
   readonly ready: Promise<void>;
-  /** How many times the collection reloaded its snapshot after `recovered: false`. */
+  /** How many times the collection loaded a snapshot again once loaded (`recovered: false`, or a load that failed). */
   reloads = 0;
 
   private readonly rows = new Map<string, T["model"]>();
@@ -41,6 +61,14 @@ export class LiveCollection<T extends StreamTypes> implements Resumable {
   /** Events that arrive while a load reads its pages. */
   private buffer: Record<string, unknown>[] | null = null;
   private loaded = false;
+  /**
+   * A load failed and the collection waits to subscribe again: events are
+   * dropped (the new snapshot has them).
+   */
+  private stale = false;
+  /** Loads failed in a row: the backoff attempt of the next. */
+  private failures = 0;
+  private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private readonly listeners = new Set<(c: LiveChange<T["model"]>) => void>();
   private settle!: { resolve: () => void; reject: (e: unknown) => void };
 
@@ -49,6 +77,7 @@ export class LiveCollection<T extends StreamTypes> implements Resumable {
     readonly stream: string,
     private readonly primaryKey: string,
     private readonly opts: LiveOptions<T>,
+    private readonly formats?: { readonly [field: string]: string },
   ) {
     this.id = client.nextSubscriptionId();
     this.ready = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
@@ -89,6 +118,8 @@ export class LiveCollection<T extends StreamTypes> implements Resumable {
   }
 
   onSubscribed(reply: ReplyPayload, _resumed: boolean): void {
+    this.cancelRetry();
+    this.stale = false;
     const data = reply.data as { results?: T["model"][]; count?: number; position?: Position; recovered?: boolean };
     if (data.recovered === true && this.position) return; // the missed events follow
     const reason = this.loaded ? "resync" : "initial";
@@ -97,6 +128,7 @@ export class LiveCollection<T extends StreamTypes> implements Resumable {
   }
 
   onEvent(payload: Record<string, unknown>): void {
+    if (this.stale) return;
     if (this.buffer) {
       this.buffer.push(payload);
       return;
@@ -105,7 +137,15 @@ export class LiveCollection<T extends StreamTypes> implements Resumable {
   }
 
   onFailed(error: unknown): void {
+    // The end: closed, the client closed, or refused for good.
+    this.generation++;
+    this.cancelRetry();
+    this.buffer = null;
     this.settle.reject(error);
+  }
+
+  onError(error: unknown, retrying: boolean): void {
+    this.emit({ type: "error", error, retrying });
   }
 
   private load(results: T["model"][], count: number, position: Position | undefined, reason: "initial" | "resync"): void {
@@ -119,40 +159,87 @@ export class LiveCollection<T extends StreamTypes> implements Resumable {
     // fresh snapshot (no position).
     this.position = undefined;
     this.buffer = [];
-    this.readPages(gen).then(
-      ({ rows, at }) => {
-        if (gen !== this.generation) return;
-        const events = this.buffer ?? [];
-        this.replace(rows, at, events, reason);
-      },
-      (error) => {
-        if (gen === this.generation) this.settle.reject(error);
-      },
-    );
+    void this.readPages(gen, reason);
   }
 
-  private async readPages(gen: number): Promise<{ rows: T["model"][]; at: Position | undefined }> {
-    const stream = this.client.stream(this.stream as never);
-    let rows: T["model"][] = [];
-    let at: Position | undefined;
-    for (let pass = 0; pass < loadPasses && gen === this.generation; pass++) {
-      rows = [];
-      at = undefined;
-      let same = true;
-      for (let page = 1; ; page++) {
-        const p = await stream.list({ filters: this.opts.filters as never, page, pageSize: this.opts.pageSize ?? 100 });
-        if (gen !== this.generation) return { rows, at };
-        rows.push(...(p.results as T["model"][]));
-        if (page === 1) at = p.position;
-        else if (!at || !p.position || p.position.epoch !== at.epoch || p.position.offset !== at.offset) same = false;
-        if (page >= p.numPages) break;
+  /**
+   * Reads every page, again until one pass reads them all at one position
+   * (at most loadPasses times), then puts them in place. A refusal that
+   * may pass, or passes that never agree, start the load again with a new
+   * snapshot after a backoff delay; any other refusal ends the collection.
+   */
+  private async readPages(gen: number, reason: "initial" | "resync"): Promise<void> {
+    for (let pass = 1; ; pass++) {
+      let read: { rows: T["model"][]; at: Position | undefined; same: boolean };
+      try {
+        read = await this.readPass(gen);
+      } catch (error) {
+        if (gen !== this.generation) return;
+        if (isTransientError(error)) this.reload(error);
+        else this.end(error);
+        return;
       }
-      if (same) break;
+      if (gen !== this.generation) return;
+      if (read.same) {
+        this.replace(read.rows, read.at, this.buffer ?? [], reason);
+        return;
+      }
+      if (pass >= loadPasses) {
+        this.reload(new Error(`${this.stream}: the pages of a live query were not read at one position in ${loadPasses} passes (the rows change too fast); loading again`));
+        return;
+      }
     }
-    return { rows, at };
+  }
+
+  /** One pass over the pages; `same` says whether every page was read at the first page's position. */
+  private async readPass(gen: number): Promise<{ rows: T["model"][]; at: Position | undefined; same: boolean }> {
+    const stream = this.client.stream(this.stream as never);
+    const rows: T["model"][] = [];
+    let at: Position | undefined;
+    let same = true;
+    for (let page = 1; ; page++) {
+      const p = await stream.list({ filters: this.opts.filters as never, page, pageSize: this.opts.pageSize ?? 100 });
+      if (gen !== this.generation) return { rows, at, same: false };
+      rows.push(...(p.results as T["model"][]));
+      if (page === 1) at = p.position;
+      else if (!at || !p.position || p.position.epoch !== at.epoch || p.position.offset !== at.offset) same = false;
+      if (page >= p.numPages) break;
+    }
+    return { rows, at, same };
+  }
+
+  /**
+   * Drops the load under way, reports its error, and subscribes again
+   * (for a new snapshot) after a backoff delay. The rows held stay until
+   * then, without the changes since.
+   */
+  private reload(error: unknown): void {
+    this.generation++;
+    this.buffer = null;
+    this.stale = true;
+    this.position = undefined;
+    this.client.reportSubscriptionError(this, error, true);
+    this.cancelRetry();
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.client.resubscribe(this);
+    }, this.client.retryDelay(this.failures++));
+  }
+
+  /** Ends the collection with an error the load cannot retry. */
+  private end(error: unknown): void {
+    this.settle.reject(error); // before removeSubscription settles it as closed
+    this.client.reportSubscriptionError(this, error, false);
+    this.close();
+  }
+
+  private cancelRetry(): void {
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
   }
 
   private replace(rows: T["model"][], position: Position | undefined, events: Record<string, unknown>[], reason: "initial" | "resync"): void {
+    this.failures = 0;
     this.buffer = null;
     this.rows.clear();
     for (const r of rows) this.rows.set(this.keyOf(r), r);
@@ -192,24 +279,72 @@ export class LiveCollection<T extends StreamTypes> implements Resumable {
   private compare(a: T["model"], b: T["model"]): number {
     const ra = a as Record<string, unknown>;
     const rb = b as Record<string, unknown>;
+    const nulls = this.opts.nulls ?? "smallest";
     for (const f of this.opts.ordering ?? []) {
       const desc = f.startsWith("-");
       const field = desc ? f.slice(1) : f;
-      const c = compareValues(ra[field], rb[field]);
+      const va = ra[field];
+      const vb = rb[field];
+      // The schema's formats say which fields are date-times; a module
+      // generated without them leaves it to the values.
+      const dateTime = this.formats ? this.formats[field] === "date-time" : isDateTime(va) && isDateTime(vb);
+      const c = compareValues(va, vb, { dateTime, nulls });
       if (c !== 0) return desc ? -c : c;
     }
     return compareValues(ra[this.primaryKey], rb[this.primaryKey]);
   }
 }
 
-/** Orders JSON values: null first, numbers by value, anything else by its text's code points. */
-export function compareValues(a: unknown, b: unknown): number {
+/** How compareValues orders. */
+export interface CompareOptions {
+  /** The values are RFC 3339 date-times: they compare as instants, to the nanosecond. */
+  dateTime?: boolean;
+  /** Where null (or a missing value) sorts: as the smallest value (the default) or the largest. */
+  nulls?: "smallest" | "largest";
+}
+
+/**
+ * Orders JSON values: null (and undefined) as the smallest or the largest
+ * value, numbers by value, date-times (opts.dateTime) as instants,
+ * anything else by its text's code points.
+ */
+export function compareValues(a: unknown, b: unknown, opts: CompareOptions = {}): number {
+  const aNull = a === null || a === undefined;
+  const bNull = b === null || b === undefined;
+  if (aNull || bNull) {
+    if (aNull && bNull) return 0;
+    const c = aNull ? -1 : 1;
+    return opts.nulls === "largest" ? -c : c;
+  }
   if (a === b) return 0;
-  if (a === null || a === undefined) return -1;
-  if (b === null || b === undefined) return 1;
   if (typeof a === "number" && typeof b === "number") return a - b;
   if (typeof a === "boolean" && typeof b === "boolean") return a ? 1 : -1;
+  if (opts.dateTime && typeof a === "string" && typeof b === "string") {
+    const ia = instant(a);
+    const ib = instant(b);
+    if (ia && ib) return ia[0] - ib[0] || ia[1] - ib[1];
+  }
   const sa = String(a);
   const sb = String(b);
   return sa < sb ? -1 : sa > sb ? 1 : 0;
+}
+
+/** An RFC 3339 date-time: the seconds, the fraction, the zone. */
+const rfc3339 = /^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$/i;
+
+function isDateTime(v: unknown): boolean {
+  return typeof v === "string" && rfc3339.test(v);
+}
+
+/**
+ * A date-time as [the ms since the epoch of its whole seconds (Date.parse),
+ * its fraction in ns]: Date.parse alone keeps only milliseconds, where
+ * Go writes nanoseconds and PostgreSQL keeps microseconds.
+ */
+function instant(s: string): [number, number] | undefined {
+  const m = rfc3339.exec(s);
+  if (!m) return undefined;
+  const ms = Date.parse(`${m[1]!.toUpperCase()}${m[3]!.toUpperCase()}`);
+  if (Number.isNaN(ms)) return undefined;
+  return [ms, Number((m[2] ?? "").padEnd(9, "0"))];
 }

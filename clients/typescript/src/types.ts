@@ -27,6 +27,13 @@ export interface StreamInfo {
   readonly liveQuery: boolean;
   readonly idempotencyKeys: boolean;
   readonly actions: { readonly [name: string]: { readonly detail: boolean; readonly method: string } };
+  /**
+   * The JSON Schema `format` of the model's fields that have one, e.g.
+   * `{pub_date: "date-time"}`: a live collection compares date-time fields
+   * as instants. Without it (modules generated before it), string values
+   * in RFC 3339 date-time form compare as instants.
+   */
+  readonly formats?: { readonly [field: string]: string };
 }
 
 /** The generated `schema`. */

@@ -6,7 +6,7 @@ import {
   ChannelsApiError, ConflictError, ConnectionLostError, NotFoundError, PermissionError, ValidationError, errorFromReply,
   type ChangeEvent, type LiveChange,
 } from "../src/index.js";
-import type { Choice, Note, Question } from "../examples/polls.js";
+import { schema, type Choice, type Note, type Question } from "../examples/polls.js";
 import { App, connect, rest, until } from "./harness.js";
 
 const app = new App();
@@ -146,6 +146,47 @@ test("a live collection: snapshot, then creates, updates and deletes of its quer
   } finally {
     writer.close();
     reader.close();
+  }
+});
+
+test("a live collection ordered by a date-time orders instants, whatever their zone and fraction", async () => {
+  // The schema's formats say pub_date is a date-time; the generated schema,
+  // without formats, leaves it to the values.
+  const withFormats = { ...schema, streams: { ...schema.streams, questions: { ...schema.streams.questions, formats: { pub_date: "date-time" } } } };
+  const writer = connect(ws());
+  const readers = [connect(ws()), connect(ws(), undefined, { schema: withFormats as unknown as typeof schema })];
+  try {
+    const qs = writer.stream("questions");
+    const tag = `dates-${Date.now()}`;
+    // By instant a, b, c, d; as text the other way round.
+    const dates = {
+      d: "2026-03-01T08:30:00-01:00", // 09:30Z
+      c: "2026-03-01T09:00:00.5Z",
+      b: "2026-03-01T09:00:00Z",
+      a: "2026-03-01T10:00:00+02:00", // 08:00Z
+    };
+    const made: Record<string, Question> = {};
+    for (const [name, pub_date] of Object.entries(dates)) made[name] = await qs.create({ question_text: `${tag} ${name}`, pub_date });
+    // The app keeps each date as written.
+    assert.deepEqual(Object.values(made).map((q) => q.pub_date), Object.values(dates));
+    for (const reader of readers) {
+      for (const ordering of [["pub_date"], ["-pub_date"]] as const) {
+        const live = reader.stream("questions").live({ filters: { question_text__icontains: tag }, ordering: [...ordering] });
+        await live.ready;
+        const want = ordering[0] === "pub_date" ? ["a", "b", "c", "d"] : ["d", "c", "b", "a"];
+        assert.deepEqual(live.items.map((q) => q.question_text), want.map((n) => `${tag} ${n}`), ordering[0]);
+        // A change moves a row by its instant: b becomes the first.
+        await qs.patch(made["b"]!.id, { pub_date: "2026-03-01T07:59:59.999999999Z" });
+        await until((fn) => live.on(fn), () => live.get(made["b"]!.id)?.pub_date.startsWith("2026-03-01T07:59") ?? false, 5000, () => "the patch");
+        const moved = ordering[0] === "pub_date" ? ["b", "a", "c", "d"] : ["d", "c", "a", "b"];
+        assert.deepEqual(live.items.map((q) => q.question_text), moved.map((n) => `${tag} ${n}`), ordering[0]);
+        await qs.patch(made["b"]!.id, { pub_date: dates.b });
+        live.close();
+      }
+    }
+  } finally {
+    writer.close();
+    for (const r of readers) r.close();
   }
 });
 
