@@ -142,6 +142,7 @@ export class Client<S extends StreamMap<S>> {
     this.schema = opts.schema;
     const WS = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WS) throw new Error("no WebSocket: pass options.WebSocket (in Node 20, the ws package's default export)");
+    if (opts.timeout !== undefined && !(opts.timeout >= 0)) throw new Error(`timeout must be 0 (wait forever) or more ms, not ${opts.timeout}`);
     this.WS = WS;
     this.open();
   }

@@ -395,6 +395,8 @@ test("a request without a reply in `timeout` ms fails with TimeoutError and is f
       else c.reply({ data: { ...row, id: Number(c.frame.payload["pk"]) }, response_status: 200 });
     },
     async (s) => {
+      assert.throws(() => fakeClient(s, { timeout: -1 }), /timeout must be 0 \(wait forever\) or more ms, not -1/);
+      assert.throws(() => fakeClient(s, { timeout: NaN }), /not NaN/);
       const timers = () => process.getActiveResourcesInfo().filter((r) => r === "Timeout").length;
       const before = timers();
       const client = fakeClient(s, { timeout: 100 });
