@@ -187,4 +187,10 @@ func TestQuoting(t *testing.T) {
 	assert.NotContains(t, out, `\x`)
 	assert.NotContains(t, out, "\u2028")
 	assert.NotContains(t, out, "\u2029")
+
+	// The header's // comments stay one line each.
+	asyncapi, openapi := docs(t, model, "integer", nil, nil, nil)
+	asyncapi = []byte(strings.Replace(string(asyncapi), `"title":"Test"`, `"title":"T\nexport const x = 1;\u2028y"`, 1))
+	out = generate(t, asyncapi, openapi)
+	assert.Contains(t, out, "\n// T export const x = 1; y 1\n/* eslint-disable */\n")
 }
