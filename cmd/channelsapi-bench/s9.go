@@ -85,10 +85,7 @@ func s9Rows(n int, byMode map[string]*burstRun) []row {
 	lib := byMode["lib"]
 	dl, cl := median(lib.DeliveriesPerS), median(lib.CPUPerDelivery)
 	c := fmt.Sprintf("N=%d", n)
-	rows := []row{
-		{Case: c, Metric: "deliveries/s", Value: dl, Status: "info"},
-		{Case: c, Metric: "server CPU per delivery", Unit: "µs", Value: cl, Status: "info"},
-	}
+	var rows []row
 	for _, m := range []string{"raw", modeCentrifuge} {
 		r := byMode[m]
 		if r == nil {
