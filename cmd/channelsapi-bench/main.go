@@ -1,13 +1,16 @@
 // Command channelsapi-bench measures channelsapi against its anchors: raw
-// melody Broadcast of identical bytes, Gin serving the same actions over
-// REST, one loopback write(2), plain GORM writers (S7), and for live
-// queries the per-pk subscriptions of S3 (S8).
+// melody Broadcast of identical bytes, centrifugal/centrifuge publishing
+// them (S1, S2, S5, S9), Gin serving the same actions over REST, one
+// loopback write(2), plain GORM writers (S7), and for live queries the
+// per-pk subscriptions of S3 (S8).
 //
 // It is a load generator that re-executes itself as a server subprocess
 // (-role=server) for every scenario, pinned to its own CPU with taskset when
 // available, talking over 127.0.0.1 only. The server runs the real library
 // on a SQLite file in a temporary directory and reports its CPU time
-// (getrusage) and memory (runtime.MemStats) on control endpoints. S7 also
+// (getrusage) and memory (runtime.MemStats) on control endpoints. The
+// centrifuge peer is another binary speaking the same server contract, built
+// once per run from the module in peers/ (-peers). S7 also
 // writes to PostgreSQL: the server CHANNELSAPI_BENCH_POSTGRES names, or a
 // throwaway one it starts with initdb and pg_ctl.
 //
