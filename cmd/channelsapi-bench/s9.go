@@ -21,12 +21,13 @@ type s9Point struct {
 // seriesName is what the report and the charts call a server mode.
 var seriesName = map[string]string{"lib": "channelsapi", "raw": "melody", modeCentrifuge: "centrifuge"}
 
-// s9Limit bounds S9: a minute, plus for every N and server 15 s and 2 s per
-// thousand subscribers (connecting, the warm-up, the bursts).
+// s9Limit bounds S9: a minute, plus for every N and server 30 s
+// (connecting, the warm-up) and every burst's timeout.
 func (d *driver) s9Limit() time.Duration {
 	limit := scenarioLimit
 	for _, n := range d.cfg.s9N {
-		limit += 3 * (15*time.Second + time.Duration(n)*2*time.Millisecond)
+		perServer := 30*time.Second + time.Duration(d.cfg.s1Repeat)*burstTimeout(float64(n*d.cfg.s1Events))
+		limit += 3 * perServer
 	}
 	return limit
 }
@@ -61,6 +62,10 @@ func (d *driver) s9(ctx context.Context) scenarioResult {
 		}
 		for _, m := range modes {
 			r := byMode[m]
+			if !r.Complete {
+				res.Notes = append(res.Notes, fmt.Sprintf("N=%d: %s did not deliver every burst in time (%d bursts measured; %d deliveries missing)",
+					n, seriesName[m], len(r.DeliveriesPerS), r.Tally.Missing))
+			}
 			points = append(points, s9Point{Mode: m, N: n, DeliveriesPerS: median(r.DeliveriesPerS), CPUPerDelivery: median(r.CPUPerDelivery),
 				Complete: r.Complete, SilentDrops: r.Tally.SilentDrops})
 		}

@@ -294,6 +294,7 @@ func (d *driver) bursts(ctx context.Context, n int, modes []string) (map[string]
 		r.Complete = true
 	}
 	deliveries := float64(n * d.cfg.s1Events)
+	timeout := burstTimeout(deliveries)
 	for i := range d.cfg.s1Repeat {
 		for j := range runs {
 			r := runs[(i+j)%len(runs)]
@@ -309,9 +310,9 @@ func (d *driver) bursts(ctx context.Context, n int, modes []string) (map[string]
 				return nil, err
 			}
 			r.expected += int64(deliveries)
-			if !r.f.waitFrames(ctx, r.expected, 30*time.Second) {
+			if !r.f.waitFrames(ctx, r.expected, timeout) {
 				r.Complete = false
-				d.logf("  %s N=%d: burst incomplete: %s", r.Mode, n, r.f.closes())
+				d.logf("  %s N=%d: burst incomplete after %s: %d of %d deliveries; %s", r.Mode, n, timeout, r.f.recv.Load(), r.expected, r.f.closes())
 				continue
 			}
 			end := r.f.lastFrameNs()
@@ -340,6 +341,13 @@ func (d *driver) bursts(ctx context.Context, n int, modes []string) (map[string]
 		byMode[r.Mode] = r
 	}
 	return byMode, nil
+}
+
+// burstTimeout is how long a burst of deliveries may take to arrive: 30 s,
+// plus a second per 50k deliveries (S9's 2M at 20k subscribers on a busy
+// machine).
+func burstTimeout(deliveries float64) time.Duration {
+	return 30*time.Second + time.Duration(deliveries/50e3*float64(time.Second))
 }
 
 // ---- S2 ------------------------------------------------------------------
