@@ -36,6 +36,7 @@ func (b *schemaSet) addStream(s streamSchema) {
 	m := s.model
 	obj := b.structSchema(m.schema.ModelType, m)
 	obj.Title = s.Name
+	obj.PrimaryKey = s.PK // "" (left out) when the key is not serialized
 	for _, r := range s.Relations {
 		if fs := obj.Properties[r.Name]; r.Expand && fs != nil {
 			// Expanded, it is what the related stream renders, or null

@@ -315,6 +315,8 @@ func TestAPIDocsModelSchemas(t *testing.T) {
 		"/components/schemas/projects.patch/required":  `null`,
 		"/components/schemas/projects/required":        `["ID","CreatedAt","UpdatedAt","DeletedAt","name","color","priority","email","site","due","meta","owner_id"]`,
 		"/components/schemas/tickets/properties/id":    `{"type":"string","format":"uuid","readOnly":true}`,
+		"/components/schemas/projects/x-primary-key":   `"ID"`,
+		"/components/schemas/tickets/x-primary-key":    `"id"`,
 		"/components/schemas/tickets.write/properties": `{"title":{"type":"string","minLength":4,"maxLength":4},"score":{"type":"number","exclusiveMinimum":0,"exclusiveMaximum":1}}`,
 		"/paths/~1tickets~1{pk}/parameters/0/schema":   `{"type":"string","format":"uuid"}`,
 	} {

@@ -72,6 +72,7 @@ func (v *viewSet[T]) stateful() bool { return v.guarded() || v.qs.live }
 // computed once per connection and stream: the rendered SQL and arguments
 // of the Scope (empty without one) and the ScopeFilter (nil without one).
 type connScope struct {
+	stream string
 	key    string
 	filter *query.Query
 }
@@ -80,11 +81,14 @@ type connScope struct {
 func (c *conn) scopeOf(v scoper) (connScope, error) {
 	stream := v.name()
 	c.scopeMu.Lock()
-	cs, ok := c.scopes[stream]
-	c.scopeMu.Unlock()
-	if ok {
-		return cs, nil
+	for _, cs := range c.scopes {
+		if cs.stream == stream {
+			c.scopeMu.Unlock()
+			return cs, nil
+		}
 	}
+	c.scopeMu.Unlock()
+	cs := connScope{stream: stream}
 	req := c.eventRequest(stream, nil)
 	var err error
 	if cs.key, err = v.renderScope(c.ctx, req); err != nil {
@@ -95,10 +99,12 @@ func (c *conn) scopeOf(v scoper) (connScope, error) {
 	}
 	c.scopeMu.Lock()
 	defer c.scopeMu.Unlock()
-	if c.scopes == nil {
-		c.scopes = map[string]connScope{}
+	for _, old := range c.scopes {
+		if old.stream == stream {
+			return old, nil
+		}
 	}
-	c.scopes[stream] = cs
+	c.scopes = append(c.scopes, cs)
 	return cs, nil
 }
 

@@ -99,64 +99,65 @@ func frameHeader(p []byte) (n int, size int64, ok bool) {
 // startLinger stops the connection from being closed at once: from now, for
 // at most lingerTime, what arrives is read and dropped. The read deadline
 // it sets cannot be moved (SetReadDeadline). Shutdown's end (ctx) cuts it.
-func (k *cork) startLinger() {
-	k.lingerOnce.Do(func() {
-		k.deadline.Lock()
-		k.lingering = true
-		_ = k.Conn.SetReadDeadline(time.Now().Add(lingerTime))
-		k.deadline.Unlock()
-		if tc, ok := k.Conn.(interface{ CloseWrite() error }); ok {
+func (w *writer) startLinger() {
+	w.lingerOnce.Do(func() {
+		w.deadlineMu.Lock()
+		w.lingering = true
+		_ = w.Conn.SetReadDeadline(time.Now().Add(lingerTime))
+		w.deadlineMu.Unlock()
+		if tc, ok := w.Conn.(interface{ CloseWrite() error }); ok {
 			_ = tc.CloseWrite()
 		}
-		if k.stop != nil {
-			unstop := context.AfterFunc(k.stop, func() { _ = k.Conn.SetReadDeadline(time.Now()) })
-			k.mu.Lock()
-			k.unstop = unstop
-			k.mu.Unlock()
+		if w.stop != nil {
+			unstop := context.AfterFunc(w.stop, func() { _ = w.Conn.SetReadDeadline(time.Now()) })
+			w.mu.Lock()
+			w.unstop = unstop
+			w.mu.Unlock()
 		}
 	})
 }
 
 // SetReadDeadline implements net.Conn; while the connection lingers its
 // deadline stays.
-func (k *cork) SetReadDeadline(t time.Time) error {
-	k.deadline.Lock()
-	defer k.deadline.Unlock()
-	if k.lingering {
+func (w *writer) SetReadDeadline(t time.Time) error {
+	w.deadlineMu.Lock()
+	defer w.deadlineMu.Unlock()
+	if w.lingering {
 		return nil
 	}
-	return k.Conn.SetReadDeadline(t)
+	return w.Conn.SetReadDeadline(t)
 }
 
 // dropAfterClose reports whether a frame of n bytes the client sent is to
 // be dropped: the server has sent its close frame. The linger ends when
 // lingerBytes have been dropped.
-func (k *cork) dropAfterClose(n int) bool {
-	if !k.closeSent.Load() {
+func (w *writer) dropAfterClose(n int) bool {
+	if !w.closeSent.Load() {
 		return false
 	}
-	if k.dropped.Add(int64(n)) >= lingerBytes {
-		_ = k.Conn.SetReadDeadline(time.Now())
+	if w.dropped.Add(int64(n)) >= lingerBytes {
+		_ = w.Conn.SetReadDeadline(time.Now())
 	}
 	return true
 }
 
-// finish closes the network connection when the WebSocket has ended. After
-// a close frame the server sent and the client did not answer, it first
-// reads and drops what the client still sends (startLinger).
-func (k *cork) finish() {
-	if k.closeSent.Load() && !k.peerClosed.Load() {
-		k.startLinger()
-		if left := lingerBytes - k.dropped.Load(); left > 0 {
-			_, _ = io.CopyN(io.Discard, k.Conn, left)
+// finish closes the network connection when the WebSocket has ended, and
+// stops the writer. After a close frame the server sent and the client did
+// not answer, it first reads and drops what the client still sends
+// (startLinger).
+func (w *writer) finish() {
+	if w.closeSent.Load() && !w.peerClosed.Load() {
+		w.startLinger()
+		if left := lingerBytes - w.dropped.Load(); left > 0 {
+			_, _ = io.CopyN(io.Discard, w.Conn, left)
 		}
 	}
-	k.mu.Lock()
-	unstop := k.unstop
-	k.mu.Unlock()
+	w.mu.Lock()
+	unstop := w.unstop
+	w.mu.Unlock()
 	if unstop != nil {
 		unstop()
 	}
-	k.flush()
-	_ = k.Conn.Close()
+	_ = w.Conn.Close()
+	w.end()
 }

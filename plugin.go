@@ -248,7 +248,6 @@ type API struct {
 	closing   bool
 	conns     atomic.Int64   // open WebSocket connections (melody's count keeps those registered after Shutdown)
 	sockets   sync.WaitGroup // one per WebSocket connection handler
-	closers   sync.WaitGroup // goroutines closing slow connections
 	closeOnce sync.Once
 	// tooBig is the 1009 close frame, with its reason; lingerStop ends the
 	// lingering closes when Shutdown's ctx ends (linger.go).
@@ -496,7 +495,10 @@ func (a *API) Shutdown(ctx context.Context) error {
 		a.mu.Lock()
 		a.closing = true
 		a.mu.Unlock()
-		_ = a.melody.CloseWithMsg(melody.FormatCloseMessage(closeGoingAway, "server shutting down"))
+		sessions, _ := a.melody.Sessions()
+		for _, s := range sessions {
+			sessionConn(s).closeWith(closeGoingAway, "server shutting down")
+		}
 	})
 	if a.idem != nil {
 		a.idem.close()
@@ -514,7 +516,6 @@ func (a *API) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		a.sockets.Wait()
-		a.closers.Wait()
 		close(done)
 	}()
 	select {
@@ -553,7 +554,7 @@ func (a *API) Disconnect(match func(user any) bool) int {
 	n := 0
 	for _, s := range sessions {
 		if c, ok := s.Get(connKey); ok && match(c.(*conn).user) {
-			c.(*conn).closeWith(s, closePolicy, "authorization withdrawn")
+			c.(*conn).closeWith(closePolicy, "authorization withdrawn")
 			n++
 		}
 	}

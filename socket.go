@@ -2,14 +2,12 @@ package channelsapi
 
 import (
 	"context"
-	"errors"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/gin-gonic/gin"
-	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
 	"golang.org/x/time/rate"
 )
@@ -18,6 +16,7 @@ import (
 const (
 	closeGoingAway = 1001
 	closePolicy    = 1008
+	closeInternal  = 1011
 	closeTryAgain  = 1013
 )
 
@@ -26,44 +25,59 @@ const connKey = "channelsapi.conn"
 func (a *API) newMelody() *melody.Melody {
 	m := melody.New()
 	m.Config.MaxMessageSize = a.cfg.maxMessageSize
-	m.Config.MessageBufferSize = a.cfg.queueSize
-	m.Config.WriteWait = defaultWriteWait
-	m.Config.PingPeriod = a.cfg.pingPeriod
+	// Every frame is written by the connection's writer (writer.go): melody's
+	// write goroutine gets none, no queue and no ping.
+	m.Config.MessageBufferSize = 0
+	m.Config.PingPeriod = neverPing
 	m.Config.PongWait = a.cfg.pongWait
 	m.Upgrader.CheckOrigin = a.checkOrigin
 	m.Upgrader.Error = upgradeError
 	m.Upgrader.Subprotocols = a.cfg.subprotocols
-	// Reads reuse the buffer of the HTTP server's connection; a write
-	// buffer is taken from the pool for the time of one message only, so an
-	// idle connection holds none.
+	// Reads reuse the buffer of the HTTP server's connection; gorilla's
+	// writes (the upgrade response, a protocol error's close frame) take a
+	// buffer from the pool for the time of one write.
 	m.Upgrader.ReadBufferSize = 0
 	m.Upgrader.WriteBufferSize = 4096
 	m.Upgrader.WriteBufferPool = &sync.Pool{}
 	m.HandleConnect(func(s *melody.Session) {
 		c := sessionConn(s)
 		c.session = s
+		c.w.releaseHTTPBuffer()
 		a.conns.Add(1)
+		s.WebsocketConnection().SetPingHandler(func(p string) error {
+			c.w.answerPing(p)
+			return nil
+		})
+		c.w.startPings()
 		// A socket upgraded while Shutdown runs can register with melody
 		// after Shutdown closed the ones it had; it is closed here.
 		a.mu.RLock()
 		closing := a.closing
 		a.mu.RUnlock()
 		if closing {
-			_ = s.CloseWithMsg(melody.FormatCloseMessage(closeGoingAway, "server shutting down"))
+			c.closeWith(closeGoingAway, "server shutting down")
 		}
 	})
 	// After the server's close frame, what the client sends is dropped
 	// (linger.go).
 	m.HandleMessage(func(s *melody.Session, msg []byte) {
-		if c := sessionConn(s); !c.cork.dropAfterClose(len(msg)) {
-			c.handleFrame(msg)
+		if c := sessionConn(s); !c.w.dropAfterClose(len(msg)) {
+			c.serveFrame(msg)
 		}
 	})
-	m.HandleSentMessage(func(s *melody.Session, _ []byte) { sessionConn(s).cork.sent() })
 	m.HandleMessageBinary(func(s *melody.Session, msg []byte) {
-		if c := sessionConn(s); !c.cork.dropAfterClose(len(msg)) {
-			c.handleFrame(nil)
+		if c := sessionConn(s); !c.w.dropAfterClose(len(msg)) {
+			c.serveFrame(nil)
 		}
+	})
+	// The client's close frame is answered before the read side ends, and
+	// the connection does not linger.
+	m.HandleClose(func(s *melody.Session, code int, _ string) error {
+		c := sessionConn(s)
+		c.w.peerClosed.Store(true)
+		c.closing.Store(true)
+		c.w.answerClose(code)
+		return nil
 	})
 	m.HandleDisconnect(func(s *melody.Session) {
 		c := sessionConn(s)
@@ -71,17 +85,12 @@ func (a *API) newMelody() *melody.Melody {
 		c.cancel()
 		a.conns.Add(-1)
 	})
-	m.HandleError(func(s *melody.Session, err error) {
-		var ce *websocket.CloseError
-		switch {
-		case errors.Is(err, melody.ErrMessageBufferFull):
-			sessionConn(s).resync(reasonSlowClient)
-		case errors.As(err, &ce): // the client's close frame: no linger
-			sessionConn(s).cork.peerClosed.Store(true)
-		}
-	})
 	return m
 }
+
+// neverPing is melody's ping period: beyond the life of any connection (the
+// writer sends the pings).
+const neverPing = 1<<63 - 1
 
 func sessionConn(s *melody.Session) *conn {
 	c, _ := s.Get(connKey)
@@ -139,16 +148,13 @@ func (a *API) serveSocket(c *gin.Context) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(c.Request.Context()))
 	defer cancel()
 	conn := &conn{
-		api: a, ctx: ctx, cancel: cancel, user: user, header: c.Request.Header.Clone(),
-		limiter: rate.NewLimiter(a.cfg.rate, a.cfg.burst), cork: &cork{tooBig: a.tooBig, stop: a.lingerStop},
+		api: a, ctx: ctx, cancel: cancel, user: user, header: c.Request.Header,
+		limiter: rate.NewLimiter(a.cfg.rate, a.cfg.burst),
+		w:       &writer{limit: a.cfg.queueSize, ping: a.cfg.pingPeriod, tooBig: a.tooBig, stop: a.lingerStop},
 	}
-	w := corkWriter{ResponseWriter: c.Writer, k: conn.cork}
-	err := a.melody.HandleRequestWithKeys(w, c.Request, map[string]any{connKey: conn})
-	if conn.cork.Conn != nil {
-		conn.cork.finish()
-	}
-	if errors.Is(err, melody.ErrClosed) {
-		refuse(c, http.StatusServiceUnavailable, "Server is shutting down.")
+	_ = a.melody.HandleRequestWithKeys(hijacker{ResponseWriter: c.Writer, w: conn.w}, c.Request, map[string]any{connKey: conn})
+	if conn.w.Conn != nil {
+		conn.w.finish()
 	}
 }
 
@@ -163,7 +169,7 @@ type conn struct {
 	header  http.Header
 	session *melody.Session
 	limiter *rate.Limiter // used by the read goroutine only
-	cork    *cork
+	w       *writer
 
 	mu        sync.Mutex
 	busy      bool
@@ -172,7 +178,7 @@ type conn struct {
 	closing   atomic.Bool // closeWith ran: nothing more is delivered
 
 	scopeMu sync.Mutex
-	scopes  map[string]connScope // by stream (authorize.go)
+	scopes  []connScope // one per stream, a few (authorize.go)
 }
 
 // Deliver queues an event frame without blocking. It reports false when the
@@ -195,6 +201,27 @@ func (c *conn) Deliver(frame []byte) bool {
 	return !c.closing.Load()
 }
 
+// serveFrame handles one frame on a goroutine of its own and waits for it:
+// frames are still handled one at a time, in order, but the read goroutine,
+// which lives as long as the connection, keeps the small stack of reading
+// while the deep one of an action is given back when the action ends. A
+// panic outside the actions' own recovery closes the connection with 1011
+// instead of the process.
+func (c *conn) serveFrame(msg []byte) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer func() {
+			if p := recover(); p != nil {
+				c.api.log.Error("channelsapi: panic while handling a frame", "panic", p, "stack", string(debug.Stack()))
+				c.closeWith(closeInternal, "internal error")
+			}
+		}()
+		c.handleFrame(msg)
+	}()
+	<-done
+}
+
 func (c *conn) handleFrame(msg []byte) {
 	c.mu.Lock()
 	c.busy = true
@@ -208,12 +235,12 @@ func (c *conn) handleFrame(msg []byte) {
 	// A replay may hold more frames than melody's queue takes: they are
 	// written as it drains, without c.mu held, while what arrives
 	// meanwhile queues behind them.
-	limit := int64(c.api.cfg.queueSize)
+	limit := c.api.cfg.queueSize
 	for len(c.pending) > 0 && !c.closing.Load() {
 		f := c.pending[0]
-		if c.cork.queued.Load() >= limit {
+		if c.w.queued() >= limit {
 			c.mu.Unlock()
-			ok := c.cork.waitBelow(limit/2, c.ctx.Done())
+			ok := c.w.waitBelow(limit/2, c.ctx.Done())
 			c.mu.Lock()
 			if !ok {
 				c.resync(reasonSlowClient)
@@ -228,44 +255,25 @@ func (c *conn) handleFrame(msg []byte) {
 	c.busy, c.replaying, c.pending = false, false, nil
 }
 
-// write queues frame on melody's writer; the cork counts it until it is
-// written. Callers hold c.mu.
+// write queues frame on the connection's writer; a full queue closes the
+// connection with 1013. Callers hold c.mu.
 func (c *conn) write(frame []byte) {
-	c.cork.queued.Add(1)
-	closing := c.closing.Load()
-	if c.session.Write(frame) != nil || (!closing && c.closing.Load()) {
-		c.cork.sent() // not queued: closed, or the queue overflowed
+	if !c.w.send(frame) && !c.closing.Load() {
+		c.resync(reasonSlowClient)
 	}
 }
 
 // resync closes the connection with 1013 and reason (delivery.go names
 // them): the server can no longer guarantee its event stream, and the
 // client must load its state again. It never blocks.
-func (c *conn) resync(reason string) { c.closeWith(c.session, closeTryAgain, reason) }
+func (c *conn) resync(reason string) { c.closeWith(closeTryAgain, reason) }
 
-// closeWith closes the connection with code, once, without blocking the
-// caller: the close frame is written by a goroutine of its own that waits at
-// most the write timeout for the writer. Nothing is delivered after it.
-func (c *conn) closeWith(s *melody.Session, code int, reason string) {
-	if s == nil || c.closing.Swap(true) {
-		return
-	}
-	a := c.api
-	a.mu.RLock()
-	if a.closing { // Shutdown closes it with 1001
-		a.mu.RUnlock()
-		return
-	}
-	a.closers.Add(1)
-	a.mu.RUnlock()
-	go func() {
-		defer a.closers.Done()
-		ws := s.WebsocketConnection()
-		msg := websocket.FormatCloseMessage(code, reason)
-		_ = ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(defaultWriteWait))
-		c.cork.flush()
-		_ = ws.Close()
-	}()
+// closeWith closes the connection with code, once, without blocking: the
+// writer sends the close frame in place of what is still queued. Nothing is
+// delivered after it.
+func (c *conn) closeWith(code int, reason string) {
+	c.closing.Store(true)
+	c.w.close(code, reason)
 }
 
 // dispatch handles one client frame and returns the encoded reply

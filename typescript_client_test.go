@@ -18,7 +18,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"gorm.io/gorm"
 
+	"github.com/channelsapi/channelsapi"
 	"github.com/channelsapi/channelsapi/internal/tsgen"
 )
 
@@ -74,6 +76,33 @@ func TestTypeScriptTypesFromURLs(t *testing.T) {
 	out, err = exec.Command(bin, "-asyncapi", filepath.Join("testdata", "apidocs", "asyncapi.json")).CombinedOutput()
 	require.Error(t, err)
 	assert.Contains(t, string(out), "both -asyncapi and -openapi are required")
+}
+
+// tsCode is a model whose primary key is neither "id" nor the first of its
+// read-only strings.
+type tsCode struct {
+	Code   string `json:"code" gorm:"primaryKey"`
+	Author string `json:"author"`
+	Label  string `json:"label"`
+}
+
+// TestTypeScriptTypesPrimaryKey: the types of a server whose model's key is
+// "code string" say so: the documents name the key, and the generated
+// module reads it from them.
+func TestTypeScriptTypesPrimaryKey(t *testing.T) {
+	db := openDB(t, &tsCode{})
+	srv := newServerOn(t, db, func(api *channelsapi.API, _ *gorm.DB) {
+		require.NoError(t, channelsapi.Add(api, channelsapi.ViewSet[tsCode]{Stream: "codes", ReadOnlyFields: []string{"author"}}))
+	}, channelsapi.WithAPIDocs(channelsapi.APIDocs{OpenAPIPath: "/docs/openapi.json", AsyncAPIPath: "/docs/asyncapi.json", Title: "Codes"}))
+	asyncapi, err := srv.API.AsyncAPI()
+	require.NoError(t, err)
+	openapi, err := srv.API.OpenAPI()
+	require.NoError(t, err)
+	assert.Equal(t, "code", docValue(t, asyncapi, "/components/schemas/codes/x-primary-key"))
+	got, err := tsgen.Generate(asyncapi, openapi, "asyncapi.json")
+	require.NoError(t, err)
+	assert.Contains(t, string(got), "    codes: {\n      primaryKey: \"code\",\n")
+	assert.Contains(t, string(got), "    pk: string;\n")
 }
 
 // TestTypeScriptTypesRefuseBadDocuments: documents that are not an AsyncAPI 3

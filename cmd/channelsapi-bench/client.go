@@ -31,6 +31,7 @@ type dialOptions struct {
 	list        func(i int) int  // lib: the id connection i's live query of qStreamName selects; nil = none
 	stalled     func(i int) bool // connections that stop reading until resume
 	stallRcvBuf int              // SO_RCVBUF of stalled connections
+	centrifuge  bool             // the centrifuge peer: its JSON protocol, subscribed to the channel stream (or streamName)
 	workers     int
 }
 
@@ -38,8 +39,9 @@ type dialOptions struct {
 type wsClient struct {
 	conn    *websocket.Conn
 	stalled bool
+	split   bool // centrifuge: a frame holds several replies, one per line
 
-	frames  atomic.Int64
+	frames  atomic.Int64 // deliveries
 	lastNs  atomic.Int64
 	ended   atomic.Bool // the reader returned; close is set
 	lastSeq int64       // reader only
@@ -53,10 +55,12 @@ type wsClient struct {
 type sample struct{ seq, ns int64 }
 
 // fleet is many client connections, each read by a goroutine that does
-// minimal parsing (bytes.Index for seq and ts).
+// minimal parsing (bytes.Index for seq and ts). A delivery is a frame, or for
+// the centrifuge peer one line of a frame; frames count deliveries.
 type fleet struct {
 	clients []*wsClient
-	recv    atomic.Int64 // frames received by all clients
+	recv    atomic.Int64 // deliveries received by all clients
+	msgs    atomic.Int64 // WebSocket messages received by all clients (centrifuge: several deliveries each)
 	minSeq  atomic.Int64 // latencies are recorded for seq >= minSeq (0: not at all)
 	resume  chan struct{}
 	closing chan struct{}
@@ -138,6 +142,18 @@ func dialOne(ctx context.Context, o dialOptions, i int) (*wsClient, error) {
 	}
 	_ = resp.Body.Close()
 	c := &wsClient{conn: conn, stalled: o.stalled != nil && o.stalled(i)}
+	if o.centrifuge {
+		stream := o.stream
+		if stream == "" {
+			stream = streamName
+		}
+		if err := centrifugeSubscribe(conn, stream); err != nil {
+			_ = conn.Close()
+			return nil, err
+		}
+		c.split = true
+		return c, nil
+	}
 	if o.subscribe != nil {
 		stream := o.stream
 		if stream == "" {
@@ -185,6 +201,37 @@ func request(conn *websocket.Conn, frame []byte) error {
 	}
 	return conn.SetReadDeadline(time.Time{})
 }
+
+// centrifugeSubscribe connects with centrifuge's JSON protocol and
+// subscribes to channel: a connect command and a subscribe command in one
+// frame, then it reads replies (several may share a frame, one per line)
+// until the subscribe reply, which must not be an error.
+func centrifugeSubscribe(conn *websocket.Conn, channel string) error {
+	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	cmds := `{"id":1,"connect":{}}` + "\n" + `{"id":2,"subscribe":{"channel":"` + channel + `"}}`
+	if err := conn.WriteMessage(websocket.TextMessage, []byte(cmds)); err != nil {
+		return err
+	}
+	for {
+		_, frame, err := conn.ReadMessage()
+		if err != nil {
+			return err
+		}
+		for line := range bytes.SplitSeq(frame, []byte{'\n'}) {
+			if bytes.Contains(line, []byte(`"error":`)) {
+				return fmt.Errorf("centrifuge refused: %s", line)
+			}
+			if bytes.Contains(line, []byte(`"id":2,`)) {
+				return conn.SetReadDeadline(time.Time{})
+			}
+		}
+	}
+}
+
+// centrifugePing is centrifuge's ping in its JSON protocol, and the pong a
+// client answers with.
+var centrifugePing = []byte(`{}`)
 
 var (
 	seqKey = []byte(`"seq":`)
@@ -245,19 +292,47 @@ func (f *fleet) read(c *wsClient) {
 			}
 		}
 		now := time.Now().UnixNano()
-		if seq := intAfter(buf, seqKey); seq > 0 {
-			if c.lastSeq != 0 && seq != c.lastSeq+1 {
-				c.gaps++
-			}
-			c.lastSeq = seq
-			if lo := f.minSeq.Load(); lo > 0 && seq >= lo {
-				c.lats = append(c.lats, sample{seq: seq, ns: now - intAfter(buf, tsKey)})
-			}
+		f.msgs.Add(1)
+		if !c.split {
+			f.deliver(c, buf, now)
+			continue
 		}
-		c.lastNs.Store(now)
-		c.frames.Add(1)
-		f.recv.Add(1)
+		// centrifuge: one reply per line, publications and pings alike.
+		for rest := buf; len(rest) > 0; {
+			line := rest
+			if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+				line, rest = rest[:i], rest[i+1:]
+			} else {
+				rest = nil
+			}
+			if bytes.Equal(line, centrifugePing) {
+				_ = c.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+				if err := c.conn.WriteMessage(websocket.TextMessage, centrifugePing); err != nil {
+					c.close = -1
+					return
+				}
+				continue
+			}
+			f.deliver(c, line, now)
+		}
 	}
+}
+
+// deliver counts one delivery (a frame, or one publication of a centrifuge
+// frame) received by c at now.
+func (f *fleet) deliver(c *wsClient, b []byte, now int64) {
+	if seq := intAfter(b, seqKey); seq > 0 {
+		if c.lastSeq != 0 && seq != c.lastSeq+1 {
+			c.gaps++
+		}
+		c.lastSeq = seq
+		if lo := f.minSeq.Load(); lo > 0 && seq >= lo {
+			c.lats = append(c.lats, sample{seq: seq, ns: now - intAfter(b, tsKey)})
+		}
+	}
+	c.lastNs.Store(now)
+	c.frames.Add(1)
+	f.recv.Add(1)
 }
 
 // waitFrames waits until the fleet received total frames, or timeout, or

@@ -1,17 +1,20 @@
 // Command channelsapi-bench measures channelsapi against its anchors: raw
-// melody Broadcast of identical bytes, Gin serving the same actions over
-// REST, one loopback write(2), plain GORM writers (S7), and for live
-// queries the per-pk subscriptions of S3 (S8).
+// melody Broadcast of identical bytes, centrifugal/centrifuge publishing
+// them (S1, S2, S5, S9), Gin serving the same actions over REST, one
+// loopback write(2), plain GORM writers (S7), and for live queries the
+// per-pk subscriptions of S3 (S8).
 //
 // It is a load generator that re-executes itself as a server subprocess
 // (-role=server) for every scenario, pinned to its own CPU with taskset when
 // available, talking over 127.0.0.1 only. The server runs the real library
 // on a SQLite file in a temporary directory and reports its CPU time
-// (getrusage) and memory (runtime.MemStats) on control endpoints. S7 also
+// (getrusage) and memory (runtime.MemStats) on control endpoints. The
+// centrifuge peer is another binary speaking the same server contract, built
+// once per run from the module in peers/ (-peers). S7 also
 // writes to PostgreSQL: the server CHANNELSAPI_BENCH_POSTGRES names, or a
 // throwaway one it starts with initdb and pg_ctl.
 //
-//	go run ./cmd/channelsapi-bench              # S0-S8, about 4 minutes
+//	go run ./cmd/channelsapi-bench              # S0-S9
 //	go run ./cmd/channelsapi-bench -quick       # every scenario at small N, < 60 s
 //	go run ./cmd/channelsapi-bench -scenarios s1,s5 -s1-n 2000
 //
@@ -25,6 +28,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -41,6 +45,7 @@ type benchConfig struct {
 	srcIPs    int
 	verbose   bool
 	profile   string // directory for server CPU profiles
+	peers     string // the peers module (the centrifuge peer)
 
 	s0Count int
 
@@ -65,6 +70,8 @@ type benchConfig struct {
 	s7Subs    int
 	s7Rounds  int
 	s7Seconds float64
+	s9N       []int
+	s9SVG     string
 }
 
 type s2Case struct {
@@ -85,13 +92,14 @@ func main() {
 	flag.BoolVar(&sc.queries, "queries", false, "server, lib mode: also serve the qitems stream, with a filter (S8)")
 
 	var c benchConfig
-	flag.StringVar(&c.scenarios, "scenarios", "s0,s1,s2,s3,s4,s5,s6,s7,s8", "comma-separated scenarios to run")
+	flag.StringVar(&c.scenarios, "scenarios", "s0,s1,s2,s3,s4,s5,s6,s7,s8,s9", "comma-separated scenarios to run")
 	flag.BoolVar(&c.quick, "quick", false, "every scenario at small N (CI), < 60 s in all")
 	flag.StringVar(&c.jsonPath, "json", "bench-results.json", "write results to this file (empty: do not)")
 	flag.BoolVar(&c.pin, "pin", true, "pin server and load generator to different CPUs with taskset")
 	flag.IntVar(&c.srcIPs, "src-ips", 0, "source addresses 127.0.0.1.. to spread client sockets over (0: one per 20k sockets)")
 	flag.BoolVar(&c.verbose, "v", false, "log progress")
 	flag.StringVar(&c.profile, "profile", "", "write a CPU profile of every server subprocess into this directory")
+	flag.StringVar(&c.peers, "peers", filepath.Join("cmd", "channelsapi-bench", "peers"), "the peers module, built once per run for the centrifuge rows of S1, S2, S5 and S9")
 	flag.IntVar(&c.s0Count, "s0-count", 200000, "S0: frames written per anchor measurement")
 	s1N := flag.String("s1-n", "1000,5000", "S1: subscriber counts")
 	flag.IntVar(&c.s1Events, "s1-events", 100, "S1: events per burst (below the queue size, 256)")
@@ -114,6 +122,8 @@ func main() {
 	flag.IntVar(&c.s7Subs, "s7-subs", 1000, "S7: subscribers of the third variant")
 	flag.IntVar(&c.s7Rounds, "s7-rounds", 12, "S7: rounds per database and writer count, each running every variant once (medians reported)")
 	flag.Float64Var(&c.s7Seconds, "s7-seconds", 0.25, "S7: seconds of writes per variant and round")
+	s9N := flag.String("s9-n", "1000,5000,10000,20000", "S9: subscriber counts")
+	flag.StringVar(&c.s9SVG, "s9-svg", "", "S9: also write its two charts as SVG to this file (empty: do not)")
 	flag.Parse()
 
 	if *role == "server" {
@@ -140,6 +150,11 @@ func main() {
 	}
 	if err == nil {
 		c.s7Writers, err = parseInts(*s7Writers)
+	}
+	if err == nil {
+		if c.s9N, err = parseInts(*s9N); err == nil && !set["s9-n"] && c.quick {
+			c.s9N = []int{200, 500}
+		}
 	}
 	if err == nil {
 		c.s7DBs, err = parseDBs(*s7DBs)
@@ -237,9 +252,10 @@ type driver struct {
 	noFile    uint64 // RLIMIT_NOFILE (soft, as raised by the Go runtime)
 	noFileMax uint64
 	start     time.Time
-	writeCPU  float64  // S0: server CPU-µs of one loopback write(2), once measured
-	s3Result  s3Figure // S3's figure, for S8
-	scenario  string   // the running scenario, for profile names
+	peer      peerBuild // the centrifuge peer, built when a scenario with centrifuge rows runs
+	writeCPU  float64   // S0: server CPU-µs of one loopback write(2), once measured
+	s3Result  s3Figure  // S3's figure, for S8
+	scenario  string    // the running scenario, for profile names
 	profiles  int
 }
 
@@ -293,12 +309,23 @@ func run(c benchConfig) error {
 		run   func(context.Context) scenarioResult
 		limit time.Duration // 0: scenarioLimit
 	}{
-		{"s0", d.s0, 0}, {"s1", d.s1, 0}, {"s2", d.s2, 0}, {"s3", d.s3, 0}, {"s4", d.s4, 0}, {"s5", d.s5, 0}, {"s6", d.s6, 0},
-		{"s7", d.s7, d.s7Limit()}, {"s8", d.s8, 2 * scenarioLimit},
+		{"s0", d.s0, 0}, {"s1", d.s1, 2 * scenarioLimit}, {"s2", d.s2, 2 * scenarioLimit}, {"s3", d.s3, 0}, {"s4", d.s4, 0}, {"s5", d.s5, 2 * scenarioLimit}, {"s6", d.s6, 0},
+		{"s7", d.s7, d.s7Limit()}, {"s8", d.s8, 2 * scenarioLimit}, {"s9", d.s9, d.s9Limit()},
 	}
 	want := map[string]bool{}
 	for _, s := range strings.Split(strings.ToLower(c.scenarios), ",") {
 		want[strings.TrimSpace(s)] = true
+	}
+	for _, id := range peerScenarios {
+		if want[id] || want["all"] {
+			d.logf("building the centrifuge peer in %s", c.peers)
+			d.peer = buildPeer(c.peers)
+			defer d.peer.remove()
+			if d.peer.note != "" {
+				fmt.Fprintln(os.Stderr, "note:", d.peer.note)
+			}
+			break
+		}
 	}
 	if c.profile != "" {
 		if err := os.MkdirAll(c.profile, 0o755); err != nil {

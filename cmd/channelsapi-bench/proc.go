@@ -26,7 +26,8 @@ type serverProc struct {
 	done  chan error
 }
 
-// startServer re-executes this binary as a server, pinned to the server CPU
+// startServer re-executes this binary as a server (or starts the centrifuge
+// peer, which speaks the same contract), pinned to the server CPU
 // when taskset is available, and waits for its hello line.
 func (d *driver) startServer(ctx context.Context, cfg serverConfig) (*serverProc, error) {
 	args := []string{
@@ -43,11 +44,18 @@ func (d *driver) startServer(ctx context.Context, cfg serverConfig) (*serverProc
 		d.profiles++
 		args = append(args, "-cpuprofile="+filepath.Join(d.cfg.profile, fmt.Sprintf("%s-%02d-%s.pprof", d.scenario, d.profiles, cfg.mode)))
 	}
+	exe := d.exe
+	if cfg.mode == modeCentrifuge {
+		exe = d.peer.exe
+		if exe == "" {
+			return nil, errors.New("the centrifuge peer is not built")
+		}
+	}
 	var cmd *exec.Cmd
 	if d.serverCPU != "" {
-		cmd = exec.Command(d.taskset, append([]string{"-c", d.serverCPU, d.exe}, args...)...)
+		cmd = exec.Command(d.taskset, append([]string{"-c", d.serverCPU, exe}, args...)...)
 	} else {
-		cmd = exec.Command(d.exe, args...)
+		cmd = exec.Command(exe, args...)
 	}
 	cmd.Stderr = os.Stderr
 	if cfg.dsn != "" {
@@ -110,6 +118,9 @@ func (p *serverProc) stop() {
 
 // raw reports whether p is a melody server without the library.
 func (p *serverProc) raw() bool { return strings.HasPrefix(p.hello.Mode, "raw") }
+
+// centrifuge reports whether p is the centrifuge peer.
+func (p *serverProc) centrifuge() bool { return p.hello.Mode == modeCentrifuge }
 
 func (p *serverProc) wsURL() string { return "ws://" + p.hello.Addr + "/ws" }
 

@@ -44,7 +44,11 @@ type Schema struct {
 	AnyOf []*Schema `json:"anyOf,omitempty"`
 	AllOf []*Schema `json:"allOf,omitempty"`
 
-	ReadOnly        bool   `json:"readOnly,omitempty"`
+	ReadOnly bool `json:"readOnly,omitempty"`
+	// PrimaryKey, on the schema of a stream's model, is the JSON name of
+	// the property that holds the object's primary key (x-primary-key);
+	// "" when the key is not serialized or the schema is not a model's.
+	PrimaryKey      string `json:"x-primary-key,omitempty"`
 	ContentEncoding string `json:"contentEncoding,omitempty"`
 	Examples        []any  `json:"examples,omitempty"`
 }
