@@ -221,6 +221,7 @@ func (w *writer) run() {
 		batch, ping, pong, closeMsg := w.queue, w.pingDue, w.pong, w.closeMsg
 		if w.done || (len(batch) == 0 && !ping && pong == nil && closeMsg == nil) {
 			w.running = false
+			w.spare = nil
 			if cap(w.queue) > maxKeptQueue {
 				w.queue = nil
 			}
@@ -253,10 +254,16 @@ func (w *writer) run() {
 		}
 		w.mu.Unlock()
 		switch {
-		case closeMsg != nil:
+		case closeMsg != nil && err == nil:
 			_ = w.Close() // lingers until the client answers (linger.go)
+		case errors.Is(err, errCloseSent):
+			// gorilla wrote a close frame (a protocol error): the
+			// connection lingers as after one of ours.
 		case err != nil:
 			_ = w.Conn.Close()
+		}
+		if err != nil || closeMsg != nil {
+			return
 		}
 	}
 }

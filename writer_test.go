@@ -216,3 +216,43 @@ func TestWriterNothingAfterClose(t *testing.T) {
 	require.False(t, errors.As(err, &ne) && ne.Timeout(), "the server ends the connection: %v", err)
 	assert.Zero(t, n, "bytes after the close frame")
 }
+
+// TestWriterFrameTooBigAmongEvents: a frame over the size limit arrives
+// while events are being written: gorilla's 1009 close frame ends the
+// writes, and the client, still sending, receives it with its reason (the
+// connection lingers rather than being reset).
+func TestWriterFrameTooBigAmongEvents(t *testing.T) {
+	srv := testModelServer(t)
+	frame := []byte(`{"stream":"testmodel","payload":{"action":"list","x":"` + strings.Repeat("x", 4<<20) + `"}}`)
+	for i := range 10 {
+		c := srv.dial(t, nil)
+		c.subscribe("create", nil)
+		stop := make(chan struct{})
+		created := make(chan error, 1)
+		go func() {
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					created <- nil
+					return
+				default:
+				}
+				if err := srv.DB.Create(&TestModel{Name: fmt.Sprintf("%d-%d", i, n)}).Error; err != nil {
+					created <- err
+					return
+				}
+			}
+		}()
+		sent := make(chan error, 1)
+		go func() { sent <- c.conn.WriteMessage(websocket.TextMessage, frame) }()
+		code, reason := closeOf(t, c.conn)
+		close(stop)
+		require.NoError(t, <-created)
+		// The client stops sending once it has answered the close frame.
+		if err := <-sent; !errors.Is(err, websocket.ErrCloseSent) {
+			assert.NoError(t, err, "run %d: the server reads what follows its close", i+1)
+		}
+		assert.Equal(t, websocket.CloseMessageTooBig, code, "run %d: %s", i+1, reason)
+		_ = c.conn.Close()
+	}
+}
