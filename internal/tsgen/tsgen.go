@@ -2,7 +2,8 @@
 // description documents (the AsyncAPI 3 and OpenAPI 3.1 documents of
 // WithAPIDocs): per stream the model, its write and patch shapes, the filter
 // keys with their lookups, the ordering fields, the custom actions, and a
-// runtime description the TypeScript client reads (primary key, REST path).
+// runtime description the TypeScript client reads (primary key, REST path,
+// the formats of the model's fields).
 // The output depends on the documents alone: the same documents give the
 // same bytes.
 //
@@ -426,9 +427,67 @@ func (g *gen) index(b *bytes.Buffer, names []string, streams map[string]*stream,
 		if len(s.actions) > 0 {
 			b.WriteString(" ")
 		}
-		b.WriteString("},\n    },\n")
+		b.WriteString("},\n")
+		if fs := formats(s.model, g.schemas); len(fs) > 0 {
+			b.WriteString("      formats: {")
+			for i, f := range sortedKeys(fs) {
+				if i > 0 {
+					b.WriteString(",")
+				}
+				fmt.Fprintf(b, " %s: %s", prop(f), quote(fs[f]))
+			}
+			b.WriteString(" },\n")
+		}
+		b.WriteString("    },\n")
 	}
 	b.WriteString("  },\n} as const;\n")
+}
+
+// formats are the JSON Schema formats of the model's properties that have
+// one ("date-time", "uuid", ...), by property: the client compares
+// date-time fields as instants.
+func formats(model *apispec.Schema, schemas map[string]*apispec.Schema) map[string]string {
+	out := map[string]string{}
+	for k, p := range model.Properties {
+		if f := formatOf(p, schemas, map[string]bool{}); f != "" {
+			out[k] = f
+		}
+	}
+	return out
+}
+
+// formatOf is the format of a value of s: its own, its $ref's, or the one
+// format its anyOf or allOf branches give (a nullable date-time is
+// anyOf [date-time, null]; a constrained $ref is allOf [$ref, rules]).
+// Branches that give different formats give none. seen holds the
+// components being followed, so that a $ref to itself ends.
+func formatOf(s *apispec.Schema, schemas map[string]*apispec.Schema, seen map[string]bool) string {
+	if s == nil {
+		return ""
+	}
+	if s.Format != "" {
+		return s.Format
+	}
+	if s.Ref != "" {
+		name, ok := strings.CutPrefix(s.Ref, "#/components/schemas/")
+		if !ok || seen[name] {
+			return ""
+		}
+		seen[name] = true
+		defer delete(seen, name)
+		return formatOf(schemas[name], schemas, seen)
+	}
+	found := ""
+	for _, branch := range append(append([]*apispec.Schema(nil), s.AnyOf...), s.AllOf...) {
+		switch f := formatOf(branch, schemas, seen); {
+		case f == "":
+		case found == "":
+			found = f
+		case f != found:
+			return ""
+		}
+	}
+	return found
 }
 
 func socketAddress(ad asyncDoc) string {

@@ -194,3 +194,37 @@ func TestQuoting(t *testing.T) {
 	out = generate(t, asyncapi, openapi)
 	assert.Contains(t, out, "\n// T export const x = 1; y 1\n/* eslint-disable */\n")
 }
+
+// TestFormats: the runtime schema gives each stream the formats of its
+// model's fields, in the order of their names: a format of the field
+// itself, of a nullable field (anyOf with null, or a type that includes
+// null), of a $ref, and of a constrained $ref (allOf); none for fields
+// without one, for branches that disagree, or for a $ref to itself. A
+// model without formats has no formats key.
+func TestFormats(t *testing.T) {
+	ref := func(name string) obj { return obj{"$ref": "#/components/schemas/" + name} }
+	schemas := obj{
+		"Stamp": obj{"type": "string", "format": "date-time"},
+		"Loop":  ref("Loop"),
+	}
+	model := obj{"type": "object", "x-primary-key": "id", "properties": obj{
+		"id":         obj{"type": "integer"},
+		"pub_date":   obj{"type": "string", "format": "date-time"},
+		"day":        obj{"type": "string", "format": "date"},
+		"key":        obj{"type": "string", "format": "uuid"},
+		"closed_at":  obj{"type": []string{"string", "null"}, "format": "date-time"},
+		"opened_at":  obj{"anyOf": []any{obj{"type": "string", "format": "date-time"}, obj{"type": "null"}}},
+		"stamp":      ref("Stamp"),
+		"checked_at": obj{"allOf": []any{ref("Stamp"), obj{"minLength": 1}}},
+		"mixed":      obj{"anyOf": []any{obj{"type": "string", "format": "date"}, obj{"type": "string", "format": "uuid"}}},
+		"loop":       ref("Loop"),
+		"title":      obj{"type": "string"},
+	}}
+	out := generateDocs(t, model, "integer", nil, nil, schemas)
+	assert.Contains(t, out, `      formats: { checked_at: "date-time", closed_at: "date-time", day: "date", key: "uuid", opened_at: "date-time", pub_date: "date-time", stamp: "date-time" },`+"\n    },\n")
+
+	plain := obj{"type": "object", "x-primary-key": "id", "properties": obj{"id": obj{"type": "integer"}, "title": obj{"type": "string"}}}
+	out = generateDocs(t, plain, "integer", nil, nil, nil)
+	assert.NotContains(t, out, "formats")
+	assert.Contains(t, out, "      actions: {},\n    },\n")
+}
