@@ -193,6 +193,7 @@ export const schema = {
       liveQuery: true,
       idempotencyKeys: true,
       actions: {},
+      formats: { pub_date: "date-time" },
     },
   },
 } as const;
