@@ -69,6 +69,10 @@ type delivery struct {
 	numberQuit chan struct{}
 	numbering  sync.WaitGroup
 
+	// wakes lets a run of events reach each connection in one write
+	// (writer.go).
+	wakes wakeBatch
+
 	mu      sync.RWMutex
 	streams map[string]*streamQueue
 	byType  map[reflect.Type][]*streamQueue
@@ -291,13 +295,15 @@ func (d *delivery) run(q *streamQueue) {
 		items, reason, stopped := q.items, q.resync, q.stopped
 		q.items, q.resync = nil, ""
 		q.mu.Unlock()
-		for _, it := range items {
-			if it.resume != nil {
-				d.resume(q, it.resume)
-				continue
+		d.wakes.run(len(items), func() {
+			for _, it := range items {
+				if it.resume != nil {
+					d.resume(q, it.resume)
+					continue
+				}
+				d.deliver(q.r, it, nil)
 			}
-			d.deliver(q.r, it, nil)
-		}
+		})
 		if reason != "" {
 			d.resync(q.r.name(), reason)
 		}

@@ -97,9 +97,11 @@ func (d *delivery) runOrdered(q *streamQueue) {
 		items, overflow, reason, stopped := q.items, q.overflow, q.resync, q.stopped
 		q.items, q.overflow, q.resync = nil, false, ""
 		q.mu.Unlock()
-		for _, it := range items {
-			d.take(q, it)
-		}
+		d.wakes.run(len(items), func() {
+			for _, it := range items {
+				d.take(q, it)
+			}
+		})
 		if overflow {
 			d.toTop(q)
 		}

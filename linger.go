@@ -152,12 +152,12 @@ func (w *writer) finish() {
 			_, _ = io.CopyN(io.Discard, w.Conn, left)
 		}
 	}
+	_ = w.Conn.Close()
+	w.end() // the write goroutine may start the linger up to its return
 	w.mu.Lock()
 	unstop := w.unstop
 	w.mu.Unlock()
 	if unstop != nil {
 		unstop()
 	}
-	_ = w.Conn.Close()
-	w.end()
 }

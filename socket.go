@@ -58,15 +58,15 @@ func (a *API) newMelody() *melody.Melody {
 			c.closeWith(closeGoingAway, "server shutting down")
 		}
 	})
-	// After the server's close frame, what the client sends is dropped
+	// Once the connection is closing, what the client sends is dropped
 	// (linger.go).
 	m.HandleMessage(func(s *melody.Session, msg []byte) {
-		if c := sessionConn(s); !c.w.dropAfterClose(len(msg)) {
+		if c := sessionConn(s); !c.w.dropAfterClose(len(msg)) && !c.closing.Load() {
 			c.serveFrame(msg)
 		}
 	})
 	m.HandleMessageBinary(func(s *melody.Session, msg []byte) {
-		if c := sessionConn(s); !c.w.dropAfterClose(len(msg)) {
+		if c := sessionConn(s); !c.w.dropAfterClose(len(msg)) && !c.closing.Load() {
 			c.serveFrame(nil)
 		}
 	})
@@ -150,7 +150,7 @@ func (a *API) serveSocket(c *gin.Context) {
 	conn := &conn{
 		api: a, ctx: ctx, cancel: cancel, user: user, header: c.Request.Header,
 		limiter: rate.NewLimiter(a.cfg.rate, a.cfg.burst),
-		w:       &writer{limit: a.cfg.queueSize, ping: a.cfg.pingPeriod, tooBig: a.tooBig, stop: a.lingerStop},
+		w:       &writer{limit: a.cfg.queueSize, ping: a.cfg.pingPeriod, wakes: &a.delivery.wakes, tooBig: a.tooBig, stop: a.lingerStop},
 	}
 	_ = a.melody.HandleRequestWithKeys(hijacker{ResponseWriter: c.Writer, w: conn.w}, c.Request, map[string]any{connKey: conn})
 	if conn.w.Conn != nil {
@@ -232,7 +232,7 @@ func (c *conn) handleFrame(msg []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.write(out)
-	// A replay may hold more frames than melody's queue takes: they are
+	// A replay may hold more frames than the writer's queue takes: they are
 	// written as it drains, without c.mu held, while what arrives
 	// meanwhile queues behind them.
 	limit := c.api.cfg.queueSize
@@ -240,7 +240,7 @@ func (c *conn) handleFrame(msg []byte) {
 		f := c.pending[0]
 		if c.w.queued() >= limit {
 			c.mu.Unlock()
-			ok := c.w.waitBelow(limit/2, c.ctx.Done())
+			ok := c.w.waitRoom(c.ctx.Done())
 			c.mu.Lock()
 			if !ok {
 				c.resync(reasonSlowClient)
@@ -274,6 +274,7 @@ func (c *conn) resync(reason string) { c.closeWith(closeTryAgain, reason) }
 func (c *conn) closeWith(code int, reason string) {
 	c.closing.Store(true)
 	c.w.close(code, reason)
+	c.cancel() // an action still running is cancelled
 }
 
 // dispatch handles one client frame and returns the encoded reply

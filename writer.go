@@ -60,6 +60,8 @@ type writer struct {
 	spare    [][]byte // the previous batch's slice, for reuse
 	inflight int      // frames of the batch being written
 	running  bool     // the write goroutine exists
+	listed   bool     // to be woken at the end of a wakeBatch
+	wakes    *wakeBatch
 	pingDue  bool
 	pong     []byte // the payload of the pong to send; nil: none
 	closeMsg []byte // the close frame's payload, once close was called
@@ -102,7 +104,85 @@ func (w *writer) send(frame []byte) bool {
 		return false
 	}
 	w.queue = append(w.queue, frame)
-	w.wakeLocked()
+	if !w.running && !w.listed {
+		// While the delivery goroutines publish a run of events, the
+		// connection is woken once at the end, with all of them queued
+		// (up to half its queue).
+		if len(w.queue) < w.limit/2 && w.wakes.hold(w) {
+			w.listed = true
+		} else {
+			w.wakeLocked()
+		}
+	}
+	return true
+}
+
+// wake starts the write goroutine for what was queued while it was
+// deferred (wakeBatch).
+func (w *writer) wake() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.listed = false
+	if !w.done && (len(w.queue) > 0 || w.closeMsg != nil) {
+		w.wakeLocked()
+	}
+}
+
+// wakeBatch defers the wake-ups of connections while events are being
+// published, so that a connection receiving a run of events writes them
+// with one write(2) instead of one each: a delivery goroutine with more than
+// one event at hand begins a batch, publishes them, and ends it, which wakes
+// every connection deferred meanwhile. Frames are queued in order as
+// before; only the start of the writing waits, for as long as the
+// publishing of events already at hand takes.
+type wakeBatch struct {
+	mu      sync.Mutex
+	active  int       // batches begun and not ended
+	waiting []*writer // deferred, to wake at the end
+}
+
+// run runs publish, with the wake-ups deferred to its end when it
+// publishes more than one event (n).
+func (b *wakeBatch) run(n int, publish func()) {
+	if n > 1 {
+		b.begin()
+		defer b.end()
+	}
+	publish()
+}
+
+func (b *wakeBatch) begin() {
+	b.mu.Lock()
+	b.active++
+	b.mu.Unlock()
+}
+
+// end ends a batch and wakes the connections deferred so far (those of
+// other batches still under way too: they only write sooner).
+func (b *wakeBatch) end() {
+	b.mu.Lock()
+	b.active--
+	ws := b.waiting
+	b.waiting = nil
+	b.mu.Unlock()
+	for i, w := range ws {
+		w.wake()
+		ws[i] = nil
+	}
+}
+
+// hold records w to be woken at the end of the batch under way, and
+// reports false when none is.
+func (b *wakeBatch) hold(w *writer) bool {
+	if b == nil {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.active == 0 {
+		return false
+	}
+	b.waiting = append(b.waiting, w)
 	return true
 }
 
@@ -185,6 +265,11 @@ func (w *writer) queued() int {
 	return len(w.queue) + w.inflight
 }
 
+// waitRoom waits until the queue is at most half full (waitBelow).
+func (w *writer) waitRoom(done <-chan struct{}) bool {
+	return w.waitBelow(max(w.limit/2, 1), done)
+}
+
 // waitBelow waits until fewer than n frames are queued or being written, at
 // most the write timeout, or until done is closed; it reports whether they
 // are. One goroutine waits at a time (the connection's reader).
@@ -200,7 +285,16 @@ func (w *writer) waitBelow(n int, done <-chan struct{}) bool {
 	}()
 	t := time.NewTimer(defaultWriteWait)
 	defer t.Stop()
-	for w.queued() >= n {
+	for {
+		w.mu.Lock()
+		queued, ended := len(w.queue)+w.inflight, w.done
+		w.mu.Unlock()
+		if ended {
+			return false
+		}
+		if queued < n {
+			return true
+		}
 		select {
 		case <-d.wake:
 		case <-done:
@@ -209,7 +303,17 @@ func (w *writer) waitBelow(n int, done <-chan struct{}) bool {
 			return false
 		}
 	}
-	return true
+}
+
+// wakeWaiterLocked wakes the goroutine in waitBelow, if any, when it can
+// go on: fewer frames than it waits for, or the writer has ended.
+func (w *writer) wakeWaiterLocked() {
+	if d := w.waiter; d != nil && (w.done || len(w.queue)+w.inflight < d.below) {
+		select {
+		case d.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // run is the write goroutine: it writes what is queued, batch after batch,
@@ -243,15 +347,10 @@ func (w *writer) run() {
 		if cap(batch) <= maxKeptQueue {
 			w.spare = batch[:0]
 		}
-		if d := w.waiter; d != nil && len(w.queue) < d.below {
-			select {
-			case d.wake <- struct{}{}:
-			default:
-			}
-		}
 		if err != nil {
 			w.done = true
 		}
+		w.wakeWaiterLocked()
 		w.mu.Unlock()
 		switch {
 		case closeMsg != nil && err == nil:
@@ -322,6 +421,10 @@ func (w *writer) writeOut(b []byte, closing bool) error {
 		}
 	}
 	_, err := w.Conn.Write(b)
+	if err != nil {
+		// Part of a frame may be out: nothing more can follow it.
+		w.closeSent.Store(true)
+	}
 	return err
 }
 
@@ -356,6 +459,7 @@ func (w *writer) Write(p []byte) (int, error) {
 		}
 	}
 	if _, err := w.Conn.Write(p); err != nil {
+		w.closeSent.Store(true) // as in writeOut
 		return 0, err
 	}
 	return n, nil
@@ -390,6 +494,7 @@ func (w *writer) end() {
 	if w.timer != nil {
 		w.timer.Stop()
 	}
+	w.wakeWaiterLocked()
 	w.mu.Unlock()
 	w.runs.Wait()
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -130,4 +131,36 @@ func TestMelodyNeverWrites(t *testing.T) {
 	assert.Zero(t, melodyWrites.Load(), "frames written by melody's pump")
 	assert.Equal(t, time.Duration(neverPing), api.melody.Config.PingPeriod, "melody never pings")
 	assert.Zero(t, api.melody.Config.MessageBufferSize, "melody queues nothing")
+}
+
+// TestWaitRoom: the reader's wait for room in the queue (the replay path of
+// handleFrame) ends at once when there is room, also with a queue of one
+// frame, and when the writer has ended, rather than at the write timeout.
+func TestWaitRoom(t *testing.T) {
+	for _, limit := range []int{1, 2, 256} {
+		w := &writer{limit: limit}
+		start := time.Now()
+		assert.True(t, w.waitRoom(nil), "limit %d: an empty queue has room", limit)
+		assert.Less(t, time.Since(start), time.Second, "limit %d", limit)
+	}
+	w := &writer{limit: 4}
+	w.queue = [][]byte{{1}, {2}, {3}, {4}}
+	waited := make(chan bool)
+	go func() { waited <- w.waitRoom(nil) }()
+	w.mu.Lock()
+	for w.waiter == nil { // the wait has begun
+		w.mu.Unlock()
+		runtime.Gosched()
+		w.mu.Lock()
+	}
+	w.mu.Unlock()
+	start := time.Now()
+	w.end()
+	select {
+	case ok := <-waited:
+		assert.False(t, ok, "no room: the writer ended")
+		assert.Less(t, time.Since(start), time.Second)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the wait outlived the writer")
+	}
 }
