@@ -116,7 +116,7 @@ func TestResyncReasonsNameTheCause(t *testing.T) {
 			payloads, code, reason := c.untilClose()
 			assert.Equal(t, 1013, code)
 			assert.Equal(t, tt.want, reason)
-			var got []string
+			got := []string{}
 			for _, p := range payloads {
 				data, _ := p["data"].(map[string]any)
 				text, _ := data["text"].(string)

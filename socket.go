@@ -269,11 +269,11 @@ func (c *conn) write(frame []byte) {
 func (c *conn) resync(reason string) { c.closeWith(closeTryAgain, reason) }
 
 // closeWith closes the connection with code, once, without blocking: the
-// writer sends the close frame in place of what is still queued. Nothing is
-// delivered after it.
+// writer sends the close frame after what is queued, or in its place for a
+// client too slow to read it. Nothing is delivered after it.
 func (c *conn) closeWith(code int, reason string) {
 	c.closing.Store(true)
-	c.w.close(code, reason)
+	c.w.close(code, reason, reason == reasonSlowClient)
 	c.cancel() // an action still running is cancelled
 }
 

@@ -186,17 +186,20 @@ func (b *wakeBatch) hold(w *writer) bool {
 	return true
 }
 
-// close sends a close frame with code and reason, instead of whatever is
-// still queued, and then closes the connection. The first call wins.
-func (w *writer) close(code int, reason string) {
+// close sends a close frame with code and reason after what is queued, or
+// instead of it (drop: a client too slow to read it), and then closes the
+// connection. The first call wins.
+func (w *writer) close(code int, reason string, drop bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.done || w.closeMsg != nil {
 		return
 	}
 	w.closeMsg = websocket.FormatCloseMessage(code, reason)
-	clear(w.queue)
-	w.queue = w.queue[:0]
+	if drop {
+		clear(w.queue)
+		w.queue = w.queue[:0]
+	}
 	w.wakeLocked()
 }
 
