@@ -295,12 +295,10 @@ func (d *delivery) run(q *streamQueue) {
 		items, reason, stopped := q.items, q.resync, q.stopped
 		q.items, q.resync = nil, ""
 		q.mu.Unlock()
-		d.wakes.run(len(items), func() {
-			for _, it := range items {
-				if it.resume != nil {
-					d.resume(q, it.resume)
-					continue
-				}
+		d.wakes.publish(len(items), func(i int) {
+			if it := items[i]; it.resume != nil {
+				d.resume(q, it.resume)
+			} else {
 				d.deliver(q.r, it, nil)
 			}
 		})

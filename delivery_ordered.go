@@ -97,11 +97,7 @@ func (d *delivery) runOrdered(q *streamQueue) {
 		items, overflow, reason, stopped := q.items, q.overflow, q.resync, q.stopped
 		q.items, q.overflow, q.resync = nil, false, ""
 		q.mu.Unlock()
-		d.wakes.run(len(items), func() {
-			for _, it := range items {
-				d.take(q, it)
-			}
-		})
+		d.wakes.publish(len(items), func(i int) { d.take(q, items[i]) })
 		if overflow {
 			d.toTop(q)
 		}

@@ -141,14 +141,24 @@ type wakeBatch struct {
 	waiting []*writer // deferred, to wake at the end
 }
 
-// run runs publish, with the wake-ups deferred to its end when it
-// publishes more than one event (n).
-func (b *wakeBatch) run(n int, publish func()) {
+// maxRun is how many events one batch publishes before the connections
+// are woken: it bounds what the first of them waits for.
+const maxRun = 64
+
+// publish calls one for each of n events at hand, with the wake-ups deferred
+// to the end of every maxRun of them when there is more than one.
+func (b *wakeBatch) publish(n int, one func(i int)) {
 	if n > 1 {
 		b.begin()
-		defer b.end()
+		defer func() { b.end() }()
 	}
-	publish()
+	for i := range n {
+		if i > 0 && i%maxRun == 0 {
+			b.end()
+			b.begin()
+		}
+		one(i)
+	}
 }
 
 func (b *wakeBatch) begin() {

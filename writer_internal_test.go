@@ -164,3 +164,26 @@ func TestWaitRoom(t *testing.T) {
 		t.Fatal("the wait outlived the writer")
 	}
 }
+
+// TestWakeBatchBoundsARun: a connection deferred while a run of events is
+// published is woken after at most maxRun of them, and at the end; a
+// single event is not deferred.
+func TestWakeBatchBoundsARun(t *testing.T) {
+	var b wakeBatch
+	w := &writer{limit: 1 << 20, wakes: &b, running: true} // running: no goroutine is started
+	var wokenAt []int
+	b.publish(2*maxRun+10, func(i int) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if !w.listed {
+			if i > 0 {
+				wokenAt = append(wokenAt, i)
+			}
+			require.True(t, b.hold(w), "event %d: a batch is under way", i)
+			w.listed = true
+		}
+	})
+	assert.Equal(t, []int{maxRun, 2 * maxRun}, wokenAt, "woken after every maxRun events")
+	assert.False(t, w.listed, "woken at the end")
+	b.publish(1, func(int) { assert.False(t, b.hold(w), "one event: no batch") })
+}
