@@ -104,15 +104,20 @@ func (w *writer) send(frame []byte) bool {
 		return false
 	}
 	w.queue = append(w.queue, frame)
-	if !w.running && !w.listed {
-		// While the delivery goroutines publish a run of events, the
-		// connection is woken once at the end, with all of them queued
-		// (up to half its queue).
-		if len(w.queue) < w.limit/2 && w.wakes.hold(w) {
-			w.listed = true
-		} else {
-			w.wakeLocked()
-		}
+	if w.running {
+		return true
+	}
+	// While the delivery goroutines publish a run of events, the connection
+	// is woken once at the end, with all of them queued, or as soon as half
+	// its queue is.
+	switch {
+	case len(w.queue) >= w.limit/2:
+		w.wakeLocked()
+	case w.listed:
+	case w.wakes.hold(w):
+		w.listed = true
+	default:
+		w.wakeLocked()
 	}
 	return true
 }
@@ -150,7 +155,7 @@ const maxRun = 64
 func (b *wakeBatch) publish(n int, one func(i int)) {
 	if n > 1 {
 		b.begin()
-		defer func() { b.end() }()
+		defer b.end()
 	}
 	for i := range n {
 		if i > 0 && i%maxRun == 0 {

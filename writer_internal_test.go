@@ -7,6 +7,8 @@ package channelsapi
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http/httptest"
 	"path/filepath"
 	"runtime"
@@ -186,4 +188,29 @@ func TestWakeBatchBoundsARun(t *testing.T) {
 	assert.Equal(t, []int{maxRun, 2 * maxRun}, wokenAt, "woken after every maxRun events")
 	assert.False(t, w.listed, "woken at the end")
 	b.publish(1, func(int) { assert.False(t, b.hold(w), "one event: no batch") })
+}
+
+// TestWakeBatchHalfQueue: a connection deferred by a run of events longer
+// than half its queue is woken when half its queue is full, not closed as a
+// slow client when the queue fills before the run ends.
+func TestWakeBatchHalfQueue(t *testing.T) {
+	server, client := net.Pipe()
+	defer client.Close()
+	go func() { _, _ = io.Copy(io.Discard, client) }()
+	var b wakeBatch
+	w := &writer{Conn: server, limit: 8, wakes: &b}
+	defer func() {
+		_ = server.Close()
+		w.end()
+	}()
+	b.publish(maxRun, func(i int) {
+		assert.True(t, w.send([]byte("{}")), "event %d: queued, not refused as a slow client", i)
+		if i == 3 { // half of the queue: the writer is woken within the run
+			w.mu.Lock()
+			assert.True(t, w.running, "woken at half the queue")
+			w.mu.Unlock()
+		}
+		// The writer keeps up with the run, as a client that reads does.
+		require.True(t, w.waitRoom(nil), "event %d", i)
+	})
 }
