@@ -43,7 +43,9 @@ func eventNames(t *testing.T, c *wsClient, n int) []string {
 // carrying its payload; the events arrive whole and in order.
 func TestWriterPingsAndPongsAmongEvents(t *testing.T) {
 	const pingPeriod = 20 * time.Millisecond
-	srv := testModelServer(t, channelsapi.WithKeepalive(pingPeriod, 10*time.Second))
+	// A queue that holds every event: the writes run back to back, and a
+	// client slower than them is closed with 1013 by design.
+	srv := testModelServer(t, channelsapi.WithKeepalive(pingPeriod, 10*time.Second), channelsapi.WithQueueSize(1024))
 	c := srv.dial(t, nil)
 	c.subscribe("create", nil)
 
@@ -158,7 +160,8 @@ func TestWriterFrameLengths(t *testing.T) {
 // events are being written receives a gap-free prefix of them, then the
 // close frame, then nothing: the next read of the TCP connection is its end.
 func TestWriterNothingAfterClose(t *testing.T) {
-	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) })
+	// A queue that holds every event (see TestWriterPingsAndPongsAmongEvents).
+	srv := newServer(t, func(api *channelsapi.API, _ *gorm.DB) { addTestModel(t, api) }, channelsapi.WithQueueSize(1024))
 	c := srv.dialUser(t, "alice")
 	c.subscribe("create", nil)
 
@@ -222,7 +225,9 @@ func TestWriterNothingAfterClose(t *testing.T) {
 // writes, and the client, still sending, receives it with its reason (the
 // connection lingers rather than being reset).
 func TestWriterFrameTooBigAmongEvents(t *testing.T) {
-	srv := testModelServer(t)
+	// A queue that holds every event (at most 1000 per run, see
+	// TestWriterPingsAndPongsAmongEvents).
+	srv := testModelServer(t, channelsapi.WithQueueSize(1024))
 	frame := []byte(`{"stream":"testmodel","payload":{"action":"list","x":"` + strings.Repeat("x", 4<<20) + `"}}`)
 	for i := range 10 {
 		c := srv.dial(t, nil)
@@ -230,7 +235,7 @@ func TestWriterFrameTooBigAmongEvents(t *testing.T) {
 		stop := make(chan struct{})
 		created := make(chan error, 1)
 		go func() {
-			for n := 0; ; n++ {
+			for n := 0; n < 1000; n++ {
 				select {
 				case <-stop:
 					created <- nil
@@ -242,6 +247,7 @@ func TestWriterFrameTooBigAmongEvents(t *testing.T) {
 					return
 				}
 			}
+			created <- nil
 		}()
 		sent := make(chan error, 1)
 		go func() { sent <- c.conn.WriteMessage(websocket.TextMessage, frame) }()
